@@ -1,1 +1,271 @@
-//! contracts
+//! The published language between Orders, Payments and Stock: topic names and payload
+//! structs, exactly as the wire contract (DESIGN §5) says.
+//!
+//! * JSON, camelCase. Readers ignore unknown fields (serde's default: no
+//!   `deny_unknown_fields` anywhere here). Writers never rename or remove a field without
+//!   a new topic version.
+//! * Amounts are JSON numbers read and written as exact decimals (`rust_decimal` with
+//!   serde_json's arbitrary precision): `0.1 + 0.2` totals `0.3`.
+//! * Timestamps are RFC 3339 UTC with milliseconds.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use uuid::Uuid;
+
+/// Topic names.
+pub mod topics {
+    /// Orders: an order was placed.
+    pub const ORDER_PLACED: &str = "order.placed";
+    /// Orders: an order was paid.
+    pub const ORDER_PAID: &str = "order.paid";
+    /// Orders: an order was cancelled.
+    pub const ORDER_CANCELLED: &str = "order.cancelled";
+    /// Payments: a payment was approved.
+    pub const PAYMENT_APPROVED: &str = "payment.approved";
+    /// Payments: a payment was declined.
+    pub const PAYMENT_DECLINED: &str = "payment.declined";
+    /// Payments: a payment was refunded.
+    pub const PAYMENT_REFUNDED: &str = "payment.refunded";
+    /// Stock: stock was reserved.
+    pub const STOCK_RESERVED: &str = "stock.reserved";
+    /// Stock: stock could not be reserved.
+    pub const STOCK_RESERVATION_FAILED: &str = "stock.reservation_failed";
+    /// Stock: a reservation was released.
+    pub const STOCK_RELEASED: &str = "stock.released";
+
+    /// Every topic, in flow order.
+    pub const ALL: [&str; 9] = [
+        ORDER_PLACED,
+        ORDER_PAID,
+        ORDER_CANCELLED,
+        PAYMENT_APPROVED,
+        PAYMENT_DECLINED,
+        PAYMENT_REFUNDED,
+        STOCK_RESERVED,
+        STOCK_RESERVATION_FAILED,
+        STOCK_RELEASED,
+    ];
+}
+
+/// RFC 3339 UTC timestamp with milliseconds on the wire (`2026-01-05T10:00:00.000Z`).
+pub mod rfc3339 {
+    use super::{DateTime, Deserialize, Deserializer, SecondsFormat, Serializer, Utc};
+
+    /// Writes `2026-01-05T10:00:00.000Z`.
+    ///
+    /// # Errors
+    /// The serializer's error.
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true))
+    }
+
+    /// Reads any RFC 3339 timestamp and converts it to UTC.
+    ///
+    /// # Errors
+    /// When the text is not RFC 3339.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let text = std::borrow::Cow::<str>::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&text)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Exact decimal amounts as JSON numbers (never strings, never `f64`).
+pub mod amount {
+    pub use rust_decimal::serde::arbitrary_precision::{deserialize, serialize};
+}
+
+/// A line of an order with its unit price (`order.placed`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PricedItem {
+    /// The product (SKU).
+    pub product_id: String,
+    /// Units, at least 1.
+    pub quantity: u32,
+    /// Unit price, exact decimal.
+    #[serde(with = "amount")]
+    pub price: Decimal,
+}
+
+/// A line of an order without price (`order.paid`, `stock.reserved`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ItemQuantity {
+    /// The product (SKU).
+    pub product_id: String,
+    /// Units, at least 1.
+    pub quantity: u32,
+}
+
+/// Where an order is shipped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShippingAddress {
+    /// Street and number.
+    pub street: String,
+    /// City.
+    pub city: String,
+    /// Postal code.
+    pub postal_code: String,
+    /// Country.
+    pub country: String,
+}
+
+/// `order.placed`: Orders took an order; Payments should charge it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderPlaced {
+    /// The order.
+    pub order_id: Uuid,
+    /// The customer.
+    pub customer_id: String,
+    /// The lines with prices.
+    pub items: Vec<PricedItem>,
+    /// The sum of all lines.
+    #[serde(with = "amount")]
+    pub total_amount: Decimal,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// Where it goes.
+    pub shipping_address: ShippingAddress,
+    /// When it was placed.
+    #[serde(with = "rfc3339")]
+    pub timestamp: DateTime<Utc>,
+}
+
+/// `order.paid`: the order is paid; Stock should reserve its items.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderPaid {
+    /// The order.
+    pub order_id: Uuid,
+    /// The payment.
+    pub payment_id: String,
+    /// The amount paid.
+    #[serde(with = "amount")]
+    pub amount: Decimal,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// What to reserve.
+    pub items: Vec<ItemQuantity>,
+    /// When it was paid.
+    #[serde(with = "rfc3339")]
+    pub timestamp: DateTime<Utc>,
+}
+
+/// `order.cancelled`: the order is cancelled; Payments refunds `paymentId`, Stock releases
+/// `reservationId`, where present.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderCancelled {
+    /// The order.
+    pub order_id: Uuid,
+    /// Why.
+    pub reason: String,
+    /// The status before (`AwaitingPayment`, `Paid`, `StockReserved`).
+    pub previous_status: String,
+    /// The payment to refund, if it was paid.
+    #[serde(default)]
+    pub payment_id: Option<String>,
+    /// The reservation to release, if stock was reserved.
+    #[serde(default)]
+    pub reservation_id: Option<String>,
+    /// When it was cancelled.
+    #[serde(with = "rfc3339")]
+    pub timestamp: DateTime<Utc>,
+}
+
+/// `payment.approved`: Payments charged the order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentApproved {
+    /// The order.
+    pub order_id: Uuid,
+    /// The payment.
+    pub payment_id: String,
+    /// The amount charged.
+    #[serde(with = "amount")]
+    pub approved_amount: Decimal,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// When it was approved.
+    #[serde(with = "rfc3339")]
+    pub timestamp: DateTime<Utc>,
+}
+
+/// `payment.declined`: Payments refused to charge the order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentDeclined {
+    /// The order.
+    pub order_id: Uuid,
+    /// Why.
+    pub reason: String,
+    /// When it was declined.
+    #[serde(with = "rfc3339")]
+    pub timestamp: DateTime<Utc>,
+}
+
+/// `payment.refunded`: Payments gave the money back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentRefunded {
+    /// The order.
+    pub order_id: Uuid,
+    /// The refunded payment.
+    pub payment_id: String,
+    /// The amount refunded.
+    #[serde(with = "amount")]
+    pub amount: Decimal,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// When it was refunded.
+    #[serde(with = "rfc3339")]
+    pub timestamp: DateTime<Utc>,
+}
+
+/// `stock.reserved`: Stock set the order's items aside.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StockReserved {
+    /// The order.
+    pub order_id: Uuid,
+    /// The reservation.
+    pub reservation_id: String,
+    /// What was reserved.
+    pub items: Vec<ItemQuantity>,
+    /// When it was reserved.
+    #[serde(with = "rfc3339")]
+    pub timestamp: DateTime<Utc>,
+}
+
+/// `stock.reservation_failed`: Stock could not reserve (out of stock).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StockReservationFailed {
+    /// The order.
+    pub order_id: Uuid,
+    /// Why.
+    pub reason: String,
+    /// When it failed.
+    #[serde(with = "rfc3339")]
+    pub timestamp: DateTime<Utc>,
+}
+
+/// `stock.released`: Stock gave a reservation back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StockReleased {
+    /// The order.
+    pub order_id: Uuid,
+    /// The released reservation.
+    pub reservation_id: String,
+    /// When it was released.
+    #[serde(with = "rfc3339")]
+    pub timestamp: DateTime<Utc>,
+}

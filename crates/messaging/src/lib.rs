@@ -1,1 +1,25 @@
-//! messaging
+//! Messaging: the message-bus port, the envelope every message travels in, typed helpers,
+//! and the in-memory adapter.
+//!
+//! * [`MessageBus`] is the port: publish an [`Envelope`]; subscribe a named consumer
+//!   group with a [`MessageHandler`]. The handler's result decides delivery: `Ok` acks,
+//!   [`HandlerError::Retryable`] redelivers with backoff, [`HandlerError::Permanent`]
+//!   dead-letters at once.
+//! * [`MessageBusExt::publish_json`] and [`typed_handler`] keep raw JSON out of call sites.
+//! * [`InMemoryBus`] runs everything in one process on tokio.
+//! * [`conformance`] is the suite every adapter must pass.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod conformance;
+mod envelope;
+mod error;
+mod memory;
+mod port;
+mod typed;
+
+pub use envelope::{Envelope, MessageId};
+pub use error::{BusError, ErrorKind, HandlerError};
+pub use memory::{DeadLetter, InMemoryBus, InMemoryBusConfig, OverflowPolicy, RetryPolicy};
+pub use port::{MessageBus, MessageHandler, Subscription, SubscriptionHandle};
+pub use typed::{MessageBusExt, TypedHandler, typed_handler};

@@ -1,0 +1,113 @@
+//! The bus port: what every adapter (in-memory, NATS JetStream) implements.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::{sync::watch, task::JoinHandle};
+
+use crate::{BusError, Envelope, HandlerError};
+
+/// Handles the messages of one subscription. The result decides delivery:
+/// `Ok` = ack, `Retryable` = redeliver with backoff, `Permanent` = dead letter.
+#[async_trait]
+pub trait MessageHandler: Send + Sync + 'static {
+    /// Handles one message.
+    ///
+    /// # Errors
+    /// A [`HandlerError`] whose kind decides redelivery.
+    async fn handle(&self, envelope: &Envelope) -> Result<(), HandlerError>;
+}
+
+/// A named consumer group and the topics it listens to. Every group gets every message
+/// of its topics; within a group each message is delivered once (at least once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    /// The group name. A subscriber that comes back under the same name receives what
+    /// was published while it was away.
+    pub name: String,
+    /// The topics.
+    pub topics: Vec<String>,
+}
+
+impl Subscription {
+    /// A subscription named `name` with no topics yet.
+    #[must_use]
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            topics: Vec::new(),
+        }
+    }
+
+    /// Adds a topic.
+    #[must_use]
+    pub fn topic(mut self, topic: impl Into<String>) -> Self {
+        self.topics.push(topic.into());
+        self
+    }
+}
+
+/// The message bus port. Dyn-compatible: services hold `Arc<dyn MessageBus>`.
+#[async_trait]
+pub trait MessageBus: Send + Sync + 'static {
+    /// Publishes one message to its topic. Returns once the bus has accepted it (queued
+    /// for every group in memory; stored by the server on a network bus).
+    ///
+    /// # Errors
+    /// [`BusError`] when the bus is closed, a backlog is full, or the transport fails.
+    async fn publish(&self, envelope: Envelope) -> Result<(), BusError>;
+
+    /// Attaches `handler` as the consumer group `subscription.name`.
+    ///
+    /// # Errors
+    /// [`BusError::AlreadySubscribed`] when that group is attached, or a transport error.
+    async fn subscribe(
+        &self,
+        subscription: Subscription,
+        handler: Arc<dyn MessageHandler>,
+    ) -> Result<SubscriptionHandle, BusError>;
+}
+
+/// A running subscription. [`SubscriptionHandle::unsubscribe`] stops it after the
+/// messages in hand are handled; what is still queued stays for the group's return.
+/// Dropping the handle without calling it also stops the workers (they see the signal).
+#[derive(Debug)]
+pub struct SubscriptionHandle {
+    name: String,
+    stop: watch::Sender<bool>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl SubscriptionHandle {
+    /// For adapters: a handle over worker tasks that watch `stop`.
+    #[must_use]
+    pub fn new(name: String, stop: watch::Sender<bool>, workers: Vec<JoinHandle<()>>) -> Self {
+        Self {
+            name,
+            stop,
+            workers,
+        }
+    }
+
+    /// The group name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Stops the workers and waits until the messages in hand are handled.
+    pub async fn unsubscribe(mut self) {
+        let _ = self.stop.send(true);
+        for worker in std::mem::take(&mut self.workers) {
+            if let Err(e) = worker.await {
+                tracing::error!(subscriber = %self.name, error = %e, "subscriber worker ended abnormally");
+            }
+        }
+    }
+}
+
+impl Drop for SubscriptionHandle {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
