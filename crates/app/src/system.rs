@@ -1,0 +1,249 @@
+//! Wiring: builds the whole Orders system in one process (in-memory bus, a store
+//! adapter, the Orders service with its subscriber and outbox relay, and the simulated
+//! Payments and Stock contexts). Used by the demo, the end-to-end tests and the bench.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use messaging::{
+    BusError, Envelope, HandlerError, InMemoryBus, InMemoryBusConfig, MessageBus, MessageHandler,
+    Subscription, SubscriptionHandle,
+};
+use orders_app::{
+    Clock, OrderStore, OrdersConfig, OrdersMessageHandler, OrdersService, Outbox, OutboxRelay,
+    RelayStopped, SystemClock,
+};
+use orders_domain::{Order, OrderId, OrderStatus};
+use orders_store::InMemoryOrderStore;
+use payments_sim::{PaymentsConfig, PaymentsHandle, PaymentsService};
+use stock_sim::{StockConfig, StockHandle, StockService};
+use tokio::{sync::watch, task::JoinHandle};
+
+/// The storage adapters the system runs on.
+#[derive(Clone)]
+pub struct Stores {
+    /// Orders + outbox + inbox.
+    pub store: Arc<dyn OrderStore>,
+    /// The relay's view of the outbox (usually the same object).
+    pub outbox: Arc<dyn Outbox>,
+}
+
+impl Stores {
+    /// The in-memory adapter.
+    #[must_use]
+    pub fn in_memory() -> Self {
+        let store = Arc::new(InMemoryOrderStore::new());
+        Self {
+            store: store.clone(),
+            outbox: store,
+        }
+    }
+}
+
+/// Settings of an in-process system.
+#[derive(Debug, Clone, Default)]
+pub struct SystemConfig {
+    /// The in-memory bus.
+    pub bus: InMemoryBusConfig,
+    /// The Orders service.
+    pub orders: OrdersConfig,
+    /// Simulated Payments behaviour.
+    pub payments: PaymentsConfig,
+    /// Simulated Stock behaviour.
+    pub stock: StockConfig,
+    /// Record every message per correlation id (demo and tests; memory grows with it).
+    pub tap: bool,
+}
+
+/// A running in-process system.
+pub struct InProcessSystem {
+    /// The bus everything talks over.
+    pub bus: InMemoryBus,
+    /// The Orders use cases.
+    pub orders: OrdersService,
+    /// The outbox the relay drains.
+    pub outbox: Arc<dyn Outbox>,
+    /// Simulated Payments.
+    pub payments: PaymentsHandle,
+    /// Simulated Stock.
+    pub stock: StockHandle,
+    /// Every message seen, per correlation id, when `tap` was on.
+    pub tap: Option<Arc<Tap>>,
+    orders_subscription: SubscriptionHandle,
+    tap_subscription: Option<SubscriptionHandle>,
+    stop_relay: watch::Sender<bool>,
+    relay: JoinHandle<RelayStopped>,
+}
+
+impl std::fmt::Debug for InProcessSystem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InProcessSystem").finish_non_exhaustive()
+    }
+}
+
+impl InProcessSystem {
+    /// Starts everything on the in-memory store with the system clock.
+    ///
+    /// # Errors
+    /// A [`BusError`] when a subscription fails.
+    pub async fn start(config: SystemConfig) -> Result<Self, BusError> {
+        Self::start_with(config, Stores::in_memory(), Arc::new(SystemClock)).await
+    }
+
+    /// Starts everything on `stores`, reading time from `clock`.
+    ///
+    /// # Errors
+    /// A [`BusError`] when a subscription fails.
+    pub async fn start_with(
+        config: SystemConfig,
+        stores: Stores,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, BusError> {
+        let bus = InMemoryBus::new(config.bus.clone());
+        let shared: Arc<dyn MessageBus> = Arc::new(bus.clone());
+        let tap = config.tap.then(|| Arc::new(Tap::default()));
+        let tap_subscription = match &tap {
+            Some(tap) => {
+                let mut subscription = Subscription::new("tap");
+                for topic in contracts::topics::ALL {
+                    subscription = subscription.topic(topic);
+                }
+                Some(shared.subscribe(subscription, tap.clone()).await?)
+            }
+            None => None,
+        };
+        let orders = OrdersService::new(stores.store.clone(), clock, config.orders.clone());
+        let orders_subscription = shared
+            .subscribe(
+                OrdersMessageHandler::subscription(),
+                Arc::new(OrdersMessageHandler::new(orders.clone())),
+            )
+            .await?;
+        let payments = PaymentsService::start(shared.clone(), config.payments.clone()).await?;
+        let stock = StockService::start(shared.clone(), config.stock.clone()).await?;
+        let (stop_relay, mut stop_rx) = watch::channel(false);
+        let relay = OutboxRelay::new(stores.outbox.clone(), shared);
+        let relay = tokio::spawn(relay.run(async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        }));
+        Ok(Self {
+            bus,
+            orders,
+            outbox: stores.outbox,
+            payments,
+            stock,
+            tap,
+            orders_subscription,
+            tap_subscription,
+            stop_relay,
+            relay,
+        })
+    }
+
+    /// Waits until nothing is left to do: the outbox is empty and every subscriber idle.
+    /// Returns whether that happened before `timeout`.
+    pub async fn settle(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if !self.bus.wait_idle(remaining).await {
+                return false;
+            }
+            if self.outbox.unsent().await.unwrap_or(1) == 0 && self.bus.is_idle() {
+                // Re-check after letting the relay run: it may hold a batch in hand.
+                tokio::task::yield_now().await;
+                if self.outbox.unsent().await.unwrap_or(1) == 0 && self.bus.is_idle() {
+                    return true;
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Waits until the order has `status`, or `timeout` passes.
+    ///
+    /// # Errors
+    /// A message with the order's last status when the deadline passes.
+    pub async fn wait_for_status(
+        &self,
+        id: OrderId,
+        status: OrderStatus,
+        timeout: Duration,
+    ) -> Result<Order, String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let order = self.orders.order(id).await.ok();
+            match &order {
+                Some(order) if order.status() == status => return Ok(order.clone()),
+                _ if tokio::time::Instant::now() >= deadline => {
+                    return Err(format!(
+                        "order {id} did not reach {status} within {timeout:?}; it is {}",
+                        order.map_or_else(|| "missing".to_owned(), |o| o.status().to_string())
+                    ));
+                }
+                _ => tokio::time::sleep(Duration::from_millis(1)).await,
+            }
+        }
+    }
+
+    /// Stops the relay (after a last flush), the subscribers and the simulators.
+    pub async fn shutdown(self) {
+        let _ = self.stop_relay.send(true);
+        if let Err(e) = self.relay.await {
+            tracing::error!(error = %e, "relay task failed");
+        }
+        self.orders_subscription.unsubscribe().await;
+        self.payments.stop().await;
+        self.stock.stop().await;
+        if let Some(tap) = self.tap_subscription {
+            tap.unsubscribe().await;
+        }
+    }
+}
+
+/// Records every message, per correlation id, in the order delivered.
+#[derive(Debug, Default)]
+pub struct Tap {
+    seen: Mutex<HashMap<String, Vec<Envelope>>>,
+}
+
+impl Tap {
+    /// The messages of one correlation id (order), in order.
+    #[must_use]
+    pub fn messages(&self, correlation_id: &str) -> Vec<Envelope> {
+        self.seen
+            .lock()
+            .map(|seen| seen.get(correlation_id).cloned().unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    /// How many messages of `topic` the order had.
+    #[must_use]
+    pub fn count(&self, correlation_id: &str, topic: &str) -> usize {
+        self.messages(correlation_id)
+            .iter()
+            .filter(|e| e.topic == topic)
+            .count()
+    }
+}
+
+#[async_trait]
+impl MessageHandler for Tap {
+    async fn handle(&self, envelope: &Envelope) -> Result<(), HandlerError> {
+        let mut seen = self
+            .seen
+            .lock()
+            .map_err(|_| HandlerError::permanent("tap poisoned"))?;
+        seen.entry(envelope.correlation_id.clone())
+            .or_default()
+            .push(envelope.clone());
+        Ok(())
+    }
+}

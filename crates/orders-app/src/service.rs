@@ -1,0 +1,369 @@
+//! The Orders use cases: place an order, cancel it, read it, and apply Payments' and
+//! Stock's answers. Each change is one atomic [`Commit`] (order + outbox + inbox).
+
+use std::sync::Arc;
+
+use messaging::{Envelope, HandlerError};
+use orders_domain::{
+    IdempotencyWindow, Order, OrderError, OrderId, Timestamp, Transition,
+    default_idempotency_window,
+};
+
+use crate::{
+    AppError, CancelOrder, Clock, Commit, HandlingOutcome, InboxRecord, MessageRecord, OrderStore,
+    PlaceOrder, StoreError, publishing::envelope_for,
+};
+
+/// Settings of the Orders service.
+#[derive(Debug, Clone)]
+pub struct OrdersConfig {
+    /// How long processed payment/reservation ids are remembered (default 24 h).
+    pub idempotency_window: IdempotencyWindow,
+    /// How often a change is retried after an optimistic-concurrency conflict.
+    pub conflict_retries: u32,
+}
+
+impl Default for OrdersConfig {
+    fn default() -> Self {
+        Self {
+            idempotency_window: default_idempotency_window(),
+            conflict_retries: 8,
+        }
+    }
+}
+
+/// The result of a checkout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placed {
+    /// The order.
+    pub order_id: OrderId,
+    /// `false` when an idempotency key matched an earlier order, which is returned.
+    pub created: bool,
+}
+
+/// The Orders application service.
+#[derive(Clone)]
+pub struct OrdersService {
+    store: Arc<dyn OrderStore>,
+    clock: Arc<dyn Clock>,
+    config: OrdersConfig,
+}
+
+impl std::fmt::Debug for OrdersService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrdersService")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OrdersService {
+    /// A service over `store`, reading time from `clock`.
+    #[must_use]
+    pub fn new(store: Arc<dyn OrderStore>, clock: Arc<dyn Clock>, config: OrdersConfig) -> Self {
+        Self {
+            store,
+            clock,
+            config,
+        }
+    }
+
+    /// The store (for read models and tests).
+    #[must_use]
+    pub fn store(&self) -> &Arc<dyn OrderStore> {
+        &self.store
+    }
+
+    /// Checkout: validates the command, stores the order with its `order.placed` message
+    /// in one commit, and returns the order id. With an idempotency key that was used
+    /// before, returns that order instead of placing a second one.
+    ///
+    /// # Errors
+    /// [`AppError::Validation`] naming every bad field; [`AppError::Store`].
+    pub async fn place_order(
+        &self,
+        command: PlaceOrder,
+        idempotency_key: Option<String>,
+    ) -> Result<Placed, AppError> {
+        if let Some(key) = &idempotency_key {
+            if let Some(order_id) = self.store.find_by_idempotency_key(key).await? {
+                return Ok(Placed {
+                    order_id,
+                    created: false,
+                });
+            }
+        }
+        let valid = command.validate().map_err(AppError::Validation)?;
+        let now = self.clock.now();
+        let mut order = Order::place(
+            OrderId::random(),
+            valid.customer_id,
+            valid.items,
+            valid.address,
+            now,
+        )?;
+        let outbox = self.outbox(&mut order, None)?;
+        let order_id = order.id();
+        match self
+            .store
+            .commit(Commit {
+                order: Some(order),
+                outbox,
+                inbox: None,
+                idempotency_key,
+            })
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(%order_id, "order placed");
+                Ok(Placed {
+                    order_id,
+                    created: true,
+                })
+            }
+            Err(StoreError::DuplicateIdempotencyKey(existing)) => Ok(Placed {
+                order_id: existing,
+                created: false,
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Cancels an order on request; `order.cancelled` tells Payments to refund and Stock
+    /// to release. Returns the cancelled order.
+    ///
+    /// # Errors
+    /// [`AppError::Validation`] for a blank reason, [`AppError::NotFound`],
+    /// [`AppError::Rejected`] with [`OrderError::AlreadyCancelled`], [`AppError::Store`].
+    pub async fn cancel_order(&self, command: CancelOrder) -> Result<Order, AppError> {
+        let reason = command.validate().map_err(AppError::Validation)?;
+        let mut attempts = 0;
+        loop {
+            let mut order = self
+                .store
+                .load(command.order_id)
+                .await?
+                .ok_or(AppError::NotFound(command.order_id))?;
+            let now = self.clock.now();
+            order.prune_processed_ids(now, self.config.idempotency_window);
+            let _: Transition = order.cancel(reason.clone(), now)?;
+            let outbox = self.outbox(&mut order, None)?;
+            match self
+                .store
+                .commit(Commit {
+                    order: Some(order.clone()),
+                    outbox,
+                    inbox: None,
+                    idempotency_key: None,
+                })
+                .await
+            {
+                Ok(version) => {
+                    order.mark_saved(version);
+                    tracing::info!(order_id = %order.id(), "order cancelled on request");
+                    return Ok(order);
+                }
+                Err(StoreError::Conflict { .. }) if attempts < self.config.conflict_retries => {
+                    attempts += 1
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Reads an order.
+    ///
+    /// # Errors
+    /// [`AppError::NotFound`], [`AppError::Store`].
+    pub async fn order(&self, id: OrderId) -> Result<Order, AppError> {
+        self.store.load(id).await?.ok_or(AppError::NotFound(id))
+    }
+
+    /// The order's message history.
+    ///
+    /// # Errors
+    /// [`AppError::Store`].
+    pub async fn messages(&self, id: OrderId) -> Result<Vec<MessageRecord>, AppError> {
+        Ok(self.store.messages(id).await?)
+    }
+
+    /// Applies a message to an order, idempotently and atomically:
+    /// a message this subscriber already handled is a no-op; an unknown order or a
+    /// transition the order refuses is recorded as rejected (the caller acks it); an
+    /// applied change is committed with its outbox messages and the inbox record.
+    ///
+    /// # Errors
+    /// A retryable [`HandlerError`] when the store fails or conflicts persist.
+    pub async fn apply_message<F>(
+        &self,
+        subscriber: &str,
+        envelope: &Envelope,
+        order_id: OrderId,
+        apply: F,
+    ) -> Result<HandlingOutcome, HandlerError>
+    where
+        F: Fn(&mut Order, Timestamp) -> Result<Transition, OrderError> + Send + Sync,
+    {
+        let mut attempts = 0;
+        loop {
+            if self
+                .store
+                .is_handled(subscriber, envelope.message_id)
+                .await
+                .map_err(retryable)?
+            {
+                tracing::info!(%order_id, "message already handled: redelivery ignored");
+                return Ok(HandlingOutcome::Duplicate);
+            }
+            let now = self.clock.now();
+            let inbox = |outcome| InboxRecord {
+                subscriber: subscriber.to_owned(),
+                message_id: envelope.message_id,
+                topic: envelope.topic.to_string(),
+                order_id,
+                outcome,
+                handled_at: now,
+            };
+            let (commit, outcome) = match self.store.load(order_id).await.map_err(retryable)? {
+                None => {
+                    tracing::error!(%order_id, message_id = %envelope.message_id, topic = %envelope.topic,
+                        "rejected: unknown order");
+                    let outcome = HandlingOutcome::Rejected("unknown order".to_owned());
+                    (
+                        Commit {
+                            order: None,
+                            outbox: vec![],
+                            inbox: Some(inbox(outcome.clone())),
+                            idempotency_key: None,
+                        },
+                        outcome,
+                    )
+                }
+                Some(mut order) => {
+                    let before = order.status();
+                    order.prune_processed_ids(now, self.config.idempotency_window);
+                    match apply(&mut order, now) {
+                        Ok(Transition::Applied) => {
+                            tracing::info!(%order_id, from = %before, to = %order.status(), "applied");
+                            let outbox = self
+                                .outbox(&mut order, Some(envelope.message_id))
+                                .map_err(|e| HandlerError::permanent(e.to_string()))?;
+                            let outcome = HandlingOutcome::Applied;
+                            (
+                                Commit {
+                                    order: Some(order),
+                                    outbox,
+                                    inbox: Some(inbox(outcome.clone())),
+                                    idempotency_key: None,
+                                },
+                                outcome,
+                            )
+                        }
+                        Ok(Transition::AlreadyApplied) => {
+                            tracing::info!(%order_id, status = %before, "duplicate: already applied, order unchanged");
+                            let outcome = HandlingOutcome::Duplicate;
+                            (
+                                Commit {
+                                    order: None,
+                                    outbox: vec![],
+                                    inbox: Some(inbox(outcome.clone())),
+                                    idempotency_key: None,
+                                },
+                                outcome,
+                            )
+                        }
+                        Err(error) => {
+                            tracing::warn!(%order_id, message_id = %envelope.message_id, topic = %envelope.topic,
+                                status = %before, %error, "rejected: order unchanged");
+                            let outcome = HandlingOutcome::Rejected(error.to_string());
+                            (
+                                Commit {
+                                    order: None,
+                                    outbox: vec![],
+                                    inbox: Some(inbox(outcome.clone())),
+                                    idempotency_key: None,
+                                },
+                                outcome,
+                            )
+                        }
+                    }
+                }
+            };
+            match self.store.commit(commit).await {
+                Ok(_) => return Ok(outcome),
+                Err(StoreError::DuplicateMessage { .. }) => return Ok(HandlingOutcome::Duplicate),
+                Err(StoreError::Conflict { .. }) if attempts < self.config.conflict_retries => {
+                    attempts += 1;
+                    tracing::debug!(%order_id, attempts, "conflict: reloading");
+                }
+                Err(e) => return Err(retryable(e)),
+            }
+        }
+    }
+
+    /// Records a message that cannot be applied at all (e.g. a value that fails domain
+    /// validation) as rejected, so it is visible in the order's history.
+    ///
+    /// # Errors
+    /// A retryable [`HandlerError`] when the store fails.
+    pub async fn reject_message(
+        &self,
+        subscriber: &str,
+        envelope: &Envelope,
+        order_id: OrderId,
+        reason: String,
+    ) -> Result<HandlingOutcome, HandlerError> {
+        tracing::warn!(%order_id, message_id = %envelope.message_id, topic = %envelope.topic, %reason, "rejected: invalid message");
+        let outcome = HandlingOutcome::Rejected(reason);
+        let inbox = InboxRecord {
+            subscriber: subscriber.to_owned(),
+            message_id: envelope.message_id,
+            topic: envelope.topic.to_string(),
+            order_id,
+            outcome: outcome.clone(),
+            handled_at: self.clock.now(),
+        };
+        match self
+            .store
+            .commit(Commit {
+                order: None,
+                outbox: vec![],
+                inbox: Some(inbox),
+                idempotency_key: None,
+            })
+            .await
+        {
+            Ok(_) => Ok(outcome),
+            Err(StoreError::DuplicateMessage { .. }) => Ok(HandlingOutcome::Duplicate),
+            Err(e) => Err(retryable(e)),
+        }
+    }
+
+    /// Removes inbox records and sent outbox rows older than the idempotency window.
+    ///
+    /// # Errors
+    /// [`AppError::Store`].
+    pub async fn prune(&self) -> Result<crate::PruneReport, AppError> {
+        Ok(self
+            .store
+            .prune(self.clock.now() - self.config.idempotency_window)
+            .await?)
+    }
+
+    fn outbox(
+        &self,
+        order: &mut Order,
+        causation: Option<messaging::MessageId>,
+    ) -> Result<Vec<Envelope>, AppError> {
+        order
+            .take_events()
+            .iter()
+            .map(|event| envelope_for(event, causation))
+            .collect::<Result<_, _>>()
+            .map_err(|e| AppError::Store(StoreError::Corrupt(format!("cannot encode event: {e}"))))
+    }
+}
+
+fn retryable(e: StoreError) -> HandlerError {
+    HandlerError::retryable(e.to_string())
+}
