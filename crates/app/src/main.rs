@@ -31,6 +31,8 @@ struct Cli {
 enum Command {
     /// Run every scenario in one process and check its outcome.
     Demo,
+    /// Measure latency and throughput; print a Markdown table (use --release).
+    Bench(app::bench::BenchConfig),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +51,10 @@ fn main() -> ExitCode {
         Command::Demo => {
             telemetry::init(cli.log_format, "warn");
             runtime.block_on(demo())
+        }
+        Command::Bench(config) => {
+            telemetry::init(cli.log_format, "error");
+            runtime.block_on(bench(config))
         }
     }
 }
@@ -71,5 +77,18 @@ async fn demo() -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+async fn bench(config: app::bench::BenchConfig) -> ExitCode {
+    match app::bench::run(&config).await {
+        Ok(rows) => {
+            println!("{}", app::bench::render(&rows));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bench failed: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -248,10 +248,12 @@ async fn finish(
 }
 
 fn transcript(messages: &[Envelope], history: &[MessageRecord]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
     messages
         .iter()
         .enumerate()
         .map(|(i, envelope)| {
+            let first_delivery = seen.insert(envelope.message_id);
             let handled = history
                 .iter()
                 .filter(|r| {
@@ -261,10 +263,12 @@ fn transcript(messages: &[Envelope], history: &[MessageRecord]) -> Vec<String> {
                 .map(describe)
                 .collect::<Vec<_>>()
                 .join(", ");
-            let note = if handled.is_empty() {
-                String::new()
-            } else {
-                format!("-> Orders: {handled}")
+            let note = match (handled.is_empty(), first_delivery) {
+                (true, _) => String::new(),
+                (false, true) => format!("-> Orders: {handled}"),
+                (false, false) => {
+                    "-> Orders: redelivered message id, dropped by the inbox".to_owned()
+                }
             };
             format!("{:>2}. {:<26}{note}", i + 1, envelope.topic)
         })
@@ -393,8 +397,10 @@ async fn replayed_messages(stores: Stores) -> ScenarioReport {
     let history = store.messages(id).await.unwrap_or_default();
     for topic in [topics::PAYMENT_APPROVED, topics::STOCK_RESERVED] {
         let got = outcomes(&history, topic);
+        // The redelivered message id never reaches the aggregate (the inbox drops it);
+        // the re-sent answer under a new message id is a domain-level duplicate.
         report.check(
-            got == ["applied", "duplicate", "duplicate"],
+            got == ["applied", "duplicate"],
             format!("{topic} outcomes: {got:?}"),
         );
     }
