@@ -1,1 +1,32 @@
-//! payments-sim
+//! A simulated Payments bounded context. It knows Orders only through the published
+//! language ([`contracts`]) on a [`messaging::MessageBus`]:
+//!
+//! * `order.placed` → decide by [`PaymentDecision`] → `payment.approved` or
+//!   `payment.declined`;
+//! * `order.cancelled` → `payment.refunded` when, by its own records, it charged the order
+//!   and has not refunded it yet.
+//!
+//! It is an idempotent producer: a redelivered `order.placed` gets the same answer again
+//! (the same `paymentId`), and a repeated `order.cancelled` never refunds twice.
+//! [`PaymentsConfig`] makes it slow, stingy or chatty (duplicate replies) for tests and
+//! demos; [`PaymentsHandle`] counts what it did.
+//!
+//! ```no_run
+//! # async fn run(bus: std::sync::Arc<dyn messaging::MessageBus>) -> Result<(), messaging::BusError> {
+//! use payments_sim::{PaymentDecision, PaymentsConfig, PaymentsService};
+//!
+//! let config = PaymentsConfig::default().decision(PaymentDecision::DeclineAll);
+//! let payments = PaymentsService::start(bus, config).await?;
+//! // … orders flow …
+//! payments.stop().await;
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod config;
+mod ledger;
+mod service;
+
+pub use config::{PaymentDecision, PaymentsConfig};
+pub use service::{CONSUMER_GROUP, PaymentsHandle, PaymentsService};

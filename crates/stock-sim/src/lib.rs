@@ -1,1 +1,32 @@
-//! stock-sim
+//! A simulated Stock bounded context. It knows Orders only through the published language
+//! ([`contracts`]) on a [`messaging::MessageBus`]:
+//!
+//! * `order.paid` → `stock.reserved`, or `stock.reservation_failed` naming the products
+//!   that are out of stock;
+//! * `order.cancelled` → `stock.released` when, by its own records, it holds a reservation
+//!   for the order that it has not released yet.
+//!
+//! It is an idempotent producer: a redelivered `order.paid` gets the same answer again
+//! (the same `reservationId`), and a repeated `order.cancelled` never releases twice.
+//! [`StockConfig`] makes it slow, short of products or chatty (duplicate replies) for tests
+//! and demos; [`StockHandle`] counts what it did.
+//!
+//! ```no_run
+//! # async fn run(bus: std::sync::Arc<dyn messaging::MessageBus>) -> Result<(), messaging::BusError> {
+//! use stock_sim::{StockConfig, StockService};
+//!
+//! let config = StockConfig::default().out_of_stock(["sku-404"]);
+//! let stock = StockService::start(bus, config).await?;
+//! // … orders flow …
+//! stock.stop().await;
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod config;
+mod ledger;
+mod service;
+
+pub use config::StockConfig;
+pub use service::{CONSUMER_GROUP, StockHandle, StockService};

@@ -1,0 +1,269 @@
+//! What Payments remembers per order, and the decisions taken against it. Pure state: no
+//! bus, no clock (the caller passes `now`), so every rule is decided under one lock and
+//! the answer is published after the lock is released.
+//!
+//! The ledger makes Payments an idempotent producer: an order is decided once and a
+//! repeated question gets the recorded answer (the same `paymentId`), and a payment is
+//! refunded at most once, whatever the cancellation message says.
+
+use std::{
+    collections::HashMap,
+    sync::{Mutex, MutexGuard, PoisonError},
+};
+
+use chrono::{DateTime, Utc};
+use contracts::{OrderCancelled, OrderPlaced, PaymentApproved, PaymentDeclined, PaymentRefunded};
+use uuid::Uuid;
+
+use crate::PaymentDecision;
+
+/// Every order Payments has heard of, and how many decisions of each kind it took.
+#[derive(Debug, Default)]
+pub(crate) struct Ledger {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    orders: HashMap<Uuid, Record>,
+    approved: usize,
+    declined: usize,
+    refunded: usize,
+}
+
+/// What Payments knows about one order.
+#[derive(Debug)]
+enum Record {
+    /// Charged; possibly refunded since.
+    Approved(Payment),
+    /// Refused; a repeated question gets the same refusal.
+    Declined(PaymentDeclined),
+    /// Cancelled before Payments saw it placed: it must never be charged.
+    CancelledUnpaid,
+}
+
+#[derive(Debug)]
+struct Payment {
+    /// The approval as first published, re-sent verbatim when asked again.
+    approval: PaymentApproved,
+    /// The refund, once issued.
+    refund: Option<Refund>,
+}
+
+#[derive(Debug)]
+struct Refund {
+    message: PaymentRefunded,
+    /// Whether `payment.refunded` reached the bus. Until it did, a redelivered
+    /// `order.cancelled` publishes the same refund again (never a second refund).
+    announced: bool,
+}
+
+/// The answer to an `order.placed`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PlacedAnswer {
+    /// Publish `payment.approved`. `first` is false when re-sending a recorded approval.
+    Approve {
+        message: PaymentApproved,
+        first: bool,
+    },
+    /// Publish `payment.declined`. `first` is false when re-sending a recorded refusal.
+    Decline {
+        message: PaymentDeclined,
+        first: bool,
+    },
+    /// Publish nothing: the order was charged and refunded already; approving it again
+    /// would contradict the refund.
+    AlreadyRefunded { payment_id: String },
+}
+
+/// The answer to an `order.cancelled`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CancelledAnswer {
+    /// Publish `payment.refunded`. `first` is false when the refund was issued before but
+    /// its announcement did not reach the bus.
+    Refund {
+        message: PaymentRefunded,
+        first: bool,
+    },
+    /// Publish nothing: refunded and announced before.
+    AlreadyRefunded { payment_id: String },
+    /// Publish nothing: Payments never charged this order.
+    NothingCharged,
+}
+
+impl Ledger {
+    /// Decides `order` once; afterwards returns the recorded answer.
+    pub(crate) fn on_placed(
+        &self,
+        order: &OrderPlaced,
+        decision: &PaymentDecision,
+        now: DateTime<Utc>,
+    ) -> PlacedAnswer {
+        let mut state = self.lock();
+        let State {
+            orders,
+            approved,
+            declined,
+            ..
+        } = &mut *state;
+        match orders.get_mut(&order.order_id) {
+            Some(Record::Approved(payment)) => match &payment.refund {
+                Some(_) => PlacedAnswer::AlreadyRefunded {
+                    payment_id: payment.approval.payment_id.clone(),
+                },
+                None => PlacedAnswer::Approve {
+                    message: payment.approval.clone(),
+                    first: false,
+                },
+            },
+            Some(Record::Declined(message)) => PlacedAnswer::Decline {
+                message: message.clone(),
+                first: false,
+            },
+            Some(record @ Record::CancelledUnpaid) => {
+                let message = PaymentDeclined {
+                    order_id: order.order_id,
+                    reason: "the order was cancelled before it was charged".to_owned(),
+                    timestamp: now,
+                };
+                *record = Record::Declined(message.clone());
+                *declined += 1;
+                PlacedAnswer::Decline {
+                    message,
+                    first: true,
+                }
+            }
+            None => match decision.decline_reason(order.total_amount, &order.currency) {
+                Some(reason) => {
+                    let message = PaymentDeclined {
+                        order_id: order.order_id,
+                        reason,
+                        timestamp: now,
+                    };
+                    orders.insert(order.order_id, Record::Declined(message.clone()));
+                    *declined += 1;
+                    PlacedAnswer::Decline {
+                        message,
+                        first: true,
+                    }
+                }
+                None => {
+                    let approval = PaymentApproved {
+                        order_id: order.order_id,
+                        payment_id: Uuid::new_v4().to_string(),
+                        approved_amount: order.total_amount,
+                        currency: order.currency.clone(),
+                        timestamp: now,
+                    };
+                    orders.insert(
+                        order.order_id,
+                        Record::Approved(Payment {
+                            approval: approval.clone(),
+                            refund: None,
+                        }),
+                    );
+                    *approved += 1;
+                    PlacedAnswer::Approve {
+                        message: approval,
+                        first: true,
+                    }
+                }
+            },
+        }
+    }
+
+    /// Refunds what Payments charged for the cancelled order, once. Decides on its own
+    /// records, not on the message's `paymentId`: an order cancelled while awaiting
+    /// payment may have been charged concurrently.
+    pub(crate) fn on_cancelled(
+        &self,
+        cancelled: &OrderCancelled,
+        now: DateTime<Utc>,
+    ) -> CancelledAnswer {
+        let mut state = self.lock();
+        let State {
+            orders, refunded, ..
+        } = &mut *state;
+        match orders.get_mut(&cancelled.order_id) {
+            Some(Record::Approved(payment)) => match &payment.refund {
+                Some(refund) if refund.announced => CancelledAnswer::AlreadyRefunded {
+                    payment_id: refund.message.payment_id.clone(),
+                },
+                Some(refund) => CancelledAnswer::Refund {
+                    message: refund.message.clone(),
+                    first: false,
+                },
+                None => {
+                    let message = PaymentRefunded {
+                        order_id: cancelled.order_id,
+                        payment_id: payment.approval.payment_id.clone(),
+                        amount: payment.approval.approved_amount,
+                        currency: payment.approval.currency.clone(),
+                        timestamp: now,
+                    };
+                    payment.refund = Some(Refund {
+                        message: message.clone(),
+                        announced: false,
+                    });
+                    *refunded += 1;
+                    CancelledAnswer::Refund {
+                        message,
+                        first: true,
+                    }
+                }
+            },
+            Some(Record::Declined(_) | Record::CancelledUnpaid) => CancelledAnswer::NothingCharged,
+            None => {
+                orders.insert(cancelled.order_id, Record::CancelledUnpaid);
+                CancelledAnswer::NothingCharged
+            }
+        }
+    }
+
+    /// Notes that the refund of `order_id` reached the bus.
+    pub(crate) fn refund_announced(&self, order_id: Uuid) {
+        if let Some(Record::Approved(Payment {
+            refund: Some(refund),
+            ..
+        })) = self.lock().orders.get_mut(&order_id)
+        {
+            refund.announced = true;
+        }
+    }
+
+    pub(crate) fn approved_count(&self) -> usize {
+        self.lock().approved
+    }
+
+    pub(crate) fn declined_count(&self) -> usize {
+        self.lock().declined
+    }
+
+    pub(crate) fn refunded_count(&self) -> usize {
+        self.lock().refunded
+    }
+
+    /// The refunds issued for `order_id`: 0 or 1.
+    pub(crate) fn refunds_for(&self, order_id: Uuid) -> usize {
+        match self.lock().orders.get(&order_id) {
+            Some(Record::Approved(Payment {
+                refund: Some(_), ..
+            })) => 1,
+            _ => 0,
+        }
+    }
+
+    /// The `paymentId` approved for `order_id`, if any.
+    pub(crate) fn payment_for(&self, order_id: Uuid) -> Option<String> {
+        match self.lock().orders.get(&order_id) {
+            Some(Record::Approved(payment)) => Some(payment.approval.payment_id.clone()),
+            _ => None,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every update is a handful of assignments with no await; a panic in another
+        // handler cannot leave it half-done, so a poisoned lock is still consistent.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}

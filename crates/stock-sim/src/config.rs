@@ -1,0 +1,93 @@
+//! How the simulated Stock behaves: which products it lacks, how long it takes, and
+//! whether it answers everything twice.
+
+use std::{collections::HashSet, time::Duration};
+
+use contracts::ItemQuantity;
+
+/// Settings of the simulated Stock. The default has every product, answers at once, and
+/// answers each message once.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StockConfig {
+    /// Product ids (SKUs) that cannot be reserved, whatever the quantity.
+    pub out_of_stock: HashSet<String>,
+    /// Simulated processing time: the handler waits this long before it answers any
+    /// message (`order.paid` and `order.cancelled`).
+    pub delay: Duration,
+    /// Publish every answer twice: two envelopes with different `messageId`s and the
+    /// identical payload (the same `reservationId`), as an at-least-once producer that
+    /// retried after a lost acknowledgement would. It exercises the consumer's
+    /// domain-level idempotency (the `reservationId`), which a message-id inbox cannot.
+    pub duplicate_replies: bool,
+}
+
+impl StockConfig {
+    /// Sets the products that are out of stock (replacing any set before).
+    #[must_use]
+    pub fn out_of_stock<I, S>(mut self, products: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.out_of_stock = products.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets the simulated processing time.
+    #[must_use]
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    /// Sets whether every answer is published twice (see the field).
+    #[must_use]
+    pub fn duplicate_replies(mut self, duplicate: bool) -> Self {
+        self.duplicate_replies = duplicate;
+        self
+    }
+
+    /// Why `items` cannot be reserved, naming each missing product once in item order, or
+    /// `None` when all are in stock.
+    pub(crate) fn shortage(&self, items: &[ItemQuantity]) -> Option<String> {
+        let mut missing: Vec<&str> = Vec::new();
+        for item in items {
+            let product = item.product_id.as_str();
+            if self.out_of_stock.contains(product) && !missing.contains(&product) {
+                missing.push(product);
+            }
+        }
+        (!missing.is_empty()).then(|| format!("out of stock: {}", missing.join(", ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(product: &str) -> ItemQuantity {
+        ItemQuantity {
+            product_id: product.to_owned(),
+            quantity: 1,
+        }
+    }
+
+    #[test]
+    fn the_default_has_every_product_and_answers_at_once_and_once() {
+        let config = StockConfig::default();
+        assert!(config.out_of_stock.is_empty());
+        assert_eq!(config.delay, Duration::ZERO);
+        assert!(!config.duplicate_replies);
+        assert_eq!(config.shortage(&[item("sku-1")]), None);
+    }
+
+    #[test]
+    fn a_shortage_names_each_missing_product_once_in_item_order() {
+        let config = StockConfig::default().out_of_stock(["sku-3", "sku-1"]);
+        let items = [item("sku-1"), item("sku-2"), item("sku-3"), item("sku-1")];
+        assert_eq!(
+            config.shortage(&items).as_deref(),
+            Some("out of stock: sku-1, sku-3")
+        );
+    }
+}

@@ -1,0 +1,259 @@
+//! The running Stock service: the consumer group `stock` on `order.paid` and
+//! `order.cancelled`, its message handler, and the handle the caller keeps to inspect and
+//! stop it.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use contracts::{
+    OrderCancelled, OrderPaid, StockReleased, StockReservationFailed, StockReserved, topics,
+};
+use messaging::{
+    BusError, Envelope, HandlerError, MessageBus, MessageHandler, Subscription, SubscriptionHandle,
+};
+use uuid::Uuid;
+
+use crate::{
+    StockConfig,
+    ledger::{CancelledAnswer, Ledger, PaidAnswer},
+};
+
+/// The consumer group Stock subscribes as. One subscription covers both topics, so the
+/// messages of one order (one correlation id) reach it in order.
+pub const CONSUMER_GROUP: &str = "stock";
+
+/// The simulated Stock context. Start it with [`StockService::start`]; it runs until
+/// [`StockHandle::stop`] (or until the handle is dropped).
+pub struct StockService {
+    /// Where the answers go.
+    bus: Arc<dyn MessageBus>,
+    /// Shortages, delay and duplication.
+    config: StockConfig,
+    /// Shared with the handle, which reads the counters.
+    ledger: Arc<Ledger>,
+}
+
+impl std::fmt::Debug for StockService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StockService")
+            .field("config", &self.config)
+            .field("ledger", &self.ledger)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StockService {
+    /// Subscribes the consumer group [`CONSUMER_GROUP`] to `order.paid` and
+    /// `order.cancelled` on `bus`, and answers on the same bus.
+    ///
+    /// # Errors
+    /// The bus's [`BusError`] when the subscription fails, e.g.
+    /// [`BusError::AlreadySubscribed`] when another Stock is attached to this bus.
+    pub async fn start(
+        bus: Arc<dyn MessageBus>,
+        config: StockConfig,
+    ) -> Result<StockHandle, BusError> {
+        let ledger = Arc::new(Ledger::default());
+        let service = Arc::new(Self {
+            bus: bus.clone(),
+            config,
+            ledger: ledger.clone(),
+        });
+        let subscription = Subscription::new(CONSUMER_GROUP)
+            .topic(topics::ORDER_PAID)
+            .topic(topics::ORDER_CANCELLED);
+        let subscription = bus.subscribe(subscription, service).await?;
+        tracing::info!(subscriber = CONSUMER_GROUP, "stock simulator started");
+        Ok(StockHandle {
+            ledger,
+            subscription,
+        })
+    }
+
+    async fn on_order_paid(
+        &self,
+        incoming: &Envelope,
+        order: &OrderPaid,
+    ) -> Result<(), HandlerError> {
+        match self.ledger.on_paid(order, &self.config, Utc::now()) {
+            PaidAnswer::Reserve { message, first } => {
+                tracing::info!(order_id = %message.order_id, reservation_id = %message.reservation_id,
+                    items = message.items.len(), decision = "reserved", repeated = !first,
+                    "stock reserved");
+                self.send(incoming, &Reply::Reserved(message)).await
+            }
+            PaidAnswer::Fail { message, first } => {
+                tracing::info!(order_id = %message.order_id, reason = %message.reason,
+                    decision = "reservation_failed", repeated = !first, "stock reservation failed");
+                self.send(incoming, &Reply::ReservationFailed(message))
+                    .await
+            }
+            PaidAnswer::AlreadyReleased { reservation_id } => {
+                tracing::info!(order_id = %order.order_id, reservation_id = %reservation_id,
+                    decision = "ignored", "order.paid again for a released reservation: nothing to do");
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_order_cancelled(
+        &self,
+        incoming: &Envelope,
+        cancelled: &OrderCancelled,
+    ) -> Result<(), HandlerError> {
+        match self.ledger.on_cancelled(cancelled, Utc::now()) {
+            CancelledAnswer::Release { message, first } => {
+                if let Some(theirs) = cancelled
+                    .reservation_id
+                    .as_deref()
+                    .filter(|theirs| *theirs != message.reservation_id)
+                {
+                    tracing::warn!(order_id = %message.order_id, their_reservation_id = %theirs,
+                        reservation_id = %message.reservation_id,
+                        "order.cancelled names a reservation Stock does not know: releasing its own");
+                }
+                tracing::info!(order_id = %message.order_id, reservation_id = %message.reservation_id,
+                    previous_status = %cancelled.previous_status,
+                    decision = "released", repeated = !first, "stock released");
+                let order_id = message.order_id;
+                self.send(incoming, &Reply::Released(message)).await?;
+                self.ledger.release_announced(order_id);
+                Ok(())
+            }
+            CancelledAnswer::AlreadyReleased { reservation_id } => {
+                tracing::info!(order_id = %cancelled.order_id, reservation_id = %reservation_id,
+                    decision = "ignored", "order.cancelled again: released already");
+                Ok(())
+            }
+            CancelledAnswer::NothingReserved => {
+                match &cancelled.reservation_id {
+                    Some(theirs) => tracing::warn!(order_id = %cancelled.order_id,
+                        their_reservation_id = %theirs, decision = "ignored",
+                        "order.cancelled names a reservation Stock never made: nothing to release"),
+                    None => tracing::info!(order_id = %cancelled.order_id, decision = "ignored",
+                        previous_status = %cancelled.previous_status,
+                        "order cancelled before stock was reserved: nothing to release"),
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Takes the configured processing time (decoding comes first, so a bad payload
+    /// fails at once).
+    async fn simulate_processing(&self) {
+        if !self.config.delay.is_zero() {
+            tokio::time::sleep(self.config.delay).await;
+        }
+    }
+
+    /// Publishes `reply` as a reaction to `incoming`, twice when configured so (two
+    /// envelopes, one payload).
+    async fn send(&self, incoming: &Envelope, reply: &Reply) -> Result<(), HandlerError> {
+        let copies = if self.config.duplicate_replies { 2 } else { 1 };
+        for _ in 0..copies {
+            let envelope = reply.envelope(incoming)?;
+            self.bus.publish(envelope).await.map_err(|e| {
+                HandlerError::retryable(format!("cannot publish {}: {e}", reply.topic()))
+            })?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl MessageHandler for StockService {
+    async fn handle(&self, envelope: &Envelope) -> Result<(), HandlerError> {
+        match envelope.topic.as_ref() {
+            topics::ORDER_PAID => {
+                let order: OrderPaid = envelope.decode()?;
+                self.simulate_processing().await;
+                self.on_order_paid(envelope, &order).await
+            }
+            topics::ORDER_CANCELLED => {
+                let cancelled: OrderCancelled = envelope.decode()?;
+                self.simulate_processing().await;
+                self.on_order_cancelled(envelope, &cancelled).await
+            }
+            other => Err(HandlerError::permanent(format!(
+                "stock does not handle topic {other}"
+            ))),
+        }
+    }
+}
+
+/// An answer of Stock, ready to wrap.
+enum Reply {
+    Reserved(StockReserved),
+    ReservationFailed(StockReservationFailed),
+    Released(StockReleased),
+}
+
+impl Reply {
+    fn topic(&self) -> &'static str {
+        match self {
+            Self::Reserved(_) => topics::STOCK_RESERVED,
+            Self::ReservationFailed(_) => topics::STOCK_RESERVATION_FAILED,
+            Self::Released(_) => topics::STOCK_RELEASED,
+        }
+    }
+
+    /// A new envelope (fresh `messageId`) around the payload, caused by `incoming`.
+    fn envelope(&self, incoming: &Envelope) -> Result<Envelope, HandlerError> {
+        let now = Utc::now();
+        match self {
+            Self::Reserved(payload) => incoming.reply(self.topic(), now, payload),
+            Self::ReservationFailed(payload) => incoming.reply(self.topic(), now, payload),
+            Self::Released(payload) => incoming.reply(self.topic(), now, payload),
+        }
+        .map_err(|e| HandlerError::permanent(format!("cannot encode {}: {e}", self.topic())))
+    }
+}
+
+/// The caller's handle on a running Stock: counters for tests and demos, and
+/// [`StockHandle::stop`]. Dropping it also stops the subscription.
+#[derive(Debug)]
+pub struct StockHandle {
+    ledger: Arc<Ledger>,
+    subscription: SubscriptionHandle,
+}
+
+impl StockHandle {
+    /// Orders reserved so far (each order once, however often it was asked about).
+    #[must_use]
+    pub fn reserved_count(&self) -> usize {
+        self.ledger.reserved_count()
+    }
+
+    /// Orders that could not be reserved so far (each order once).
+    #[must_use]
+    pub fn failed_count(&self) -> usize {
+        self.ledger.failed_count()
+    }
+
+    /// Reservations released so far (each reservation at most once).
+    #[must_use]
+    pub fn released_count(&self) -> usize {
+        self.ledger.released_count()
+    }
+
+    /// Releases done for `order_id`: 0 or 1.
+    #[must_use]
+    pub fn releases_for(&self, order_id: Uuid) -> usize {
+        self.ledger.releases_for(order_id)
+    }
+
+    /// The `reservationId` Stock made for `order_id`, if it made one.
+    #[must_use]
+    pub fn reservation_for(&self, order_id: Uuid) -> Option<String> {
+        self.ledger.reservation_for(order_id)
+    }
+
+    /// Unsubscribes, after the message in hand is answered. Messages still queued stay
+    /// with the group `stock` for a Stock that starts again on the same bus.
+    pub async fn stop(self) {
+        self.subscription.unsubscribe().await;
+        tracing::info!(subscriber = CONSUMER_GROUP, "stock simulator stopped");
+    }
+}
