@@ -210,6 +210,13 @@ pub async fn permanent_failure_is_not_redelivered(bus: Arc<dyn MessageBus>, pref
         vec![("c".to_owned(), 2)],
         "the refused message came back"
     );
+    // A later message of the same flow arrives alone: the refused one stays gone.
+    publish(bus.as_ref(), &topic, "c", 3).await;
+    assert_eq!(
+        r.wait_for(2, "after poison, later").await,
+        vec![("c".to_owned(), 2), ("c".to_owned(), 3)],
+        "the refused message came back"
+    );
     h.unsubscribe().await;
 }
 
