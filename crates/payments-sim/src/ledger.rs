@@ -1,6 +1,8 @@
 //! What Payments remembers per order, and the decisions taken against it. Pure state: no
-//! bus, no clock (the caller passes `now`), so every rule is decided under one lock and
-//! the answer is published after the lock is released.
+//! bus, no clock (the caller passes `now`), so every rule is decided under its order's
+//! shard lock and the answer is published after the lock is released. All state of one
+//! order lives in one shard; sharding bounds the stall of any one table resize and lets
+//! handlers of different orders run without contending for one lock.
 //!
 //! The ledger makes Payments an idempotent producer: an order is decided once and a
 //! repeated question gets the recorded answer (the same `paymentId`), and a payment is
@@ -8,7 +10,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Mutex, MutexGuard, PoisonError},
+    sync::{
+        Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 use chrono::{DateTime, Utc};
@@ -17,18 +22,33 @@ use uuid::Uuid;
 
 use crate::PaymentDecision;
 
+/// How many shards the per-order records are spread over.
+const SHARDS: usize = 64;
+
+/// The records of the orders whose id falls in one shard. Records are boxed so the table
+/// entries stay small and a resize copies little.
+type Shard = HashMap<Uuid, Box<Record>>;
+
 /// Every order Payments has heard of, and how many decisions of each kind it took.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Ledger {
-    state: Mutex<State>,
+    /// The orders, sharded by order id; see [`Ledger::shard`].
+    shards: Box<[Mutex<Shard>]>,
+    /// Counters, incremented while the deciding shard lock is held.
+    approved: AtomicUsize,
+    declined: AtomicUsize,
+    refunded: AtomicUsize,
 }
 
-#[derive(Debug, Default)]
-struct State {
-    orders: HashMap<Uuid, Record>,
-    approved: usize,
-    declined: usize,
-    refunded: usize,
+impl Default for Ledger {
+    fn default() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            approved: AtomicUsize::new(0),
+            declined: AtomicUsize::new(0),
+            refunded: AtomicUsize::new(0),
+        }
+    }
 }
 
 /// What Payments knows about one order.
@@ -99,14 +119,8 @@ impl Ledger {
         decision: &PaymentDecision,
         now: DateTime<Utc>,
     ) -> PlacedAnswer {
-        let mut state = self.lock();
-        let State {
-            orders,
-            approved,
-            declined,
-            ..
-        } = &mut *state;
-        match orders.get_mut(&order.order_id) {
+        let mut orders = self.shard(order.order_id);
+        match orders.get_mut(&order.order_id).map(Box::as_mut) {
             Some(Record::Approved(payment)) => match &payment.refund {
                 Some(_) => PlacedAnswer::AlreadyRefunded {
                     payment_id: payment.approval.payment_id.clone(),
@@ -127,7 +141,7 @@ impl Ledger {
                     timestamp: now,
                 };
                 *record = Record::Declined(message.clone());
-                *declined += 1;
+                self.declined.fetch_add(1, Ordering::Relaxed);
                 PlacedAnswer::Decline {
                     message,
                     first: true,
@@ -140,8 +154,8 @@ impl Ledger {
                         reason,
                         timestamp: now,
                     };
-                    orders.insert(order.order_id, Record::Declined(message.clone()));
-                    *declined += 1;
+                    orders.insert(order.order_id, Box::new(Record::Declined(message.clone())));
+                    self.declined.fetch_add(1, Ordering::Relaxed);
                     PlacedAnswer::Decline {
                         message,
                         first: true,
@@ -157,12 +171,12 @@ impl Ledger {
                     };
                     orders.insert(
                         order.order_id,
-                        Record::Approved(Payment {
+                        Box::new(Record::Approved(Payment {
                             approval: approval.clone(),
                             refund: None,
-                        }),
+                        })),
                     );
-                    *approved += 1;
+                    self.approved.fetch_add(1, Ordering::Relaxed);
                     PlacedAnswer::Approve {
                         message: approval,
                         first: true,
@@ -180,11 +194,8 @@ impl Ledger {
         cancelled: &OrderCancelled,
         now: DateTime<Utc>,
     ) -> CancelledAnswer {
-        let mut state = self.lock();
-        let State {
-            orders, refunded, ..
-        } = &mut *state;
-        match orders.get_mut(&cancelled.order_id) {
+        let mut orders = self.shard(cancelled.order_id);
+        match orders.get_mut(&cancelled.order_id).map(Box::as_mut) {
             Some(Record::Approved(payment)) => match &payment.refund {
                 Some(refund) if refund.announced => CancelledAnswer::AlreadyRefunded {
                     payment_id: refund.message.payment_id.clone(),
@@ -205,7 +216,7 @@ impl Ledger {
                         message: message.clone(),
                         announced: false,
                     });
-                    *refunded += 1;
+                    self.refunded.fetch_add(1, Ordering::Relaxed);
                     CancelledAnswer::Refund {
                         message,
                         first: true,
@@ -214,7 +225,7 @@ impl Ledger {
             },
             Some(Record::Declined(_) | Record::CancelledUnpaid) => CancelledAnswer::NothingCharged,
             None => {
-                orders.insert(cancelled.order_id, Record::CancelledUnpaid);
+                orders.insert(cancelled.order_id, Box::new(Record::CancelledUnpaid));
                 CancelledAnswer::NothingCharged
             }
         }
@@ -225,27 +236,27 @@ impl Ledger {
         if let Some(Record::Approved(Payment {
             refund: Some(refund),
             ..
-        })) = self.lock().orders.get_mut(&order_id)
+        })) = self.shard(order_id).get_mut(&order_id).map(Box::as_mut)
         {
             refund.announced = true;
         }
     }
 
     pub(crate) fn approved_count(&self) -> usize {
-        self.lock().approved
+        self.approved.load(Ordering::Relaxed)
     }
 
     pub(crate) fn declined_count(&self) -> usize {
-        self.lock().declined
+        self.declined.load(Ordering::Relaxed)
     }
 
     pub(crate) fn refunded_count(&self) -> usize {
-        self.lock().refunded
+        self.refunded.load(Ordering::Relaxed)
     }
 
     /// The refunds issued for `order_id`: 0 or 1.
     pub(crate) fn refunds_for(&self, order_id: Uuid) -> usize {
-        match self.lock().orders.get(&order_id) {
+        match self.shard(order_id).get(&order_id).map(Box::as_ref) {
             Some(Record::Approved(Payment {
                 refund: Some(_), ..
             })) => 1,
@@ -255,15 +266,21 @@ impl Ledger {
 
     /// The `paymentId` approved for `order_id`, if any.
     pub(crate) fn payment_for(&self, order_id: Uuid) -> Option<String> {
-        match self.lock().orders.get(&order_id) {
+        match self.shard(order_id).get(&order_id).map(Box::as_ref) {
             Some(Record::Approved(payment)) => Some(payment.approval.payment_id.clone()),
             _ => None,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    /// Locks the shard holding `order_id`. Every record of one order lives in that
+    /// shard, so holding its lock is enough to decide anything about the order.
+    fn shard(&self, order_id: Uuid) -> MutexGuard<'_, Shard> {
+        // Order ids are random (v4) uuids, so their low bits spread orders evenly.
+        let index = (order_id.as_u128() % SHARDS as u128) as usize;
         // Every update is a handful of assignments with no await; a panic in another
         // handler cannot leave it half-done, so a poisoned lock is still consistent.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.shards[index]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }

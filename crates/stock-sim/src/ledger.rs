@@ -1,6 +1,8 @@
 //! What Stock remembers per order, and the decisions taken against it. Pure state: no bus,
-//! no clock (the caller passes `now`), so every rule is decided under one lock and the
-//! answer is published after the lock is released.
+//! no clock (the caller passes `now`), so every rule is decided under its order's shard
+//! lock and the answer is published after the lock is released. All state of one order
+//! lives in one shard; sharding bounds the stall of any one table resize and lets handlers
+//! of different orders run without contending for one lock.
 //!
 //! The ledger makes Stock an idempotent producer: an order is decided once and a repeated
 //! question gets the recorded answer (the same `reservationId`), and a reservation is
@@ -8,7 +10,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Mutex, MutexGuard, PoisonError},
+    sync::{
+        Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 use chrono::{DateTime, Utc};
@@ -17,18 +22,33 @@ use uuid::Uuid;
 
 use crate::StockConfig;
 
+/// How many shards the per-order records are spread over.
+const SHARDS: usize = 64;
+
+/// The records of the orders whose id falls in one shard. Records are boxed so the table
+/// entries stay small and a resize copies little.
+type Shard = HashMap<Uuid, Box<Record>>;
+
 /// Every order Stock has heard of, and how many decisions of each kind it took.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Ledger {
-    state: Mutex<State>,
+    /// The orders, sharded by order id; see [`Ledger::shard`].
+    shards: Box<[Mutex<Shard>]>,
+    /// Counters, incremented while the deciding shard lock is held.
+    reserved: AtomicUsize,
+    failed: AtomicUsize,
+    released: AtomicUsize,
 }
 
-#[derive(Debug, Default)]
-struct State {
-    orders: HashMap<Uuid, Record>,
-    reserved: usize,
-    failed: usize,
-    released: usize,
+impl Default for Ledger {
+    fn default() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            reserved: AtomicUsize::new(0),
+            failed: AtomicUsize::new(0),
+            released: AtomicUsize::new(0),
+        }
+    }
 }
 
 /// What Stock knows about one order.
@@ -93,14 +113,8 @@ impl Ledger {
         config: &StockConfig,
         now: DateTime<Utc>,
     ) -> PaidAnswer {
-        let mut state = self.lock();
-        let State {
-            orders,
-            reserved,
-            failed,
-            ..
-        } = &mut *state;
-        match orders.get_mut(&order.order_id) {
+        let mut orders = self.shard(order.order_id);
+        match orders.get_mut(&order.order_id).map(Box::as_mut) {
             Some(Record::Reserved(reservation)) => match &reservation.release {
                 Some(release) => PaidAnswer::AlreadyReleased {
                     reservation_id: release.message.reservation_id.clone(),
@@ -121,7 +135,7 @@ impl Ledger {
                     timestamp: now,
                 };
                 *record = Record::Failed(message.clone());
-                *failed += 1;
+                self.failed.fetch_add(1, Ordering::Relaxed);
                 PaidAnswer::Fail {
                     message,
                     first: true,
@@ -134,8 +148,8 @@ impl Ledger {
                         reason,
                         timestamp: now,
                     };
-                    orders.insert(order.order_id, Record::Failed(message.clone()));
-                    *failed += 1;
+                    orders.insert(order.order_id, Box::new(Record::Failed(message.clone())));
+                    self.failed.fetch_add(1, Ordering::Relaxed);
                     PaidAnswer::Fail {
                         message,
                         first: true,
@@ -150,12 +164,12 @@ impl Ledger {
                     };
                     orders.insert(
                         order.order_id,
-                        Record::Reserved(Reservation {
+                        Box::new(Record::Reserved(Reservation {
                             reserved: message.clone(),
                             release: None,
-                        }),
+                        })),
                     );
-                    *reserved += 1;
+                    self.reserved.fetch_add(1, Ordering::Relaxed);
                     PaidAnswer::Reserve {
                         message,
                         first: true,
@@ -173,11 +187,8 @@ impl Ledger {
         cancelled: &OrderCancelled,
         now: DateTime<Utc>,
     ) -> CancelledAnswer {
-        let mut state = self.lock();
-        let State {
-            orders, released, ..
-        } = &mut *state;
-        match orders.get_mut(&cancelled.order_id) {
+        let mut orders = self.shard(cancelled.order_id);
+        match orders.get_mut(&cancelled.order_id).map(Box::as_mut) {
             Some(Record::Reserved(reservation)) => match &reservation.release {
                 Some(release) if release.announced => CancelledAnswer::AlreadyReleased {
                     reservation_id: release.message.reservation_id.clone(),
@@ -196,7 +207,7 @@ impl Ledger {
                         message: message.clone(),
                         announced: false,
                     });
-                    *released += 1;
+                    self.released.fetch_add(1, Ordering::Relaxed);
                     CancelledAnswer::Release {
                         message,
                         first: true,
@@ -207,7 +218,7 @@ impl Ledger {
                 CancelledAnswer::NothingReserved
             }
             None => {
-                orders.insert(cancelled.order_id, Record::CancelledUnreserved);
+                orders.insert(cancelled.order_id, Box::new(Record::CancelledUnreserved));
                 CancelledAnswer::NothingReserved
             }
         }
@@ -218,27 +229,27 @@ impl Ledger {
         if let Some(Record::Reserved(Reservation {
             release: Some(release),
             ..
-        })) = self.lock().orders.get_mut(&order_id)
+        })) = self.shard(order_id).get_mut(&order_id).map(Box::as_mut)
         {
             release.announced = true;
         }
     }
 
     pub(crate) fn reserved_count(&self) -> usize {
-        self.lock().reserved
+        self.reserved.load(Ordering::Relaxed)
     }
 
     pub(crate) fn failed_count(&self) -> usize {
-        self.lock().failed
+        self.failed.load(Ordering::Relaxed)
     }
 
     pub(crate) fn released_count(&self) -> usize {
-        self.lock().released
+        self.released.load(Ordering::Relaxed)
     }
 
     /// The releases done for `order_id`: 0 or 1.
     pub(crate) fn releases_for(&self, order_id: Uuid) -> usize {
-        match self.lock().orders.get(&order_id) {
+        match self.shard(order_id).get(&order_id).map(Box::as_ref) {
             Some(Record::Reserved(Reservation {
                 release: Some(_), ..
             })) => 1,
@@ -248,7 +259,7 @@ impl Ledger {
 
     /// The `reservationId` made for `order_id`, if any.
     pub(crate) fn reservation_for(&self, order_id: Uuid) -> Option<String> {
-        match self.lock().orders.get(&order_id) {
+        match self.shard(order_id).get(&order_id).map(Box::as_ref) {
             Some(Record::Reserved(reservation)) => {
                 Some(reservation.reserved.reservation_id.clone())
             }
@@ -256,9 +267,15 @@ impl Ledger {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    /// Locks the shard holding `order_id`. Every record of one order lives in that
+    /// shard, so holding its lock is enough to decide anything about the order.
+    fn shard(&self, order_id: Uuid) -> MutexGuard<'_, Shard> {
+        // Order ids are random (v4) uuids, so their low bits spread orders evenly.
+        let index = (order_id.as_u128() % SHARDS as u128) as usize;
         // Every update is a handful of assignments with no await; a panic in another
         // handler cannot leave it half-done, so a poisoned lock is still consistent.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.shards[index]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
