@@ -19,16 +19,22 @@ const ORDERS: usize = 1_000;
 
 async fn thousand_orders(config: SystemConfig) {
     for kind in ALL_STORES {
-        let stores = kind.fresh().await.unwrap_or_else(|e| panic!("{kind:?} store: {e:#}"));
-        let system = InProcessSystem::start_with(config.clone(), stores, Arc::new(orders_app::SystemClock))
+        let stores = kind
+            .fresh()
             .await
-            .unwrap_or_else(|e| panic!("start: {e}"));
+            .unwrap_or_else(|e| panic!("{kind:?} store: {e:#}"));
+        let system =
+            InProcessSystem::start_with(config.clone(), stores, Arc::new(orders_app::SystemClock))
+                .await
+                .unwrap_or_else(|e| panic!("start: {e}"));
         let tasks: Vec<_> = (0..ORDERS)
             .map(|i| {
                 let orders = system.orders.clone();
                 tokio::spawn(async move {
                     let price = Decimal::new(100 + i64::try_from(i).unwrap_or(0), 2);
-                    orders.place_order(checkout(&format!("sku-{}", i % 17), price, 1), None).await
+                    orders
+                        .place_order(checkout(&format!("sku-{}", i % 17), price, 1), None)
+                        .await
                 })
             })
             .collect();
@@ -36,11 +42,18 @@ async fn thousand_orders(config: SystemConfig) {
         for task in tasks {
             ids.push(task.await.expect("task").expect("checkout").order_id);
         }
-        assert!(system.settle(Duration::from_secs(30)).await, "{kind:?}: did not settle");
+        assert!(
+            system.settle(Duration::from_secs(30)).await,
+            "{kind:?}: did not settle"
+        );
         let tap = system.tap.clone().expect("tap on");
         for id in &ids {
             let order = system.orders.order(*id).await.expect("order exists");
-            assert_eq!(order.status(), OrderStatus::StockReserved, "{kind:?}: order {id}");
+            assert_eq!(
+                order.status(),
+                OrderStatus::StockReserved,
+                "{kind:?}: order {id}"
+            );
             let correlation = id.to_string();
             // Nothing lost: every hop happened; nothing doubled: Orders published each once.
             assert_eq!(tap.count(&correlation, topics::ORDER_PLACED), 1, "{id}");
@@ -53,18 +66,34 @@ async fn thousand_orders(config: SystemConfig) {
                     .filter(|r| r.outcome == Some(HandlingOutcome::Applied))
                     .count()
             };
-            assert_eq!(applied(topics::PAYMENT_APPROVED), 1, "{id}: payment applied once");
-            assert_eq!(applied(topics::STOCK_RESERVED), 1, "{id}: reservation applied once");
+            assert_eq!(
+                applied(topics::PAYMENT_APPROVED),
+                1,
+                "{id}: payment applied once"
+            );
+            assert_eq!(
+                applied(topics::STOCK_RESERVED),
+                1,
+                "{id}: reservation applied once"
+            );
             assert_eq!(order.version(), 3, "{id}: placed, paid, reserved");
         }
-        assert!(system.bus.dead_letters().is_empty(), "dead letters: {:?}", system.bus.dead_letters());
+        assert!(
+            system.bus.dead_letters().is_empty(),
+            "dead letters: {:?}",
+            system.bus.dead_letters()
+        );
         system.shutdown().await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_orders_placed_at_once_all_reach_stock_reserved_exactly_once() {
-    thousand_orders(SystemConfig { tap: true, ..SystemConfig::default() }).await;
+    thousand_orders(SystemConfig {
+        tap: true,
+        ..SystemConfig::default()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

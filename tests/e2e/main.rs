@@ -2,6 +2,8 @@
 //! 1,000 concurrent orders, and property tests of the handlers under duplicated and
 //! reordered messages. One test binary (it links once).
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // tests: failing loudly is the point
+
 mod load;
 mod properties;
 mod scenarios;

@@ -19,9 +19,14 @@ use rust_decimal::Decimal;
 
 #[derive(Debug, Clone)]
 enum Step {
-    Approve { payment: u8, right_amount: bool },
+    Approve {
+        payment: u8,
+        right_amount: bool,
+    },
     Decline,
-    Reserve { reservation: u8 },
+    Reserve {
+        reservation: u8,
+    },
     FailReservation,
     Cancel,
     /// Deliver again the n-th message sent so far (same message id).
@@ -40,15 +45,28 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 fn envelope<T: serde::Serialize>(topic: &'static str, order: OrderId, payload: &T) -> Envelope {
-    Envelope::new(uuid::Uuid::new_v4(), topic, Utc::now(), order.to_string(), None, payload).expect("encode")
+    Envelope::new(
+        uuid::Uuid::new_v4(),
+        topic,
+        Utc::now(),
+        order.to_string(),
+        None,
+        payload,
+    )
+    .expect("encode")
 }
 
 async fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
     let store = Arc::new(InMemoryOrderStore::new());
-    let clock = Arc::new(ManualClock::new(Utc.with_ymd_and_hms(2026, 1, 5, 10, 0, 0).unwrap()));
+    let clock = Arc::new(ManualClock::new(
+        Utc.with_ymd_and_hms(2026, 1, 5, 10, 0, 0).unwrap(),
+    ));
     let service = OrdersService::new(store.clone(), clock.clone(), OrdersConfig::default());
     let handler = OrdersMessageHandler::new(service.clone());
-    let placed = service.place_order(checkout("sku", Decimal::new(1250, 2), 2), None).await.expect("checkout");
+    let placed = service
+        .place_order(checkout("sku", Decimal::new(1250, 2), 2), None)
+        .await
+        .expect("checkout");
     let id = placed.order_id;
     let total = Decimal::new(2500, 2);
     let mut sent: Vec<Envelope> = Vec::new();
@@ -57,13 +75,20 @@ async fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
     for step in steps {
         clock.advance(chrono::Duration::seconds(1));
         let message = match step {
-            Step::Approve { payment, right_amount } => Some(envelope(
+            Step::Approve {
+                payment,
+                right_amount,
+            } => Some(envelope(
                 topics::PAYMENT_APPROVED,
                 id,
                 &contracts::PaymentApproved {
                     order_id: id.as_uuid(),
                     payment_id: format!("pay-{payment}"),
-                    approved_amount: if right_amount { total } else { total + Decimal::ONE },
+                    approved_amount: if right_amount {
+                        total
+                    } else {
+                        total + Decimal::ONE
+                    },
                     currency: "EUR".to_owned(),
                     timestamp: Utc::now(),
                 },
@@ -71,7 +96,11 @@ async fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
             Step::Decline => Some(envelope(
                 topics::PAYMENT_DECLINED,
                 id,
-                &contracts::PaymentDeclined { order_id: id.as_uuid(), reason: "no funds".to_owned(), timestamp: Utc::now() },
+                &contracts::PaymentDeclined {
+                    order_id: id.as_uuid(),
+                    reason: "no funds".to_owned(),
+                    timestamp: Utc::now(),
+                },
             )),
             Step::Reserve { reservation } => Some(envelope(
                 topics::STOCK_RESERVED,
@@ -86,10 +115,19 @@ async fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
             Step::FailReservation => Some(envelope(
                 topics::STOCK_RESERVATION_FAILED,
                 id,
-                &contracts::StockReservationFailed { order_id: id.as_uuid(), reason: "gone".to_owned(), timestamp: Utc::now() },
+                &contracts::StockReservationFailed {
+                    order_id: id.as_uuid(),
+                    reason: "gone".to_owned(),
+                    timestamp: Utc::now(),
+                },
             )),
             Step::Cancel => {
-                let _ = service.cancel_order(CancelOrder { order_id: id, reason: "changed mind".to_owned() }).await;
+                let _ = service
+                    .cancel_order(CancelOrder {
+                        order_id: id,
+                        reason: "changed mind".to_owned(),
+                    })
+                    .await;
                 None
             }
             Step::Redeliver(n) => sent.get(n % sent.len().max(1)).cloned(),
@@ -106,14 +144,25 @@ async fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
         }
         let order = service.order(id).await.expect("order");
         let history = service.messages(id).await.expect("history");
-        let count = |topic: &str| history.iter().filter(|r| r.direction == Direction::Sent && r.topic == topic).count();
+        let count = |topic: &str| {
+            history
+                .iter()
+                .filter(|r| r.direction == Direction::Sent && r.topic == topic)
+                .count()
+        };
         prop_assert!(count(topics::ORDER_PAID) <= 1, "paid twice");
         prop_assert!(count(topics::ORDER_CANCELLED) <= 1, "cancelled twice");
         prop_assert_eq!(count(topics::ORDER_PLACED), 1);
         if order.status() == OrderStatus::StockReserved {
-            prop_assert!(count(topics::ORDER_PAID) == 1 && order.payment_id().is_some(), "reserved before paid");
+            prop_assert!(
+                count(topics::ORDER_PAID) == 1 && order.payment_id().is_some(),
+                "reserved before paid"
+            );
         }
-        if matches!(order.status(), OrderStatus::Paid | OrderStatus::StockReserved) {
+        if matches!(
+            order.status(),
+            OrderStatus::Paid | OrderStatus::StockReserved
+        ) {
             was_paid = true;
             prop_assert_eq!(order.total().amount(), total);
         }

@@ -5,9 +5,14 @@ use tests::ALL_STORES;
 
 async fn run_scenario(name: &str) {
     let scenario = scenarios::all().into_iter().find(|s| s.name == name);
-    let Some(scenario) = scenario else { panic!("no scenario named {name}") };
+    let Some(scenario) = scenario else {
+        panic!("no scenario named {name}")
+    };
     for kind in ALL_STORES {
-        let stores = kind.fresh().await.unwrap_or_else(|e| panic!("{kind:?} store: {e:#}"));
+        let stores = kind
+            .fresh()
+            .await
+            .unwrap_or_else(|e| panic!("{kind:?} store: {e:#}"));
         let report = scenario.run(stores).await;
         assert!(report.passed(), "{kind:?} store:\n{}", report.render());
     }
@@ -62,6 +67,10 @@ async fn payment_for_an_unknown_order_is_rejected() {
 fn every_demo_scenario_has_a_test_here() {
     let source = include_str!("scenarios.rs");
     for scenario in scenarios::all() {
-        assert!(source.contains(&format!("run_scenario(\"{}\")", scenario.name)), "no test for {}", scenario.name);
+        assert!(
+            source.contains(&format!("run_scenario(\"{}\")", scenario.name)),
+            "no test for {}",
+            scenario.name
+        );
     }
 }

@@ -21,11 +21,9 @@ use async_trait::async_trait;
 use messaging::{
     Envelope, HandlerError, InMemoryBus, MessageBus, MessageHandler, MessageId, Subscription,
 };
-use orders_app::{Commit, MessageRecord, OrderStore, Outbox, PruneReport, StoreError};
+use orders_app::{Commit, MessageRecord, OrderStore, PruneReport, StoreError};
 use orders_domain::{Order, OrderId, OrderStatus, Timestamp};
-use orders_store::InMemoryOrderStore;
 use rust_decimal::Decimal;
-use tokio::sync::Notify;
 
 use crate::{
     scenarios::checkout,
@@ -50,6 +48,32 @@ pub struct BenchConfig {
     /// Seconds of the paced-latency workload.
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
+    /// Which groups of rows to run.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "memory,sqlite,postgres,http"
+    )]
+    pub only: Vec<String>,
+    /// Orders in the SQLite and PostgreSQL throughput workloads.
+    #[arg(long, default_value_t = 20_000)]
+    pub sql_orders: usize,
+    /// Orders per second in the SQLite and PostgreSQL paced-latency workloads.
+    #[arg(long, default_value_t = 1_000)]
+    pub sql_rate: u64,
+    /// Seconds of the SQLite and PostgreSQL paced-latency workloads.
+    #[arg(long, default_value_t = 5)]
+    pub sql_seconds: u64,
+    /// Orders in the HTTP throughput workload.
+    #[arg(long, default_value_t = 5_000)]
+    pub http_orders: usize,
+    /// The PostgreSQL server to create scratch databases on.
+    #[arg(
+        long,
+        env = "ORDERS_BENCH_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/test"
+    )]
+    pub postgres_url: String,
 }
 
 /// One line of the result table.
@@ -105,26 +129,87 @@ impl Percentiles {
 /// # Errors
 /// When the system cannot start or a workload does not complete.
 pub async fn run(config: &BenchConfig) -> anyhow::Result<Vec<Row>> {
+    let wants = |group: &str| config.only.iter().any(|g| g == group);
     let mut rows = Vec::new();
-    eprintln!("bench: publish latency ({} publishes)…", config.publishes);
-    rows.extend(publish_latency(config.publishes).await?);
-    eprintln!("bench: raw baseline ({} flows)…", config.orders);
-    let baseline = raw_baseline(config.orders).await?;
-    eprintln!(
-        "bench: throughput ({} orders, {} clients)…",
-        config.orders, config.clients
-    );
-    let mut throughput = throughput(config.orders, config.clients).await?;
-    if let (Some((ours, _)), Some((raw, _))) = (throughput.throughput, baseline.throughput) {
-        throughput.ratio = Some(format!("{:.2} × raw", ours / raw));
+    if wants("memory") {
+        eprintln!("bench: publish latency ({} publishes)…", config.publishes);
+        rows.extend(publish_latency(config.publishes).await?);
+        eprintln!("bench: raw baseline ({} flows)…", config.orders);
+        let baseline = raw_baseline(config.orders).await?;
+        eprintln!(
+            "bench: throughput ({} orders, {} clients)…",
+            config.orders, config.clients
+        );
+        let mut throughput = throughput(
+            "in-memory",
+            Stores::in_memory(),
+            config.orders,
+            config.clients,
+        )
+        .await?;
+        if let (Some((ours, _)), Some((raw, _))) = (throughput.throughput, baseline.throughput) {
+            throughput.ratio = Some(format!("{:.2} × raw", ours / raw));
+        }
+        rows.push(throughput);
+        rows.push(baseline);
+        eprintln!(
+            "bench: paced latency ({} orders/s for {} s)…",
+            config.rate, config.seconds
+        );
+        rows.push(
+            paced_latency(
+                "in-memory",
+                Stores::in_memory(),
+                config.rate,
+                config.seconds,
+            )
+            .await?,
+        );
     }
-    rows.push(throughput);
-    rows.push(baseline);
-    eprintln!(
-        "bench: paced latency ({} orders/s for {} s)…",
-        config.rate, config.seconds
-    );
-    rows.push(paced_latency(config.rate, config.seconds).await?);
+    if wants("sqlite") {
+        let make = async || Ok(crate::bench_io::Scratch::sqlite());
+        rows.extend(
+            crate::bench_io::store_rows(
+                "SQLite",
+                make,
+                config.sql_orders,
+                config.clients,
+                config.sql_rate,
+                config.sql_seconds,
+            )
+            .await?,
+        );
+    }
+    if wants("postgres") {
+        let url = config.postgres_url.clone();
+        let make = async || crate::bench_io::Scratch::postgres(&url).await;
+        match crate::bench_io::store_rows(
+            "PostgreSQL",
+            make,
+            config.sql_orders,
+            config.clients,
+            config.sql_rate,
+            config.sql_seconds,
+        )
+        .await
+        {
+            Ok(more) => rows.extend(more),
+            Err(e) => {
+                eprintln!("bench: PostgreSQL rows skipped: {e:#}");
+                rows.push(Row {
+                    workload: "PostgreSQL".to_owned(),
+                    count: 0,
+                    latency: None,
+                    throughput: None,
+                    ratio: None,
+                    note: format!("skipped: {e:#}"),
+                });
+            }
+        }
+    }
+    if wants("http") {
+        rows.extend(crate::bench_io::http_rows(config.http_orders).await?);
+    }
     Ok(rows)
 }
 
@@ -265,16 +350,17 @@ async fn publish_latency(n: usize) -> anyhow::Result<Vec<Row>> {
 }
 
 /// Places `n` orders from `clients` tasks as fast as accepted; waits until all settled.
-async fn throughput(n: usize, clients: usize) -> anyhow::Result<Row> {
+pub async fn throughput(
+    label: &str,
+    stores: Stores,
+    n: usize,
+    clients: usize,
+) -> anyhow::Result<Row> {
     reset_peak_rss();
     let rss_before = rss_bytes();
-    let store = Arc::new(InMemoryOrderStore::new());
     let system = InProcessSystem::start_with(
         SystemConfig::default(),
-        Stores {
-            store: store.clone(),
-            outbox: store.clone(),
-        },
+        stores,
         Arc::new(orders_app::SystemClock),
     )
     .await?;
@@ -315,9 +401,8 @@ async fn throughput(n: usize, clients: usize) -> anyhow::Result<Row> {
     let rss_after = rss_bytes();
     let kept = rss_after.saturating_sub(rss_before);
     system.shutdown().await;
-    drop(store);
     Ok(Row {
-        workload: format!("throughput: {n} orders → StockReserved (in-memory)"),
+        workload: format!("throughput: {n} orders → StockReserved ({label})"),
         count: n,
         latency: None,
         throughput: Some((n as f64 / elapsed.as_secs_f64(), "flows/s")),
@@ -462,17 +547,22 @@ async fn raw_baseline(flows: usize) -> anyhow::Result<Row> {
 }
 
 /// Orders paced at `rate` per second for `seconds`: place → StockReserved committed.
-async fn paced_latency(rate: u64, seconds: u64) -> anyhow::Result<Row> {
-    let inner = Arc::new(InMemoryOrderStore::new());
+pub async fn paced_latency(
+    label: &str,
+    stores: Stores,
+    rate: u64,
+    seconds: u64,
+) -> anyhow::Result<Row> {
     let observed = Arc::new(ObservedStore {
-        inner: inner.clone(),
-        reserved: Mutex::new(HashMap::new()),
+        inner: stores.store.clone(),
+        // Sized up front: growing it under its lock would stall the handlers it observes.
+        reserved: Mutex::new(HashMap::with_capacity(300_000)),
     });
     let system = InProcessSystem::start_with(
         SystemConfig::default(),
         Stores {
             store: observed.clone(),
-            outbox: inner.clone(),
+            outbox: stores.outbox.clone(),
         },
         Arc::new(orders_app::SystemClock),
     )
@@ -518,7 +608,7 @@ async fn paced_latency(rate: u64, seconds: u64) -> anyhow::Result<Row> {
     system.shutdown().await;
     Ok(Row {
         workload: format!(
-            "latency: {rate} orders/s for {seconds} s, place → StockReserved (in-memory)"
+            "latency: {rate} orders/s for {seconds} s, place → StockReserved ({label})"
         ),
         count: total,
         latency: Percentiles::of(&mut samples),
@@ -530,7 +620,7 @@ async fn paced_latency(rate: u64, seconds: u64) -> anyhow::Result<Row> {
 
 /// A store decorator that notes when each order's StockReserved change is committed.
 struct ObservedStore {
-    inner: Arc<InMemoryOrderStore>,
+    inner: Arc<dyn OrderStore>,
     reserved: Mutex<HashMap<OrderId, Instant>>,
 }
 
@@ -569,19 +659,6 @@ impl OrderStore for ObservedStore {
     }
     async fn prune(&self, before: Timestamp) -> Result<PruneReport, StoreError> {
         self.inner.prune(before).await
-    }
-}
-
-#[async_trait]
-impl Outbox for ObservedStore {
-    async fn relay(&self, limit: usize, bus: &dyn MessageBus) -> Result<usize, StoreError> {
-        self.inner.relay(limit, bus).await
-    }
-    async fn unsent(&self) -> Result<u64, StoreError> {
-        self.inner.unsent().await
-    }
-    fn committed(&self) -> &Notify {
-        self.inner.committed()
     }
 }
 

@@ -5,6 +5,9 @@
 #![deny(missing_docs)]
 
 pub mod bench;
+pub mod bench_io;
+pub mod http;
 pub mod scenarios;
+pub mod serve;
 pub mod system;
 pub mod telemetry;

@@ -158,4 +158,19 @@ pub trait Outbox: Send + Sync + 'static {
 
     /// Notified after every commit that added outbox rows (in this process).
     fn committed(&self) -> &Notify;
+
+    /// Puts the latest message of every order still waiting on another context
+    /// (AwaitingPayment: its `order.placed`; Paid: its `order.paid`) that last changed
+    /// before `before` back into the outbox as unsent, so the relay publishes it again
+    /// with the same message id. For a bus that loses what it held when the process dies
+    /// (the in-memory bus) and as a saga timeout. Returns how many were requeued.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`].
+    async fn requeue_stalled(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let _ = before;
+        Err(StoreError::Unavailable(
+            "requeue_stalled is not implemented by this store yet".to_owned(),
+        ))
+    }
 }

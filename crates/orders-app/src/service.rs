@@ -85,13 +85,13 @@ impl OrdersService {
         command: PlaceOrder,
         idempotency_key: Option<String>,
     ) -> Result<Placed, AppError> {
-        if let Some(key) = &idempotency_key {
-            if let Some(order_id) = self.store.find_by_idempotency_key(key).await? {
-                return Ok(Placed {
-                    order_id,
-                    created: false,
-                });
-            }
+        if let Some(key) = &idempotency_key
+            && let Some(order_id) = self.store.find_by_idempotency_key(key).await?
+        {
+            return Ok(Placed {
+                order_id,
+                created: false,
+            });
         }
         let valid = command.validate().map_err(AppError::Validation)?;
         let now = self.clock.now();

@@ -1,0 +1,131 @@
+//! The HTTP API of the Orders service (axum). [`router`] builds it over an [`AppState`];
+//! `serve` binds it to a socket, tests drive it with `oneshot` and no socket.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `POST /orders` | 201 + `Location` + the order; 200 + the same order when an `Idempotency-Key` was used before |
+//! | `GET /orders/{id}` | 200 + the order |
+//! | `POST /orders/{id}/cancel` `{"reason"}` | 200 + the cancelled order; 409 when its state does not allow it |
+//! | `GET /orders/{id}/messages` | 200 + the messages the order sent and received, in commit order |
+//! | `GET /healthz` | 200 `{"status":"ok"}` while the process runs |
+//! | `GET /readyz` | 200 when the store and the bus answer, 503 otherwise |
+//!
+//! Every error is an `application/problem+json` document ([`problem`]): 400 for a body
+//! that is not JSON, a malformed id or `Idempotency-Key`; 404 for an unknown order or
+//! route; 413 for a body over [`MAX_BODY_BYTES`]; 415 for a body not declared JSON; 422
+//! for JSON of the wrong shape (missing field, wrong type: serde's message as detail) and
+//! for invalid values (every bad field in `errors`); 503 when the store fails or a
+//! request takes longer than the request timeout; 500 for corrupt stored data. Causes
+//! are logged, never shown.
+
+pub mod extract;
+pub mod problem;
+pub mod readiness;
+mod routes;
+pub mod view;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, Request, State},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use orders_app::OrdersService;
+
+pub use problem::{FieldError, Problem, ProblemType};
+pub use readiness::{Readiness, ReadinessProbe, StoreAndBusProbe};
+
+/// The largest request body accepted (64 KiB); larger ones are refused with 413.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The default time a request may take before it is answered with 503.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// The Orders use cases.
+    orders: OrdersService,
+    /// Decides `/readyz`.
+    readiness: Arc<dyn ReadinessProbe>,
+    /// How long one request may take; a slow store must not hold connections forever.
+    request_timeout: Duration,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("orders", &self.orders)
+            .field("request_timeout", &self.request_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// State over `orders`, with `readiness` deciding `/readyz` and the
+    /// [`DEFAULT_REQUEST_TIMEOUT`].
+    #[must_use]
+    pub fn new(orders: OrdersService, readiness: Arc<dyn ReadinessProbe>) -> Self {
+        Self {
+            orders,
+            readiness,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        }
+    }
+
+    /// Sets how long one request may take.
+    #[must_use]
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// The Orders use cases.
+    #[must_use]
+    pub fn orders(&self) -> &OrdersService {
+        &self.orders
+    }
+}
+
+/// The API: every route of the table above, the 64 KiB body limit, the request timeout,
+/// and problem documents for unknown routes and methods.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/orders", post(routes::place_order))
+        .route("/orders/{id}", get(routes::get_order))
+        .route("/orders/{id}/cancel", post(routes::cancel_order))
+        .route("/orders/{id}/messages", get(routes::order_messages))
+        .route("/healthz", get(routes::healthz))
+        .route("/readyz", get(routes::readyz))
+        .fallback(routes::no_route)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(state.clone(), time_limit))
+        .with_state(state)
+}
+
+/// Answers 503 when the handler takes longer than the request timeout (the handler's
+/// future is dropped: a store transaction in flight is rolled back, never half-done),
+/// and logs every request at debug level.
+async fn time_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let started = tokio::time::Instant::now();
+    let response = match tokio::time::timeout(state.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::error!(%method, %path, timeout = ?state.request_timeout, "request timed out");
+            Problem::new(
+                ProblemType::Unavailable,
+                "the request took too long; try again later",
+            )
+            .into_response()
+        }
+    };
+    tracing::debug!(%method, %path, status = response.status().as_u16(),
+        elapsed_ms = started.elapsed().as_millis(), "request");
+    response
+}

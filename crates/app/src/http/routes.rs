@@ -1,0 +1,116 @@
+//! The handlers: each parses its request with the problem-rejecting extractors, calls one
+//! use case of [`orders_app::OrdersService`], and renders a view or a [`Problem`].
+
+use axum::{
+    Json,
+    extract::State,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use orders_app::{CancelOrder, PlaceOrder};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{
+    AppState,
+    extract::{IdempotencyKey, JsonBody, OrderIdPath},
+    problem::{Problem, ProblemType},
+    view::{MessageView, OrderView},
+};
+
+/// The body of `POST /orders/{id}/cancel`.
+#[derive(Debug, Deserialize)]
+pub(super) struct CancelBody {
+    reason: String,
+}
+
+/// `POST /orders`: 201 for a new order, 200 for an idempotent replay; both with
+/// `Location` and the order.
+pub(super) async fn place_order(
+    State(state): State<AppState>,
+    IdempotencyKey(key): IdempotencyKey,
+    JsonBody(command): JsonBody<PlaceOrder>,
+) -> Result<Response, Problem> {
+    let placed = state.orders.place_order(command, key).await?;
+    let order = state.orders.order(placed.order_id).await?;
+    let status = if placed.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let location = format!("/orders/{}", placed.order_id);
+    let mut response = (status, Json(OrderView::from(&order))).into_response();
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// `GET /orders/{id}`.
+pub(super) async fn get_order(
+    State(state): State<AppState>,
+    OrderIdPath(id): OrderIdPath,
+) -> Result<Json<OrderView>, Problem> {
+    let order = state.orders.order(id).await?;
+    Ok(Json(OrderView::from(&order)))
+}
+
+/// `POST /orders/{id}/cancel`.
+pub(super) async fn cancel_order(
+    State(state): State<AppState>,
+    OrderIdPath(order_id): OrderIdPath,
+    JsonBody(body): JsonBody<CancelBody>,
+) -> Result<Json<OrderView>, Problem> {
+    let order = state
+        .orders
+        .cancel_order(CancelOrder {
+            order_id,
+            reason: body.reason,
+        })
+        .await?;
+    Ok(Json(OrderView::from(&order)))
+}
+
+/// `GET /orders/{id}/messages`: 404 when the order does not exist.
+pub(super) async fn order_messages(
+    State(state): State<AppState>,
+    OrderIdPath(id): OrderIdPath,
+) -> Result<Json<Vec<MessageView>>, Problem> {
+    // The history alone cannot tell an unknown order from a quiet one.
+    let _exists = state.orders.order(id).await?;
+    let messages = state.orders.messages(id).await?;
+    Ok(Json(messages.iter().map(MessageView::from).collect()))
+}
+
+/// `GET /healthz`: the process answers.
+pub(super) async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// `GET /readyz`: 200 when the store and the bus answer, else a 503 problem listing the
+/// checks.
+pub(super) async fn readyz(State(state): State<AppState>) -> Response {
+    let readiness = state.readiness.check().await;
+    let word = |ok: bool| if ok { "ok" } else { "unavailable" };
+    let checks = json!({ "store": word(readiness.store), "bus": word(readiness.bus) });
+    if readiness.is_ready() {
+        Json(json!({ "status": "ready", "checks": checks })).into_response()
+    } else {
+        Problem::new(ProblemType::Unavailable, "a dependency is not available")
+            .with("checks", checks)
+            .into_response()
+    }
+}
+
+/// Any path that is not a route.
+pub(super) async fn no_route() -> Problem {
+    Problem::new(ProblemType::NotFound, "no such resource")
+}
+
+/// A route asked with a method it does not have.
+pub(super) async fn method_not_allowed() -> Problem {
+    Problem::new(
+        ProblemType::MethodNotAllowed,
+        "the resource does not support this method",
+    )
+}

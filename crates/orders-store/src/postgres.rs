@@ -1,0 +1,676 @@
+//! The PostgreSQL adapter of [`OrderStore`] and [`Outbox`], for several processes on one
+//! database.
+//!
+//! A commit is one statement ([`COMMIT_SQL`]): one round trip, atomic by itself. Its
+//! preconditions are constraints: the inbox and idempotency-key primary keys, and
+//! triggers that let an order's version only go up by one (a new order starts at 1). A
+//! concurrent writer is waited for, then re-checked against the row it committed, so of
+//! two commits at one expected version exactly one succeeds; the error of a failed one
+//! says which precondition failed, and nothing of it is written.
+//!
+//! The relay publishes inside a transaction that holds a transaction-scoped advisory
+//! lock (one key per schema; a relay that does not get it publishes nothing this time)
+//! and row locks (`FOR UPDATE SKIP LOCKED`) on the batch, marks
+//! the published rows sent, then commits: several relays on one database never publish a
+//! row twice in normal operation. A crash between publish and commit publishes the rows
+//! again, with the same message ids, which consumers' inboxes drop.
+//!
+//! Outbox positions come from a sequence and are taken when a commit runs, not when it
+//! becomes visible, so rows of different orders may become visible out of position
+//! order. Rows of one order cannot: a commit at version v + 1 is made from the order
+//! loaded after the commit at version v was visible, so it takes later positions.
+//! Per-order (per correlation id) order, the one the bus keeps, is kept.
+//!
+//! The store owns a fixed set of connections ([`PostgresOrderStore::connect_with`]),
+//! opened as needed and reopened after a connection-level failure, rather than an sqlx
+//! pool: the pool pings each connection when it is returned, a second round trip per
+//! statement. Statements use generic plans (`plan_cache_mode`), planned once per
+//! connection.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use orders_app::{
+    Commit, Direction, InboxRecord, MessageRecord, OrderStore, Outbox, PruneReport, StoreError,
+    messaging::{MessageBus, MessageId},
+};
+use orders_domain::{Order, OrderId, Timestamp};
+use sqlx::{
+    ConnectOptions, Connection, PgConnection, PgPool, Postgres, pool::PoolConnection,
+    postgres::PgConnectOptions,
+};
+use tokio::sync::{Mutex, MutexGuard, Notify};
+use uuid::Uuid;
+
+use crate::{
+    snapshot,
+    sql::{
+        NewOutboxRow, RelayBatch, outcome_columns, outcome_from_columns, publish_in_order,
+        store_error,
+    },
+};
+
+/// Connections of a store opened by [`PostgresOrderStore::connect`].
+const DEFAULT_CONNECTIONS: u32 = 16;
+/// First half of the relay's advisory lock key ("ORDS"); the second half is a hash of
+/// the current schema, so deployments in different schemas do not block each other.
+const RELAY_LOCK_CLASS: i32 = 0x4f52_4453;
+
+/// The PostgreSQL adapter of [`OrderStore`] and [`Outbox`].
+pub struct PostgresOrderStore {
+    connections: Connections,
+    /// Wakes this process's relay after a commit with outbox rows (other processes'
+    /// commits are found by the relay's polling).
+    committed: Notify,
+}
+
+impl std::fmt::Debug for PostgresOrderStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let connections = match &self.connections {
+            Connections::Owned { slots, .. } => format!("{} owned", slots.len()),
+            Connections::Pool(pool) => format!("{pool:?}"),
+        };
+        f.debug_struct("PostgresOrderStore")
+            .field("connections", &connections)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where statements run.
+enum Connections {
+    /// Opened by [`PostgresOrderStore::connect_with`]: a fixed set of connections, each
+    /// (re)opened when first needed. Not a pool: sqlx's pool pings a connection every
+    /// time it comes back, one more round trip per statement.
+    Owned {
+        options: Box<PgConnectOptions>,
+        slots: Vec<Mutex<Option<PgConnection>>>,
+        /// Where the next caller starts looking for a free connection.
+        next: AtomicUsize,
+    },
+    /// Given to [`PostgresOrderStore::from_pool`].
+    Pool(PgPool),
+}
+
+/// A connection in hand.
+enum Conn<'a> {
+    Owned(MutexGuard<'a, Option<PgConnection>>),
+    Pooled(PoolConnection<Postgres>),
+}
+
+impl Conn<'_> {
+    fn get(&mut self) -> Result<&mut PgConnection, StoreError> {
+        match self {
+            Self::Owned(slot) => slot.as_mut().ok_or_else(|| {
+                StoreError::Unavailable("the PostgreSQL connection is closed".to_owned())
+            }),
+            Self::Pooled(conn) => Ok(conn),
+        }
+    }
+
+    /// Maps a statement's result (see [`Conn::failed`]).
+    fn check<T>(&mut self, result: Result<T, sqlx::Error>) -> Result<T, StoreError> {
+        result.map_err(|e| self.failed(e))
+    }
+
+    /// The store error of a failed statement; a connection that failed at the connection
+    /// level is dropped, so the next caller opens a fresh one.
+    fn failed(&mut self, error: sqlx::Error) -> StoreError {
+        if let Self::Owned(slot) = self
+            && connection_lost(&error)
+        {
+            tracing::warn!(%error, "PostgreSQL connection lost; reconnecting on next use");
+            slot.take();
+        }
+        store_error(error)
+    }
+}
+
+/// Whether `error` means the connection is unusable (I/O, protocol, or the server ending
+/// the session: SQLSTATE classes 08 and 57).
+fn connection_lost(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57")),
+        _ => false,
+    }
+}
+
+fn migrator() -> sqlx::migrate::Migrator {
+    sqlx::migrate!("./migrations/postgres")
+}
+
+impl PostgresOrderStore {
+    /// Connects to `url` (`postgres://user@host:port/database`) with up to 16
+    /// connections and applies the migrations (in the first schema of the search path).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the URL is invalid, the server cannot be reached
+    /// or the migrations fail.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options: PgConnectOptions = url
+            .parse()
+            .map_err(|e| StoreError::Unavailable(format!("invalid PostgreSQL URL: {e}")))?;
+        Self::connect_with(options, DEFAULT_CONNECTIONS).await
+    }
+
+    /// Connects with explicit `options` (e.g. a search path) and up to `max_connections`
+    /// connections (at least 2: the relay holds one while it publishes), opening the first
+    /// one now to apply the migrations and the others when needed.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the server cannot be reached or the migrations fail.
+    pub async fn connect_with(
+        options: PgConnectOptions,
+        max_connections: u32,
+    ) -> Result<Self, StoreError> {
+        // Plan each statement once per connection: the commit statement is costly to plan
+        // and its best plan does not depend on the values.
+        let options = options.options([("plan_cache_mode", "force_generic_plan")]);
+        let mut first = options.connect().await.map_err(store_error)?;
+        migrator()
+            .run_direct(&mut first)
+            .await
+            .map_err(crate::sql::migrate_error)?;
+        let mut slots = vec![Mutex::new(Some(first))];
+        slots.extend((1..max_connections.max(2)).map(|_| Mutex::new(None)));
+        Ok(Self::new(Connections::Owned {
+            options: Box::new(options),
+            slots,
+            next: AtomicUsize::new(0),
+        }))
+    }
+
+    /// A store over an existing pool; applies the migrations.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the migrations fail.
+    pub async fn from_pool(pool: PgPool) -> Result<Self, StoreError> {
+        migrator()
+            .run(&pool)
+            .await
+            .map_err(crate::sql::migrate_error)?;
+        Ok(Self::new(Connections::Pool(pool)))
+    }
+
+    fn new(connections: Connections) -> Self {
+        Self {
+            connections,
+            committed: Notify::new(),
+        }
+    }
+
+    /// Runs `sql` (one statement, no results): for administration and tests. Returns the
+    /// rows changed.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the statement fails.
+    pub async fn execute_admin(&self, sql: &str) -> Result<u64, StoreError> {
+        let mut conn = self.conn().await?;
+        let result = sqlx::query(sql).execute(conn.get()?).await;
+        Ok(conn.check(result)?.rows_affected())
+    }
+
+    /// A free connection (waiting for one when all are busy), opened if needed.
+    async fn conn(&self) -> Result<Conn<'_>, StoreError> {
+        let (options, slots, next) = match &self.connections {
+            Connections::Pool(pool) => {
+                return pool.acquire().await.map(Conn::Pooled).map_err(store_error);
+            }
+            Connections::Owned {
+                options,
+                slots,
+                next,
+            } => (options, slots, next),
+        };
+        let start = next.fetch_add(1, Ordering::Relaxed);
+        let mut slot = None;
+        for i in 0..slots.len() {
+            if let Ok(free) = slots[(start + i) % slots.len()].try_lock() {
+                slot = Some(free);
+                break;
+            }
+        }
+        let mut slot = match slot {
+            Some(slot) => slot,
+            None => slots[start % slots.len()].lock().await,
+        };
+        if slot.is_none() {
+            *slot = Some(options.connect().await.map_err(store_error)?);
+        }
+        Ok(Conn::Owned(slot))
+    }
+
+    /// Outbox rows parked because their envelope could not be decoded; they are never
+    /// published and need an operator.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`].
+    pub async fn parked(&self) -> Result<u64, StoreError> {
+        let mut conn = self.conn().await?;
+        let n = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE parked_at IS NOT NULL")
+            .fetch_one(conn.get()?)
+            .await;
+        let n: i64 = conn.check(n)?;
+        Ok(u64::try_from(n).unwrap_or_default())
+    }
+
+    /// What a failed commit statement means for the caller (nothing was written).
+    async fn explain(
+        &self,
+        error: sqlx::Error,
+        order: Option<&Order>,
+        inbox: Option<&InboxRecord>,
+        key: Option<&str>,
+    ) -> StoreError {
+        let sqlx::Error::Database(db) = &error else {
+            return store_error(error);
+        };
+        let conflict = order.map(|o| StoreError::Conflict {
+            order_id: o.id(),
+            expected: o.version(),
+        });
+        if db.message().contains("order version conflict")
+            && let Some(conflict) = conflict
+        {
+            return conflict;
+        }
+        match db.constraint() {
+            Some("inbox_pkey") => {
+                if let Some(record) = inbox {
+                    return StoreError::DuplicateMessage {
+                        subscriber: record.subscriber.clone(),
+                        message_id: record.message_id,
+                    };
+                }
+            }
+            Some("idempotency_keys_pkey") => {
+                if let Some(key) = key {
+                    return match self.find_by_idempotency_key(key).await {
+                        Ok(Some(existing)) => StoreError::DuplicateIdempotencyKey(existing),
+                        Ok(None) => store_error(error),
+                        Err(e) => e,
+                    };
+                }
+            }
+            // The same event committed twice: someone else saved this change.
+            Some("outbox_message_id_key") => {
+                if let Some(conflict) = conflict {
+                    return conflict;
+                }
+            }
+            _ => {}
+        }
+        store_error(error)
+    }
+
+    /// Closes the connections. Later calls open new ones (a store from
+    /// [`PostgresOrderStore::connect`]) or fail as unavailable (from a pool).
+    pub async fn close(&self) {
+        match &self.connections {
+            Connections::Owned { slots, .. } => {
+                for slot in slots {
+                    if let Some(conn) = slot.lock().await.take()
+                        && let Err(e) = conn.close().await
+                    {
+                        tracing::debug!(error = %e, "closing a PostgreSQL connection failed");
+                    }
+                }
+            }
+            Connections::Pool(pool) => pool.close().await,
+        }
+    }
+}
+
+/// One commit in one statement, so one round trip and atomic without `BEGIN`/`COMMIT`:
+/// the inbox record, the idempotency key, the order (an upsert: inserted at version 1 or
+/// updated to the version read + 1; the `orders_version_guard` triggers refuse anything
+/// else) and the outbox rows. Each part is skipped when its values are absent. A failed
+/// precondition is an error (a unique violation or the guard's serialization failure),
+/// which aborts the whole statement: nothing is written. Positions are taken from the
+/// sequence up front, the inbox row's first, so the history lists what a commit received
+/// before what it sent.
+const COMMIT_SQL: &str = "\
+WITH seqs AS MATERIALIZED (
+    SELECT s, (row_number() OVER (ORDER BY s))::int AS i
+    FROM (SELECT nextval('outbox_position_seq') AS s
+          FROM generate_series(1, (CASE WHEN $1 THEN 1 ELSE 0 END) + cardinality($17::uuid[]))) AS t
+),
+inbox_row AS (
+    INSERT INTO inbox (subscriber, message_id, seq, order_id, topic, outcome, detail, handled_at)
+    SELECT $2, $3, s, $4, $5, $6, $7, $8 FROM seqs WHERE $1 AND i = 1
+),
+key_row AS (
+    INSERT INTO idempotency_keys (key, order_id) SELECT $9, $11 WHERE $9 IS NOT NULL
+),
+order_row AS (
+    INSERT INTO orders (id, version, status, data, placed_at, updated_at)
+    SELECT $11, $12, $13, $14::jsonb, $15, $16 WHERE $10
+    ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, status = EXCLUDED.status,
+        data = EXCLUDED.data, updated_at = EXCLUDED.updated_at
+),
+outbox_rows AS (
+    INSERT INTO outbox (position, message_id, order_id, topic, envelope, created_at)
+    SELECT seqs.s, r.m, r.o, r.t, r.e, r.c
+    FROM UNNEST($17::uuid[], $18::uuid[], $19::text[], $20::text[], $21::timestamptz[])
+         WITH ORDINALITY AS r (m, o, t, e, c, n)
+    JOIN seqs ON seqs.i = r.n + (CASE WHEN $1 THEN 1 ELSE 0 END)
+)
+SELECT 1";
+
+fn version_column(version: u64) -> Result<i64, StoreError> {
+    i64::try_from(version).map_err(|_| StoreError::Corrupt(format!("version {version} too large")))
+}
+
+/// The relay's work on one connection, in one transaction (see the module doc).
+async fn relay_on(
+    conn: &mut PgConnection,
+    limit: usize,
+    bus: &dyn MessageBus,
+) -> Result<usize, sqlx::Error> {
+    // Most calls find nothing (the relay asks until it gets 0): one cheap look first.
+    let pending: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM outbox WHERE sent_at IS NULL AND parked_at IS NULL)",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if !pending {
+        return Ok(0);
+    }
+    let mut tx = conn.begin().await?;
+
+    let mut sent = 0;
+    while sent < limit {
+        let want = i64::try_from(limit - sent).unwrap_or(i64::MAX);
+        // No rows either when another relay holds the lock: it will publish them.
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "WITH relay_lock AS MATERIALIZED ( \
+                 SELECT pg_try_advisory_xact_lock($1, hashtext(coalesce(current_schema(), ''))) \
+                     AS held) \
+             SELECT position, envelope FROM outbox \
+             WHERE (SELECT held FROM relay_lock) AND sent_at IS NULL AND parked_at IS NULL \
+             ORDER BY position LIMIT $2 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(RELAY_LOCK_CLASS)
+        .bind(want)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            break;
+        }
+        let RelayBatch { publish, park } = RelayBatch::decode(rows);
+        let parked_some = !park.is_empty();
+        if parked_some {
+            let (positions, reasons): (Vec<i64>, Vec<String>) = park.into_iter().unzip();
+            sqlx::query(
+                "UPDATE outbox SET parked_at = $1, park_reason = r.reason \
+                 FROM UNNEST($2::bigint[], $3::text[]) AS r (position, reason) \
+                 WHERE outbox.position = r.position",
+            )
+            .bind(Utc::now())
+            .bind(positions)
+            .bind(reasons)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let ready = publish.len();
+        let published = publish_in_order(publish, bus).await;
+        if !published.is_empty() {
+            sqlx::query("UPDATE outbox SET sent_at = $1 WHERE position = ANY($2)")
+                .bind(Utc::now())
+                .bind(&published)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sent += published.len();
+        // Go on only to fill a batch that parked rows made short.
+        if published.len() < ready || !parked_some {
+            break;
+        }
+    }
+    tx.commit().await?;
+    Ok(sent)
+}
+
+#[async_trait]
+impl OrderStore for PostgresOrderStore {
+    async fn load(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
+        let mut conn = self.conn().await?;
+        let row = sqlx::query_as("SELECT version, data::text FROM orders WHERE id = $1")
+            .bind(id.as_uuid())
+            .fetch_optional(conn.get()?)
+            .await;
+        let row: Option<(i64, String)> = conn.check(row)?;
+        drop(conn);
+        row.map(|(version, data)| {
+            let version = u64::try_from(version)
+                .map_err(|_| StoreError::Corrupt(format!("order {id}: negative version")))?;
+            snapshot::decode(&data, version)
+        })
+        .transpose()
+    }
+
+    async fn is_handled(
+        &self,
+        subscriber: &str,
+        message_id: MessageId,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn().await?;
+        let row =
+            sqlx::query_scalar("SELECT 1 FROM inbox WHERE subscriber = $1 AND message_id = $2")
+                .bind(subscriber)
+                .bind(message_id)
+                .fetch_optional(conn.get()?)
+                .await;
+        let row: Option<i32> = conn.check(row)?;
+        Ok(row.is_some())
+    }
+
+    async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<OrderId>, StoreError> {
+        let mut conn = self.conn().await?;
+        let row = sqlx::query_scalar("SELECT order_id FROM idempotency_keys WHERE key = $1")
+            .bind(key)
+            .fetch_optional(conn.get()?)
+            .await;
+        let row: Option<Uuid> = conn.check(row)?;
+        Ok(row.map(OrderId::from_uuid))
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<u64, StoreError> {
+        let Commit {
+            order,
+            outbox,
+            inbox,
+            idempotency_key,
+        } = commit;
+        // Encode everything before taking a connection.
+        let data = order.as_ref().map(snapshot::encode).transpose()?;
+        let outbox = outbox
+            .iter()
+            .map(NewOutboxRow::new)
+            .collect::<Result<Vec<_>, _>>()?;
+        if let (Some(key), None) = (&idempotency_key, &order) {
+            // Nothing to bind the key to: only check that it is free.
+            if let Some(existing) = self.find_by_idempotency_key(key).await? {
+                return Err(StoreError::DuplicateIdempotencyKey(existing));
+            }
+        }
+        let (outcome, detail) = inbox.as_ref().map(|r| outcome_columns(&r.outcome)).unzip();
+        let mut conn = self.conn().await?;
+        let result = sqlx::query(COMMIT_SQL)
+            .bind(inbox.is_some())
+            .bind(inbox.as_ref().map(|r| r.subscriber.as_str()))
+            .bind(inbox.as_ref().map(|r| r.message_id))
+            .bind(inbox.as_ref().map(|r| r.order_id.as_uuid()))
+            .bind(inbox.as_ref().map(|r| r.topic.as_str()))
+            .bind(outcome)
+            .bind(detail.flatten())
+            .bind(inbox.as_ref().map(|r| r.handled_at))
+            .bind(order.as_ref().and(idempotency_key.as_deref()))
+            .bind(order.is_some())
+            .bind(order.as_ref().map(|o| o.id().as_uuid()))
+            .bind(
+                order
+                    .as_ref()
+                    .map(|o| version_column(o.version().saturating_add(1)))
+                    .transpose()?,
+            )
+            .bind(order.as_ref().map(|o| o.status().as_str()))
+            .bind(data.as_deref())
+            .bind(order.as_ref().map(|o| o.placed_at()))
+            .bind(order.as_ref().map(|o| o.updated_at()))
+            .bind(outbox.iter().map(|r| r.message_id).collect::<Vec<_>>())
+            .bind(
+                outbox
+                    .iter()
+                    .map(|r| r.order_id.map(|id| id.as_uuid()))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(outbox.iter().map(|r| r.topic.as_str()).collect::<Vec<_>>())
+            .bind(
+                outbox
+                    .iter()
+                    .map(|r| r.envelope.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                outbox
+                    .iter()
+                    .map(|r| r.envelope_timestamp)
+                    .collect::<Vec<_>>(),
+            )
+            .execute(conn.get()?)
+            .await;
+        if let Err(error) = result {
+            if !matches!(error, sqlx::Error::Database(_)) {
+                return Err(conn.failed(error));
+            }
+            drop(conn);
+            return Err(self
+                .explain(
+                    error,
+                    order.as_ref(),
+                    inbox.as_ref(),
+                    idempotency_key.as_deref(),
+                )
+                .await);
+        }
+        drop(conn);
+        if !outbox.is_empty() {
+            self.committed.notify_waiters();
+        }
+        Ok(order.map_or(0, |o| o.version().saturating_add(1)))
+    }
+
+    async fn messages(&self, id: OrderId) -> Result<Vec<MessageRecord>, StoreError> {
+        // Inbox and outbox rows draw `seq`/`position` from one sequence: commit order.
+        let mut conn = self.conn().await?;
+        #[allow(clippy::type_complexity)]
+        let rows: Result<
+            Vec<(
+                bool,
+                i64,
+                Uuid,
+                String,
+                Option<String>,
+                Option<String>,
+                Timestamp,
+            )>,
+            _,
+        > = sqlx::query_as(
+            "SELECT false AS sent, seq, message_id, topic, outcome, detail, handled_at AS at \
+             FROM inbox WHERE order_id = $1 \
+             UNION ALL \
+             SELECT true, position, message_id, topic, NULL, NULL, created_at \
+             FROM outbox WHERE order_id = $1 \
+             ORDER BY seq, sent, at, message_id",
+        )
+        .bind(id.as_uuid())
+        .fetch_all(conn.get()?)
+        .await;
+        let rows = conn.check(rows)?;
+        drop(conn);
+        rows.into_iter()
+            .map(|(sent, _, message_id, topic, outcome, detail, at)| {
+                Ok(MessageRecord {
+                    direction: if sent {
+                        Direction::Sent
+                    } else {
+                        Direction::Received
+                    },
+                    message_id,
+                    topic,
+                    outcome: match (sent, outcome) {
+                        (false, Some(outcome)) => Some(outcome_from_columns(&outcome, detail)?),
+                        _ => None,
+                    },
+                    at,
+                })
+            })
+            .collect()
+    }
+
+    async fn prune(&self, before: Timestamp) -> Result<PruneReport, StoreError> {
+        let mut conn = self.conn().await?;
+        let inbox = sqlx::query("DELETE FROM inbox WHERE handled_at < $1")
+            .bind(before)
+            .execute(conn.get()?)
+            .await;
+        let inbox = conn.check(inbox)?.rows_affected();
+        let outbox = sqlx::query("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < $1")
+            .bind(before)
+            .execute(conn.get()?)
+            .await;
+        let outbox = conn.check(outbox)?.rows_affected();
+        Ok(PruneReport { inbox, outbox })
+    }
+}
+
+#[async_trait]
+impl Outbox for PostgresOrderStore {
+    async fn relay(&self, limit: usize, bus: &dyn MessageBus) -> Result<usize, StoreError> {
+        let mut conn = self.conn().await?;
+        let sent = relay_on(conn.get()?, limit, bus).await;
+        conn.check(sent)
+    }
+
+    async fn unsent(&self) -> Result<u64, StoreError> {
+        let mut conn = self.conn().await?;
+        let n = sqlx::query_scalar(
+            "SELECT count(*) FROM outbox WHERE sent_at IS NULL AND parked_at IS NULL",
+        )
+        .fetch_one(conn.get()?)
+        .await;
+        let n: i64 = conn.check(n)?;
+        Ok(u64::try_from(n).unwrap_or_default())
+    }
+
+    fn committed(&self) -> &Notify {
+        &self.committed
+    }
+
+    async fn requeue_stalled(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let mut conn = self.conn().await?;
+        let requeued = sqlx::query(REQUEUE_STALLED)
+            .bind(before)
+            .execute(conn.get()?)
+            .await;
+        let requeued = conn.check(requeued)?.rows_affected();
+        if requeued > 0 {
+            self.committed.notify_waiters();
+        }
+        Ok(requeued)
+    }
+}
+
+/// The latest outbox row of every order still waiting on another context, if it was
+/// sent, becomes unsent again (see [`Outbox::requeue_stalled`]).
+const REQUEUE_STALLED: &str = "
+    UPDATE outbox SET sent_at = NULL
+    WHERE sent_at IS NOT NULL AND parked_at IS NULL AND position IN (
+        SELECT (SELECT max(o.position) FROM outbox o WHERE o.order_id = d.id)
+        FROM orders d
+        WHERE d.status IN ('AwaitingPayment', 'Paid') AND d.updated_at < $1
+    )";

@@ -1,0 +1,128 @@
+//! The conformance suite on SQLite (a temp file per test, and `sqlite::memory:`), and what
+//! only a file has: it survives reopening, its folder is created, migrations run once.
+
+use orders_app::{Commit, HandlingOutcome, OrderStore, Outbox};
+use orders_store::SqliteOrderStore;
+use sqlx::{Connection, SqliteConnection};
+use uuid::Uuid;
+
+use crate::support::{RecordingBus, TempDb, at, handled, messages_of, new_order, place};
+
+mod file {
+    crate::conformance::suite!(crate::support::Backend::SqliteFile, durable);
+}
+
+mod in_memory {
+    crate::conformance::suite!(crate::support::Backend::SqliteInMemory, durable);
+}
+
+#[tokio::test]
+async fn data_survives_reopening_the_file() {
+    let file = TempDb::new();
+    let store = SqliteOrderStore::connect(file.path_str()).await.unwrap();
+    let mut order = new_order(at(0));
+    let outbox = messages_of(&mut order, None);
+    let record = handled(order.id(), "test.created", HandlingOutcome::Applied, at(0));
+    let version = store
+        .commit(Commit {
+            order: Some(order.clone()),
+            outbox,
+            inbox: Some(record.clone()),
+            idempotency_key: Some("key-1".to_owned()),
+        })
+        .await
+        .unwrap();
+    order.mark_saved(version);
+    let second = place(&store, at(1)).await;
+    assert_eq!(
+        store.relay(1, RecordingBus::new().as_ref()).await.unwrap(),
+        1
+    );
+    let history = store.messages(order.id()).await.unwrap();
+    store.close().await;
+    drop(store);
+
+    let store = SqliteOrderStore::connect(&format!("sqlite:{}", file.path_str()))
+        .await
+        .unwrap();
+    assert_eq!(store.load(order.id()).await.unwrap(), Some(order.clone()));
+    assert_eq!(store.load(second.id()).await.unwrap(), Some(second));
+    assert!(store.is_handled("orders", record.message_id).await.unwrap());
+    assert_eq!(
+        store.find_by_idempotency_key("key-1").await.unwrap(),
+        Some(order.id())
+    );
+    assert_eq!(store.messages(order.id()).await.unwrap(), history);
+    assert_eq!(
+        store.unsent().await.unwrap(),
+        1,
+        "sent stays sent, unsent stays unsent"
+    );
+    store.close().await;
+}
+
+/// A plain connection to the file, to look at it from outside the store.
+async fn inspect(file: &TempDb) -> SqliteConnection {
+    SqliteConnection::connect(&format!("sqlite:{}", file.path_str()))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn connecting_twice_applies_the_migrations_once() {
+    let file = TempDb::new();
+    let first = SqliteOrderStore::connect(file.path_str()).await.unwrap();
+    let second = SqliteOrderStore::connect(file.path_str()).await.unwrap();
+    let order = place(&first, at(0)).await;
+    assert_eq!(second.load(order.id()).await.unwrap(), Some(order));
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&mut inspect(&file).await)
+        .await
+        .unwrap();
+    assert_eq!(applied, 1);
+    first.close().await;
+    second.close().await;
+}
+
+#[tokio::test]
+async fn a_missing_folder_is_created_and_the_file_is_in_wal_mode() {
+    let folder =
+        std::env::temp_dir().join(format!("orders-store-test-{}", Uuid::new_v4().simple()));
+    let path = folder.join("nested").join("orders.db");
+    let store = SqliteOrderStore::connect(path.to_str().unwrap())
+        .await
+        .unwrap();
+    assert!(path.exists());
+    let mut conn = SqliteConnection::connect(&format!("sqlite:{}", path.display()))
+        .await
+        .unwrap();
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+    conn.close().await.unwrap();
+    store.close().await;
+    std::fs::remove_dir_all(folder).unwrap();
+}
+
+#[tokio::test]
+async fn a_bad_url_is_unavailable_not_a_panic() {
+    let result = SqliteOrderStore::connect("sqlite:///proc/definitely/not/here.db").await;
+    assert!(
+        matches!(result, Err(orders_app::StoreError::Unavailable(_))),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_store_can_be_opened_on_a_spawned_task() {
+    // The connect future must be `Send`, or the app could not open a store in a task.
+    let file = TempDb::new();
+    let path = file.path_str().to_owned();
+    let store = tokio::spawn(async move { SqliteOrderStore::connect(&path).await })
+        .await
+        .unwrap()
+        .unwrap();
+    store.close().await;
+}
