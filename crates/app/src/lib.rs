@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod bench_io;
+pub mod changes;
 pub mod http;
 pub mod scenarios;
 pub mod serve;

@@ -468,7 +468,13 @@ pub async fn spawn(config: ServeConfig) -> anyhow::Result<RunningServer> {
 
     let bus = InMemoryBus::new(InMemoryBusConfig::default());
     let shared: Arc<dyn MessageBus> = Arc::new(bus.clone());
-    let orders = OrdersService::new(stores.store.clone(), Arc::new(SystemClock), config.orders());
+    // Committed changes wake blocking reads (`GET /orders/{id}?afterVersion=&waitMs=`).
+    let changes = Arc::new(crate::changes::OrderChanges::default());
+    let watched = Arc::new(crate::changes::WatchedStore::new(
+        stores.store.clone(),
+        changes.clone(),
+    ));
+    let orders = OrdersService::new(watched, Arc::new(SystemClock), config.orders());
     // Dropped handles stop their workers, so an early return below leaves nothing running.
     let subscription = shared
         .subscribe(
@@ -518,7 +524,8 @@ pub async fn spawn(config: ServeConfig) -> anyhow::Result<RunningServer> {
         probe_bus.is_attached(ORDERS_SUBSCRIBER)
     });
     let state = AppState::new(orders.clone(), Arc::new(probe))
-        .request_timeout(Duration::from_secs(config.request_timeout_secs));
+        .request_timeout(Duration::from_secs(config.request_timeout_secs))
+        .changes(changes);
     let (stop_accepting, stop_accepting_rx) = oneshot::channel::<()>();
     let http = tokio::spawn(async move {
         axum::serve(listener, http::router(state))

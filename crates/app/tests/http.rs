@@ -637,6 +637,120 @@ async fn the_real_server_answers_on_a_free_port_and_shuts_down_gracefully() {
     );
 }
 
+#[tokio::test]
+async fn a_blocking_read_answers_as_soon_as_the_order_changes() {
+    let store = Arc::new(InMemoryOrderStore::new());
+    let changes = Arc::new(app::changes::OrderChanges::default());
+    let watched = Arc::new(app::changes::WatchedStore::new(
+        store.clone(),
+        changes.clone(),
+    ));
+    let orders = service_over(watched);
+    let router = http::router(
+        AppState::new(
+            orders.clone(),
+            Arc::new(StoreAndBusProbe::new(store, || true)),
+        )
+        .changes(changes.clone()),
+    );
+    let placed = send(&router, post_json("/orders", &order_body())).await;
+    let id: OrderId = placed.body["orderId"].as_str().unwrap().parse().unwrap();
+    let started = std::time::Instant::now();
+    let reader = {
+        let router = router.clone();
+        tokio::spawn(async move {
+            send(
+                &router,
+                get(&format!("/orders/{id}?afterVersion=1&waitMs=15000")),
+            )
+            .await
+        })
+    };
+    // Wait (with a deadline) until the read is parked, then change the order.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while changes.watched() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the read never waited"
+        );
+        tokio::task::yield_now().await;
+    }
+    orders
+        .cancel_order(orders_app::CancelOrder {
+            order_id: id,
+            reason: "changed my mind".to_owned(),
+        })
+        .await
+        .unwrap();
+    let read = reader.await.unwrap();
+    assert_eq!(read.status, StatusCode::OK, "{}", read.text);
+    assert_eq!(read.body["status"], "Cancelled");
+    assert_eq!(read.body["version"].to_string(), "2");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "it waited for its deadline"
+    );
+    assert_eq!(changes.watched(), 0, "the waiter was cleaned up");
+}
+
+#[tokio::test]
+async fn a_blocking_read_answers_at_its_deadline_with_the_order_as_it_is() {
+    let store = Arc::new(InMemoryOrderStore::new());
+    let changes = Arc::new(app::changes::OrderChanges::default());
+    let watched = Arc::new(app::changes::WatchedStore::new(
+        store.clone(),
+        changes.clone(),
+    ));
+    let router = http::router(
+        AppState::new(
+            service_over(watched),
+            Arc::new(StoreAndBusProbe::new(store, || true)),
+        )
+        .changes(changes),
+    );
+    let placed = send(&router, post_json("/orders", &order_body())).await;
+    let id = placed.body["orderId"].as_str().unwrap().to_owned();
+    let read = send(
+        &router,
+        get(&format!("/orders/{id}?afterVersion=1&waitMs=30")),
+    )
+    .await;
+    assert_eq!(read.status, StatusCode::OK, "{}", read.text);
+    assert_eq!(read.body["version"].to_string(), "1");
+    let already = send(
+        &router,
+        get(&format!("/orders/{id}?afterVersion=0&waitMs=15000")),
+    )
+    .await;
+    assert_eq!(
+        already.body["version"].to_string(),
+        "1",
+        "no wait when already newer"
+    );
+}
+
+#[tokio::test]
+async fn a_blocking_read_with_bad_parameters_is_400() {
+    let app = TestApp::new();
+    let id = app.place().await;
+    for query in [
+        "afterVersion=1",
+        "waitMs=10",
+        "afterVersion=x&waitMs=10",
+        "afterVersion=1&waitMs=-1",
+        "since=3",
+    ] {
+        let reply = app.send(get(&format!("/orders/{id}?{query}"))).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{query}: {}",
+            reply.text
+        );
+        assert_problem(&reply, "bad-request");
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Helpers
 

@@ -372,14 +372,14 @@ impl InMemoryBus {
         }
     }
 
-    fn group(&self, name: &str) -> Arc<Group> {
+    fn group(&self, name: &str, concurrency: Option<usize>) -> Arc<Group> {
         let mut groups = lock(&self.inner.groups);
         groups
             .entry(name.to_owned())
             .or_insert_with(|| {
                 Arc::new(Group {
                     name: name.to_owned(),
-                    lanes: (0..self.inner.config.lanes.max(1))
+                    lanes: (0..concurrency.unwrap_or(self.inner.config.lanes).max(1))
                         .map(|_| {
                             let (tx, rx) = mpsc::unbounded_channel();
                             Lane {
@@ -930,7 +930,7 @@ impl MessageBus for InMemoryBus {
         subscription: Subscription,
         handler: Arc<dyn MessageHandler>,
     ) -> Result<SubscriptionHandle, BusError> {
-        let group = self.group(&subscription.name);
+        let group = self.group(&subscription.name, subscription.concurrency);
         if group.claimed.swap(true, Ordering::SeqCst) {
             return Err(BusError::AlreadySubscribed(subscription.name));
         }

@@ -27,6 +27,11 @@ pub struct Subscription {
     pub name: String,
     /// The topics.
     pub topics: Vec<String>,
+    /// How many messages (of different correlation ids) the group may handle at once;
+    /// `None` takes the bus's default. On the in-memory bus: its number of lanes, fixed
+    /// when the group is first created. A handler that waits (a slow neighbour, a
+    /// simulated delay) needs more to keep its throughput.
+    pub concurrency: Option<usize>,
 }
 
 impl Subscription {
@@ -36,7 +41,15 @@ impl Subscription {
         Self {
             name: name.into(),
             topics: Vec::new(),
+            concurrency: None,
         }
+    }
+
+    /// Sets how many messages the group may handle at once (at least 1).
+    #[must_use]
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = Some(concurrency.max(1));
+        self
     }
 
     /// Adds a topic.

@@ -54,6 +54,9 @@ impl PaymentsService {
         bus: Arc<dyn MessageBus>,
         config: PaymentsConfig,
     ) -> Result<PaymentsHandle, BusError> {
+        // The simulated processing delay is spent inside the handler: give the group
+        // enough lanes that orders wait for their own delay, not for each other's.
+        let concurrency = if config.delay.is_zero() { 4 } else { 256 };
         let ledger = Arc::new(Ledger::default());
         let service = Arc::new(Self {
             bus: bus.clone(),
@@ -61,6 +64,7 @@ impl PaymentsService {
             ledger: ledger.clone(),
         });
         let subscription = Subscription::new(CONSUMER_GROUP)
+            .concurrency(concurrency)
             .topic(topics::ORDER_PLACED)
             .topic(topics::ORDER_CANCELLED);
         let subscription = bus.subscribe(subscription, service).await?;

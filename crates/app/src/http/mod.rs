@@ -53,6 +53,8 @@ pub struct AppState {
     readiness: Arc<dyn ReadinessProbe>,
     /// How long one request may take; a slow store must not hold connections forever.
     request_timeout: Duration,
+    /// Wakes blocking reads of an order when it changes; `None`: reads never block.
+    changes: Option<Arc<crate::changes::OrderChanges>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -73,7 +75,16 @@ impl AppState {
             orders,
             readiness,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            changes: None,
         }
+    }
+
+    /// Enables blocking reads (`GET /orders/{id}?afterVersion=N&waitMs=M`), woken by
+    /// `changes` (fed by a [`crate::changes::WatchedStore`] under the service).
+    #[must_use]
+    pub fn changes(mut self, changes: Arc<crate::changes::OrderChanges>) -> Self {
+        self.changes = Some(changes);
+        self
     }
 
     /// Sets how long one request may take.

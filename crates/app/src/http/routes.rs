@@ -3,7 +3,7 @@
 
 use axum::{
     Json,
-    extract::State,
+    extract::{RawQuery, State},
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -47,12 +47,83 @@ pub(super) async fn place_order(
 }
 
 /// `GET /orders/{id}`.
+///
+/// With `?afterVersion=N&waitMs=M` it is a blocking read: it answers as soon as the
+/// order's version is above N, or after M milliseconds (at most
+/// [`MAX_WAIT_MS`]) with the order as it is. Clients wait for a change without polling.
 pub(super) async fn get_order(
     State(state): State<AppState>,
     OrderIdPath(id): OrderIdPath,
+    RawQuery(query): RawQuery,
 ) -> Result<Json<OrderView>, Problem> {
-    let order = state.orders.order(id).await?;
-    Ok(Json(OrderView::from(&order)))
+    let wait = parse_wait(query.as_deref())?;
+    let (Some((after, wait_ms)), Some(changes)) = (wait, state.changes.clone()) else {
+        let order = state.orders.order(id).await?;
+        return Ok(Json(OrderView::from(&order)));
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
+    loop {
+        let notify = changes.watch(id);
+        let (loaded, done) = {
+            // Registered before the read, so a change between read and wait still wakes us.
+            let changed = notify.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let loaded = state.orders.order(id).await;
+            let done = match &loaded {
+                Ok(order) => order.version() > after || tokio::time::Instant::now() >= deadline,
+                Err(_) => true,
+            };
+            if !done {
+                let _ = tokio::time::timeout_at(deadline, changed).await;
+            }
+            (loaded, done)
+        };
+        changes.release(id, notify);
+        if done {
+            return Ok(Json(OrderView::from(&loaded?)));
+        }
+    }
+}
+
+/// The longest a blocking read waits, in milliseconds (below the request timeout).
+pub const MAX_WAIT_MS: u64 = 20_000;
+
+/// `afterVersion` and `waitMs` from the query, both or neither.
+fn parse_wait(query: Option<&str>) -> Result<Option<(u64, u64)>, Problem> {
+    let Some(query) = query.filter(|q| !q.is_empty()) else {
+        return Ok(None);
+    };
+    let (mut after, mut wait) = (None, None);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let number = || {
+            value.parse::<u64>().map_err(|_| {
+                Problem::new(
+                    ProblemType::BadRequest,
+                    format!("query parameter {name} must be a non-negative integer"),
+                )
+            })
+        };
+        match name {
+            "afterVersion" => after = Some(number()?),
+            "waitMs" => wait = Some(number()?.min(MAX_WAIT_MS)),
+            other => {
+                return Err(Problem::new(
+                    ProblemType::BadRequest,
+                    format!("unknown query parameter {other}"),
+                ));
+            }
+        }
+    }
+    match (after, wait) {
+        (Some(after), Some(wait)) => Ok(Some((after, wait))),
+        (None, None) => Ok(None),
+        _ => Err(Problem::new(
+            ProblemType::BadRequest,
+            "afterVersion and waitMs go together",
+        )),
+    }
 }
 
 /// `POST /orders/{id}/cancel`.
