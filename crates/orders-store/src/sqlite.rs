@@ -95,6 +95,8 @@ pub struct SqliteOrderStore {
     relay_lock: Mutex<()>,
     /// Wakes the relay after a commit with outbox rows (shared with the writer task).
     committed: std::sync::Arc<Notify>,
+    /// What this process (the only writer) committed last, for the flow's reads.
+    cache: crate::cache::WriteThroughCache,
 }
 
 impl std::fmt::Debug for SqliteOrderStore {
@@ -220,6 +222,7 @@ impl SqliteOrderStore {
             readers,
             next_reader: AtomicUsize::new(0),
             relay_lock: Mutex::new(()),
+            cache: crate::cache::WriteThroughCache::default(),
             committed,
         }
     }
@@ -828,6 +831,9 @@ async fn write_alone(
 #[async_trait]
 impl OrderStore for SqliteOrderStore {
     async fn load(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
+        if let Some(order) = self.cache.order(id) {
+            return Ok(Some(order));
+        }
         let row: Option<(i64, String)> = self
             .read(move |conn| {
                 Box::pin(async move {
@@ -852,6 +858,9 @@ impl OrderStore for SqliteOrderStore {
         subscriber: &str,
         message_id: MessageId,
     ) -> Result<bool, StoreError> {
+        if self.cache.handled(subscriber, message_id) {
+            return Ok(true);
+        }
         let subscriber = subscriber.to_owned();
         self.read(move |conn| {
             Box::pin(async move {
@@ -876,13 +885,30 @@ impl OrderStore for SqliteOrderStore {
     }
 
     async fn commit(&self, commit: Commit) -> Result<u64, StoreError> {
+        let cached = commit.order.clone();
+        let handled = commit
+            .inbox
+            .as_ref()
+            .map(|r| (r.subscriber.clone(), r.message_id));
         // Encoded here, on the caller's task, so the writer only writes.
         let prepared = PreparedCommit::new(commit)?;
         let (answer, answered) = oneshot::channel();
         self.writer
             .send(Job::Commit(prepared, answer))
             .map_err(|_| closed())?;
-        answered.await.map_err(|_| closed())?
+        let result = answered.await.map_err(|_| closed())?;
+        match &result {
+            Ok(version) => {
+                let cached = cached.map(|mut order| {
+                    order.mark_saved(*version);
+                    order
+                });
+                self.cache.committed(cached, handled);
+            }
+            Err(StoreError::Conflict { order_id, .. }) => self.cache.evict(*order_id),
+            Err(_) => {}
+        }
+        result
     }
 
     async fn messages(&self, id: OrderId) -> Result<Vec<MessageRecord>, StoreError> {
@@ -936,6 +962,7 @@ impl OrderStore for SqliteOrderStore {
     }
 
     async fn prune(&self, before: Timestamp) -> Result<PruneReport, StoreError> {
+        self.cache.forget_handled();
         let before = timestamp_text(before);
         self.on_writer(move |conn| {
             Box::pin(async move {
