@@ -582,7 +582,10 @@ pub async fn paced_latency(
             placing.push(tokio::spawn(async move {
                 let t = Instant::now();
                 let command = checkout("sku-1", Decimal::new(1999, 2), 1);
-                orders.place_order(command, None).await.map(|placed| (placed.order_id, t))
+                orders
+                    .place_order(command, None)
+                    .await
+                    .map(|placed| (placed.order_id, t))
             }));
         }
     }
