@@ -18,14 +18,12 @@ use std::{
 };
 
 use async_trait::async_trait;
-use messaging::{
-    Envelope, HandlerError, InMemoryBus, MessageBus, MessageHandler, MessageId, Subscription,
-};
-use orders_app::{Commit, MessageRecord, OrderStore, PruneReport, StoreError};
-use orders_domain::{Order, OrderId, OrderStatus, Timestamp};
+use messaging::{Envelope, HandlerError, InMemoryBus, MessageBus, MessageHandler, Subscription};
+use orders_domain::{OrderId, OrderStatus};
 use rust_decimal::Decimal;
 
 use crate::{
+    changes::WatchedStore,
     scenarios::checkout,
     system::{InProcessSystem, Stores, SystemConfig},
 };
@@ -553,15 +551,26 @@ pub async fn paced_latency(
     rate: u64,
     seconds: u64,
 ) -> anyhow::Result<Row> {
-    let observed = Arc::new(ObservedStore {
-        inner: stores.store.clone(),
-        // Sized up front: growing it under its lock would stall the handlers it observes.
-        reserved: Mutex::new(HashMap::with_capacity(300_000)),
-    });
+    // When each order's StockReserved change was committed. Sized up front: growing it
+    // under its lock would stall the handlers it observes.
+    let reserved: Arc<Mutex<HashMap<OrderId, Instant>>> =
+        Arc::new(Mutex::new(HashMap::with_capacity(300_000)));
+    let noted = reserved.clone();
+    let observed = Arc::new(WatchedStore::with_observer(
+        stores.store.clone(),
+        Arc::new(move |id, status| {
+            if status == OrderStatus::StockReserved {
+                let now = Instant::now();
+                if let Ok(mut map) = noted.lock() {
+                    map.insert(id, now);
+                }
+            }
+        }),
+    ));
     let system = InProcessSystem::start_with(
         SystemConfig::default(),
         Stores {
-            store: observed.clone(),
+            store: observed,
             outbox: stores.outbox.clone(),
         },
         Arc::new(orders_app::SystemClock),
@@ -597,8 +606,7 @@ pub async fn paced_latency(
     if !system.settle(Duration::from_secs(60)).await {
         anyhow::bail!("the paced run did not settle within 60 s");
     }
-    let reserved = observed
-        .reserved
+    let reserved = reserved
         .lock()
         .map_err(|_| anyhow::anyhow!("poisoned"))?
         .clone();
@@ -626,50 +634,6 @@ pub async fn paced_latency(
         ratio: None,
         note: String::new(),
     })
-}
-
-/// A store decorator that notes when each order's StockReserved change is committed.
-struct ObservedStore {
-    inner: Arc<dyn OrderStore>,
-    reserved: Mutex<HashMap<OrderId, Instant>>,
-}
-
-#[async_trait]
-impl OrderStore for ObservedStore {
-    async fn load(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
-        self.inner.load(id).await
-    }
-    async fn is_handled(
-        &self,
-        subscriber: &str,
-        message_id: MessageId,
-    ) -> Result<bool, StoreError> {
-        self.inner.is_handled(subscriber, message_id).await
-    }
-    async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<OrderId>, StoreError> {
-        self.inner.find_by_idempotency_key(key).await
-    }
-    async fn commit(&self, commit: Commit) -> Result<u64, StoreError> {
-        let reserved = commit
-            .order
-            .as_ref()
-            .filter(|o| o.status() == OrderStatus::StockReserved)
-            .map(Order::id);
-        let version = self.inner.commit(commit).await?;
-        if let Some(id) = reserved {
-            let now = Instant::now();
-            if let Ok(mut map) = self.reserved.lock() {
-                map.insert(id, now);
-            }
-        }
-        Ok(version)
-    }
-    async fn messages(&self, id: OrderId) -> Result<Vec<MessageRecord>, StoreError> {
-        self.inner.messages(id).await
-    }
-    async fn prune(&self, before: Timestamp) -> Result<PruneReport, StoreError> {
-        self.inner.prune(before).await
-    }
 }
 
 fn proc_status_kib(field: &str) -> u64 {

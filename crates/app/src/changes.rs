@@ -14,7 +14,7 @@ use std::{
 use async_trait::async_trait;
 use messaging::MessageId;
 use orders_app::{Commit, MessageRecord, OrderStore, PruneReport, StoreError};
-use orders_domain::{Order, OrderId, Timestamp};
+use orders_domain::{Order, OrderId, OrderStatus, Timestamp};
 use tokio::sync::Notify;
 
 /// Who waits for which order.
@@ -59,17 +59,27 @@ impl OrderChanges {
     }
 }
 
-/// An [`OrderStore`] that reports committed order changes to [`OrderChanges`].
+/// Called after each successful commit of an order, with its id and new status.
+pub type CommitObserver = Arc<dyn Fn(OrderId, OrderStatus) + Send + Sync>;
+
+/// An [`OrderStore`] that reports every committed order change (to [`OrderChanges`],
+/// or to any observer, e.g. the bench timing StockReserved).
 pub struct WatchedStore {
     inner: Arc<dyn OrderStore>,
-    changes: Arc<OrderChanges>,
+    observer: CommitObserver,
 }
 
 impl WatchedStore {
-    /// Decorates `inner`.
+    /// Decorates `inner`, waking the waiters of `changes`.
     #[must_use]
     pub fn new(inner: Arc<dyn OrderStore>, changes: Arc<OrderChanges>) -> Self {
-        Self { inner, changes }
+        Self::with_observer(inner, Arc::new(move |id, _| changes.notify(id)))
+    }
+
+    /// Decorates `inner`, calling `observer` after each commit of an order.
+    #[must_use]
+    pub fn with_observer(inner: Arc<dyn OrderStore>, observer: CommitObserver) -> Self {
+        Self { inner, observer }
     }
 }
 
@@ -89,10 +99,10 @@ impl OrderStore for WatchedStore {
         self.inner.find_by_idempotency_key(key).await
     }
     async fn commit(&self, commit: Commit) -> Result<u64, StoreError> {
-        let changed = commit.order.as_ref().map(Order::id);
+        let changed = commit.order.as_ref().map(|o| (o.id(), o.status()));
         let version = self.inner.commit(commit).await?;
-        if let Some(id) = changed {
-            self.changes.notify(id);
+        if let Some((id, status)) = changed {
+            (self.observer)(id, status);
         }
         Ok(version)
     }
