@@ -19,14 +19,18 @@ const ORDERS: usize = 1_000;
 
 async fn thousand_orders(config: SystemConfig) {
     for kind in ALL_STORES {
-        let stores = kind
+        let fresh = kind
             .fresh()
             .await
             .unwrap_or_else(|e| panic!("{kind:?} store: {e:#}"));
-        let system =
-            InProcessSystem::start_with(config.clone(), stores, Arc::new(orders_app::SystemClock))
-                .await
-                .unwrap_or_else(|e| panic!("start: {e}"));
+        let Some(fresh) = fresh else { continue };
+        let system = InProcessSystem::start_with(
+            config.clone(),
+            fresh.stores.clone(),
+            Arc::new(orders_app::SystemClock),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("start: {e}"));
         let tasks: Vec<_> = (0..ORDERS)
             .map(|i| {
                 let orders = system.orders.clone();
@@ -84,6 +88,7 @@ async fn thousand_orders(config: SystemConfig) {
             system.bus.dead_letters()
         );
         system.shutdown().await;
+        fresh.remove().await;
     }
 }
 

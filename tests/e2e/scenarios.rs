@@ -9,11 +9,13 @@ async fn run_scenario(name: &str) {
         panic!("no scenario named {name}")
     };
     for kind in ALL_STORES {
-        let stores = kind
+        let fresh = kind
             .fresh()
             .await
             .unwrap_or_else(|e| panic!("{kind:?} store: {e:#}"));
-        let report = scenario.run(stores).await;
+        let Some(fresh) = fresh else { continue };
+        let report = scenario.run(fresh.stores.clone()).await;
+        fresh.remove().await;
         assert!(report.passed(), "{kind:?} store:\n{}", report.render());
     }
 }

@@ -2,26 +2,85 @@
 //! Each suite is written once and run against every store (see `e2e/main.rs`).
 #![forbid(unsafe_code)]
 
-use app::system::Stores;
+use app::{
+    bench_io::Scratch,
+    serve::{OpenedStore, open_store},
+    system::Stores,
+};
 
 /// A store the suites can run against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreKind {
     /// `orders_store::InMemoryOrderStore`.
     Memory,
+    /// `orders_store::SqliteOrderStore` on a fresh file.
+    Sqlite,
+    /// `orders_store::PostgresOrderStore` on a fresh database of the server at
+    /// `ORDERS_TEST_POSTGRES_URL`.
+    Postgres,
 }
 
-impl StoreKind {
-    /// A fresh, empty store of this kind.
-    ///
-    /// # Errors
-    /// When the store cannot be created.
-    pub async fn fresh(self) -> anyhow::Result<Stores> {
-        match self {
-            Self::Memory => Ok(Stores::in_memory()),
+/// A fresh, empty store; [`FreshStore::remove`] closes and deletes it.
+pub struct FreshStore {
+    /// The ports to run a system on.
+    pub stores: Stores,
+    opened: Option<OpenedStore>,
+    scratch: Option<Scratch>,
+}
+
+impl FreshStore {
+    /// Closes the store and deletes its file or database.
+    pub async fn remove(self) {
+        if let Some(opened) = self.opened {
+            opened.close().await;
+        }
+        if let Some(scratch) = self.scratch {
+            scratch.remove().await;
         }
     }
 }
 
+impl StoreKind {
+    /// A fresh, empty store of this kind, or `None` (with the reason printed) when its
+    /// server is not configured outside CI.
+    ///
+    /// # Panics
+    /// When `CI` is set and the PostgreSQL address is missing: in CI a missing service is
+    /// a failure, never a skip.
+    ///
+    /// # Errors
+    /// When the store cannot be created.
+    pub async fn fresh(self) -> anyhow::Result<Option<FreshStore>> {
+        let scratch = match self {
+            Self::Memory => {
+                return Ok(Some(FreshStore {
+                    stores: Stores::in_memory(),
+                    opened: None,
+                    scratch: None,
+                }));
+            }
+            Self::Sqlite => Scratch::sqlite(),
+            Self::Postgres => {
+                let Ok(url) = std::env::var("ORDERS_TEST_POSTGRES_URL") else {
+                    assert!(
+                        std::env::var_os("CI").is_none(),
+                        "ORDERS_TEST_POSTGRES_URL must be set in CI (cargo xtask ci sets it)"
+                    );
+                    println!("skipping PostgreSQL: ORDERS_TEST_POSTGRES_URL not set");
+                    return Ok(None);
+                };
+                Scratch::postgres(&url).await?
+            }
+        };
+        let spec = scratch.spec.parse().map_err(anyhow::Error::msg)?;
+        let opened = open_store(&spec).await?;
+        Ok(Some(FreshStore {
+            stores: opened.stores.clone(),
+            opened: Some(opened),
+            scratch: Some(scratch),
+        }))
+    }
+}
+
 /// Every kind of store, in the order the suites run them.
-pub const ALL_STORES: [StoreKind; 1] = [StoreKind::Memory];
+pub const ALL_STORES: [StoreKind; 3] = [StoreKind::Memory, StoreKind::Sqlite, StoreKind::Postgres];

@@ -409,12 +409,11 @@ async fn replayed_messages(stores: Stores) -> ScenarioReport {
 
 async fn cancel_awaiting_payment(stores: Stores) -> ScenarioReport {
     let mut report = ScenarioReport::new("cancel while AwaitingPayment");
-    // Payments takes a moment, so the customer's cancel comes first.
-    let mut cfg = config();
-    cfg.payments = PaymentsConfig::default().delay(Duration::from_millis(50));
-    let Some(system) = start(&mut report, cfg, stores).await else {
+    let Some(mut system) = start(&mut report, config(), stores).await else {
         return report;
     };
+    // Payments is away until the customer has cancelled: the cancel comes first.
+    system.pause_payments().await;
     let Some(id) = place(
         &mut report,
         &system,
@@ -425,6 +424,7 @@ async fn cancel_awaiting_payment(stores: Stores) -> ScenarioReport {
         return report;
     };
     cancel(&mut report, &system, id).await;
+    resume(&mut report, system.resume_payments().await);
     let store = system.orders.clone();
     let messages = finish(&mut report, system, id, OrderStatus::Cancelled).await;
     // Payments had approved before it saw the cancellation: it refunds. Nothing to release.
@@ -447,34 +447,30 @@ async fn cancel_awaiting_payment(stores: Stores) -> ScenarioReport {
 }
 
 async fn cancel_paid(stores: Stores) -> ScenarioReport {
-    let mut cfg = config();
-    // Stock takes a moment, so the customer's cancel comes while the order is Paid.
-    cfg.stock = StockConfig::default().delay(Duration::from_millis(50));
-    cancel_once(stores, "cancel while Paid", cfg, OrderStatus::Paid).await
+    cancel_once(stores, "cancel while Paid", OrderStatus::Paid).await
 }
 
 async fn cancel_stock_reserved(stores: Stores) -> ScenarioReport {
     cancel_once(
         stores,
         "cancel while StockReserved",
-        config(),
         OrderStatus::StockReserved,
     )
     .await
 }
 
-/// Places an order, cancels it once it is `status`, and expects a refund and a release:
-/// when cancelled while Paid, Stock reserved before it saw the cancellation.
-async fn cancel_once(
-    stores: Stores,
-    name: &'static str,
-    cfg: SystemConfig,
-    status: OrderStatus,
-) -> ScenarioReport {
+/// Places an order, cancels it once it is `status`, and expects a refund and a release.
+/// For Paid, Stock is away until the cancel is done; it then reserves (Orders rejects
+/// that) and, seeing the cancellation, releases.
+async fn cancel_once(stores: Stores, name: &'static str, status: OrderStatus) -> ScenarioReport {
     let mut report = ScenarioReport::new(name);
-    let Some(system) = start(&mut report, cfg, stores).await else {
+    let Some(mut system) = start(&mut report, config(), stores).await else {
         return report;
     };
+    let hold_stock = status == OrderStatus::Paid;
+    if hold_stock {
+        system.pause_stock().await;
+    }
     let Some(id) = place(
         &mut report,
         &system,
@@ -486,6 +482,9 @@ async fn cancel_once(
     };
     wait(&mut report, &system, id, status).await;
     cancel(&mut report, &system, id).await;
+    if hold_stock {
+        resume(&mut report, system.resume_stock().await);
+    }
     let messages = finish(&mut report, system, id, OrderStatus::Cancelled).await;
     expect_topics(
         &mut report,
@@ -563,11 +562,11 @@ async fn out_of_stock(stores: Stores) -> ScenarioReport {
 
 async fn stock_reserved_for_unpaid_order(stores: Stores) -> ScenarioReport {
     let mut report = ScenarioReport::new("stock.reserved for an unpaid order");
-    let mut cfg = config();
-    cfg.payments = PaymentsConfig::default().delay(Duration::from_millis(50));
-    let Some(system) = start(&mut report, cfg, stores).await else {
+    let Some(mut system) = start(&mut report, config(), stores).await else {
         return report;
     };
+    // Payments is away until Orders has dealt with the forged message.
+    system.pause_payments().await;
     let Some(id) = place(
         &mut report,
         &system,
@@ -584,6 +583,21 @@ async fn stock_reserved_for_unpaid_order(stores: Stores) -> ScenarioReport {
         timestamp: chrono::Utc::now(),
     };
     inject(&mut report, &system, topics::STOCK_RESERVED, id, &forged).await;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let history = system.orders.messages(id).await.unwrap_or_default();
+        if !outcomes(&history, topics::STOCK_RESERVED).is_empty() {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            report
+                .failures
+                .push("the forged stock.reserved was never handled".to_owned());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    resume(&mut report, system.resume_payments().await);
     let store = system.orders.clone();
     // The forged message is rejected; the real flow then completes normally.
     let _ = finish(&mut report, system, id, OrderStatus::StockReserved).await;
@@ -594,6 +608,15 @@ async fn stock_reserved_for_unpaid_order(stores: Stores) -> ScenarioReport {
         format!("stock.reserved outcomes: {got:?}"),
     );
     report
+}
+
+/// Records a simulator that could not come back.
+fn resume(report: &mut ScenarioReport, result: Result<(), messaging::BusError>) {
+    if let Err(e) = result {
+        report
+            .failures
+            .push(format!("a simulator could not come back: {e}"));
+    }
 }
 
 /// Publishes a message as if another context had sent it (not caused by anything).

@@ -67,10 +67,14 @@ pub struct InProcessSystem {
     pub orders: OrdersService,
     /// The outbox the relay drains.
     pub outbox: Arc<dyn Outbox>,
-    /// Simulated Payments.
-    pub payments: PaymentsHandle,
-    /// Simulated Stock.
-    pub stock: StockHandle,
+    /// Simulated Payments (`None` while paused).
+    pub payments: Option<PaymentsHandle>,
+    /// Simulated Stock (`None` while paused).
+    pub stock: Option<StockHandle>,
+    /// The bus as the port, for restarting a simulator.
+    shared: Arc<dyn MessageBus>,
+    /// How the simulators were configured, for restarting one.
+    sims: (PaymentsConfig, StockConfig),
     /// Every message seen, per correlation id, when `tap` was on.
     pub tap: Option<Arc<Tap>>,
     orders_subscription: SubscriptionHandle,
@@ -125,6 +129,7 @@ impl InProcessSystem {
             .await?;
         let payments = PaymentsService::start(shared.clone(), config.payments.clone()).await?;
         let stock = StockService::start(shared.clone(), config.stock.clone()).await?;
+        let shared_for_sims = shared.clone();
         let (stop_relay, mut stop_rx) = watch::channel(false);
         let relay = OutboxRelay::new(stores.outbox.clone(), shared);
         let relay = tokio::spawn(relay.run(async move {
@@ -134,8 +139,10 @@ impl InProcessSystem {
             bus,
             orders,
             outbox: stores.outbox,
-            payments,
-            stock,
+            payments: Some(payments),
+            stock: Some(stock),
+            shared: shared_for_sims,
+            sims: (config.payments.clone(), config.stock.clone()),
             tap,
             orders_subscription,
             tap_subscription,
@@ -193,6 +200,45 @@ impl InProcessSystem {
         }
     }
 
+    /// Takes Payments away (it finishes the message in hand). Its consumer group stays:
+    /// what is published meanwhile waits for [`InProcessSystem::resume_payments`].
+    /// Scenarios use it to decide what happens first without relying on timing.
+    pub async fn pause_payments(&mut self) {
+        if let Some(payments) = self.payments.take() {
+            payments.stop().await;
+        }
+    }
+
+    /// Brings Payments back; it receives, in order, what was published while it was away.
+    ///
+    /// # Errors
+    /// A [`BusError`] when it cannot subscribe again.
+    pub async fn resume_payments(&mut self) -> Result<(), BusError> {
+        if self.payments.is_none() {
+            self.payments =
+                Some(PaymentsService::start(self.shared.clone(), self.sims.0.clone()).await?);
+        }
+        Ok(())
+    }
+
+    /// Takes Stock away, like [`InProcessSystem::pause_payments`].
+    pub async fn pause_stock(&mut self) {
+        if let Some(stock) = self.stock.take() {
+            stock.stop().await;
+        }
+    }
+
+    /// Brings Stock back, like [`InProcessSystem::resume_payments`].
+    ///
+    /// # Errors
+    /// A [`BusError`] when it cannot subscribe again.
+    pub async fn resume_stock(&mut self) -> Result<(), BusError> {
+        if self.stock.is_none() {
+            self.stock = Some(StockService::start(self.shared.clone(), self.sims.1.clone()).await?);
+        }
+        Ok(())
+    }
+
     /// Stops the relay (after a last flush), the subscribers and the simulators.
     pub async fn shutdown(self) {
         let _ = self.stop_relay.send(true);
@@ -200,8 +246,12 @@ impl InProcessSystem {
             tracing::error!(error = %e, "relay task failed");
         }
         self.orders_subscription.unsubscribe().await;
-        self.payments.stop().await;
-        self.stock.stop().await;
+        if let Some(payments) = self.payments {
+            payments.stop().await;
+        }
+        if let Some(stock) = self.stock {
+            stock.stop().await;
+        }
         if let Some(tap) = self.tap_subscription {
             tap.unsubscribe().await;
         }
