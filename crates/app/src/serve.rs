@@ -344,6 +344,16 @@ enum Adapter {
 }
 
 impl OpenedStore {
+    /// Outbox rows parked because they could not be decoded; `None` for the in-memory
+    /// store (it cannot hold an undecodable row) or when the store does not answer.
+    pub async fn parked(&self) -> Option<u64> {
+        match &self.adapter {
+            Adapter::Memory => None,
+            Adapter::Sqlite(store) => store.parked().await.ok(),
+            Adapter::Postgres(store) => store.parked().await.ok(),
+        }
+    }
+
     /// Closes the adapter's connections; the ports fail as unavailable afterwards.
     pub async fn close(&self) {
         match &self.adapter {
@@ -433,7 +443,7 @@ pub struct RunningServer {
     /// How long in-flight requests get on shutdown.
     shutdown_grace: Duration,
     /// The store adapter, closed last.
-    store: OpenedStore,
+    store: Arc<OpenedStore>,
 }
 
 impl fmt::Debug for RunningServer {
@@ -458,6 +468,7 @@ pub async fn spawn(config: ServeConfig) -> anyhow::Result<RunningServer> {
             config.store
         )
     })?;
+    let opened = Arc::new(opened);
     let stores = opened.stores.clone();
     let listener = TcpListener::bind(config.listen)
         .await
@@ -525,7 +536,12 @@ pub async fn spawn(config: ServeConfig) -> anyhow::Result<RunningServer> {
     });
     let state = AppState::new(orders.clone(), Arc::new(probe))
         .request_timeout(Duration::from_secs(config.request_timeout_secs))
-        .changes(changes);
+        .changes(changes)
+        .stats(Arc::new(ServiceStats {
+            bus: bus.clone(),
+            outbox: stores.outbox.clone(),
+            store: opened.clone(),
+        }));
     let (stop_accepting, stop_accepting_rx) = oneshot::channel::<()>();
     let http = tokio::spawn(async move {
         axum::serve(listener, http::router(state))
@@ -549,6 +565,24 @@ pub async fn spawn(config: ServeConfig) -> anyhow::Result<RunningServer> {
         shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
         store: opened,
     })
+}
+
+/// `GET /stats` of the running service.
+struct ServiceStats {
+    bus: InMemoryBus,
+    outbox: Arc<dyn orders_app::Outbox>,
+    store: Arc<OpenedStore>,
+}
+
+#[async_trait::async_trait]
+impl http::StatsProbe for ServiceStats {
+    async fn stats(&self) -> http::Stats {
+        http::Stats {
+            dead_letters: self.bus.dead_letters().len() as u64,
+            parked_outbox_rows: self.store.parked().await,
+            unsent_outbox_rows: self.outbox.unsent().await.ok(),
+        }
+    }
 }
 
 /// Resolves once `stop` turns `true` (or its sender is gone).

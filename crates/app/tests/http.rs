@@ -751,6 +751,43 @@ async fn a_blocking_read_with_bad_parameters_is_400() {
     }
 }
 
+#[tokio::test]
+async fn stats_show_dead_letters_and_parked_and_unsent_outbox_rows() {
+    struct Fixed;
+    #[async_trait::async_trait]
+    impl http::StatsProbe for Fixed {
+        async fn stats(&self) -> http::Stats {
+            http::Stats {
+                dead_letters: 2,
+                parked_outbox_rows: Some(1),
+                unsent_outbox_rows: None,
+            }
+        }
+    }
+    let store = Arc::new(InMemoryOrderStore::new());
+    let router = http::router(
+        AppState::new(
+            service_over(store.clone()),
+            Arc::new(StoreAndBusProbe::new(store, || true)),
+        )
+        .stats(Arc::new(Fixed)),
+    );
+    let reply = send(&router, get("/stats")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(
+        reply.text,
+        r#"{"deadLetters":2,"parkedOutboxRows":1,"unsentOutboxRows":null}"#
+    );
+}
+
+#[tokio::test]
+async fn stats_are_404_when_the_service_has_none() {
+    let app = TestApp::new();
+    let reply = app.send(get("/stats")).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert_problem(&reply, "not-found");
+}
+
 // ---------------------------------------------------------------------------------------
 // Helpers
 

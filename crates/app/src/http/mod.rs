@@ -22,6 +22,7 @@ pub mod extract;
 pub mod problem;
 pub mod readiness;
 mod routes;
+pub mod stats;
 pub mod view;
 
 use std::{sync::Arc, time::Duration};
@@ -37,6 +38,7 @@ use orders_app::OrdersService;
 
 pub use problem::{FieldError, Problem, ProblemType};
 pub use readiness::{Readiness, ReadinessProbe, StoreAndBusProbe};
+pub use stats::{Stats, StatsProbe};
 
 /// The largest request body accepted (64 KiB); larger ones are refused with 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -55,6 +57,8 @@ pub struct AppState {
     request_timeout: Duration,
     /// Wakes blocking reads of an order when it changes; `None`: reads never block.
     changes: Option<Arc<crate::changes::OrderChanges>>,
+    /// Feeds `GET /stats`; `None`: the route answers 404.
+    stats: Option<Arc<dyn stats::StatsProbe>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -76,7 +80,15 @@ impl AppState {
             readiness,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             changes: None,
+            stats: None,
         }
+    }
+
+    /// Enables `GET /stats` with `probe`.
+    #[must_use]
+    pub fn stats(mut self, probe: Arc<dyn stats::StatsProbe>) -> Self {
+        self.stats = Some(probe);
+        self
     }
 
     /// Enables blocking reads (`GET /orders/{id}?afterVersion=N&waitMs=M`), woken by
@@ -111,6 +123,7 @@ pub fn router(state: AppState) -> Router {
         .route("/orders/{id}/messages", get(routes::order_messages))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
+        .route("/stats", get(routes::stats))
         .fallback(routes::no_route)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

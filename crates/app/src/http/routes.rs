@@ -185,3 +185,16 @@ pub(super) async fn method_not_allowed() -> Problem {
         "the resource does not support this method",
     )
 }
+
+/// `GET /stats`: dead letters, parked and unsent outbox rows (404 when not configured).
+pub(super) async fn stats(
+    State(state): State<AppState>,
+) -> Result<Json<super::stats::Stats>, Problem> {
+    match &state.stats {
+        Some(probe) => Ok(Json(probe.stats().await)),
+        None => Err(Problem::new(
+            ProblemType::NotFound,
+            "this service has no stats",
+        )),
+    }
+}
