@@ -3,6 +3,11 @@
 //! * `cargo run -p app demo` runs every scenario in one process on the in-memory bus and
 //!   store, prints each order's final state and the messages it saw, and exits 0 only
 //!   when every scenario ended as expected. `RUST_LOG=info` shows every hop.
+//! * `cargo run -p app -- serve` runs the Orders service: HTTP API on 127.0.0.1:8080,
+//!   state in `./data/orders.db` (SQLite) unless `--store` says otherwise, Payments and
+//!   Stock in-process. It logs one line when it listens and stops gracefully on
+//!   SIGINT/SIGTERM; `--help` lists every flag and its environment variable.
+//! * `cargo xtask bench` (`app bench` in release) prints the benchmark table.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
