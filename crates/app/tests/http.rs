@@ -788,6 +788,74 @@ async fn stats_are_404_when_the_service_has_none() {
     assert_problem(&reply, "not-found");
 }
 
+fn arbitrary_json() -> impl proptest::strategy::Strategy<Value = Value> {
+    use proptest::prelude::*;
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| serde_json::json!(n)),
+        "[ -~]{0,12}".prop_map(Value::String),
+        Just(serde_json::json!(-0.01)),
+        Just(serde_json::json!(1e300)),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::vec(
+                (
+                    prop_oneof![
+                        Just("customerId".to_owned()),
+                        Just("currency".to_owned()),
+                        Just("items".to_owned()),
+                        Just("productId".to_owned()),
+                        Just("quantity".to_owned()),
+                        Just("price".to_owned()),
+                        Just("shippingAddress".to_owned()),
+                        "[a-z]{1,6}",
+                    ],
+                    inner
+                ),
+                0..5
+            )
+            .prop_map(|fields| Value::Object(fields.into_iter().collect())),
+        ]
+    })
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: 200,
+        failure_persistence: None,
+        ..Default::default()
+    })]
+
+    /// Whatever JSON a client sends to checkout, the answer is a 2xx or a 4xx problem:
+    /// never a 5xx, never a panic.
+    #[test]
+    fn no_checkout_body_makes_the_server_fail(body in arbitrary_json()) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let status = runtime.block_on(async {
+            let app = TestApp::new();
+            app.send(post_json("/orders", &body)).await.status
+        });
+        proptest::prop_assert!(status.is_success() || status.is_client_error(), "{status} for {body}");
+    }
+
+    /// Any bytes as a body, and any text as an order id, give a 4xx at worst.
+    #[test]
+    fn no_raw_body_or_path_makes_the_server_fail(raw in "[ -~]{0,64}", id in "[A-Za-z0-9._~!$&'()*+,;=:@-]{1,40}") {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (a, b) = runtime.block_on(async {
+            let app = TestApp::new();
+            let a = app.send(post_raw("/orders", "application/json", &raw)).await.status;
+            let b = app.send(get(&format!("/orders/{id}"))).await.status;
+            (a, b)
+        });
+        proptest::prop_assert!(a.is_client_error() || a.is_success(), "{a} for {raw:?}");
+        proptest::prop_assert!(b.is_client_error() || b.is_success(), "{b} for {id:?}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Helpers
 
