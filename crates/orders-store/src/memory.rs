@@ -35,8 +35,10 @@ pub struct InMemoryOrderStore {
     /// Handled message ids, by message id.
     inbox: Box<[Mutex<InboxShard>]>,
     idempotency_keys: Mutex<HashMap<String, OrderId>>,
-    /// Unsent messages, in commit order.
-    outbox: Mutex<VecDeque<Envelope>>,
+    /// Unsent messages, in commit order, and how many a relay holds in hand (taken off
+    /// the queue, not yet accepted by the bus): both count as unsent, so "nothing
+    /// unsent" never shows while a message is between the store and the bus.
+    outbox: Mutex<(VecDeque<Envelope>, u64)>,
     /// Serialises relays, so rows leave in commit order even with several relays.
     relay_lock: tokio::sync::Mutex<()>,
     /// Wakes the relay after a commit with outbox rows.
@@ -73,7 +75,7 @@ impl std::fmt::Debug for InMemoryOrderStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InMemoryOrderStore")
             .field("orders", &self.order_count())
-            .field("unsent", &lock(&self.outbox).len())
+            .field("unsent", &lock(&self.outbox).0.len())
             .finish_non_exhaustive()
     }
 }
@@ -255,7 +257,7 @@ impl OrderStore for InMemoryOrderStore {
             _ => {}
         }
         if added {
-            lock(&self.outbox).extend(outbox);
+            lock(&self.outbox).0.extend(outbox);
         }
         drop((shard, inbox_shard, keys));
         if added {
@@ -305,8 +307,9 @@ impl Outbox for InMemoryOrderStore {
         let _one_relay_at_a_time = self.relay_lock.lock().await;
         let batch: Vec<Envelope> = {
             let mut outbox = lock(&self.outbox);
-            let n = limit.min(outbox.len());
-            outbox.drain(..n).collect()
+            let n = limit.min(outbox.0.len());
+            outbox.1 += n as u64;
+            outbox.0.drain(..n).collect()
         };
         let mut sent = 0;
         let mut rows = batch.into_iter();
@@ -316,18 +319,22 @@ impl Outbox for InMemoryOrderStore {
             if let Err(error) = bus.publish(envelope.clone()).await {
                 tracing::error!(%message_id, %error, "publish failed; message stays in the outbox");
                 let mut outbox = lock(&self.outbox);
-                for back in std::iter::once(envelope).chain(rows).rev() {
-                    outbox.push_front(back);
+                let back: Vec<Envelope> = std::iter::once(envelope).chain(rows).collect();
+                outbox.1 -= back.len() as u64;
+                for envelope in back.into_iter().rev() {
+                    outbox.0.push_front(envelope);
                 }
                 return Ok(sent);
             }
+            lock(&self.outbox).1 -= 1;
             sent += 1;
         }
         Ok(sent)
     }
 
     async fn unsent(&self) -> Result<u64, StoreError> {
-        Ok(lock(&self.outbox).len() as u64)
+        let outbox = lock(&self.outbox);
+        Ok(outbox.0.len() as u64 + outbox.1)
     }
 
     fn committed(&self) -> &Notify {
@@ -346,7 +353,7 @@ impl Outbox for InMemoryOrderStore {
         }
         let count = again.len() as u64;
         if count > 0 {
-            lock(&self.outbox).extend(again);
+            lock(&self.outbox).0.extend(again);
             self.committed.notify_waiters();
         }
         Ok(count)
