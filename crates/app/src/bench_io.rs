@@ -219,19 +219,9 @@ async fn raw_flow(pool: &sqlx::AnyPool, envelope: &str, order: &str) -> Result<(
         .bind(order)
         .execute(&mut *tx)
         .await?;
-    let placed = uuid::Uuid::new_v4().to_string();
-    sqlx::query("INSERT INTO outbox (message_id, order_id, envelope) VALUES ($1, $2, $3)")
-        .bind(&placed)
-        .bind(&id)
-        .bind(envelope)
-        .execute(&mut *tx)
-        .await?;
+    let placed = insert_outbox(&mut tx, &id, envelope).await?;
     tx.commit().await?;
-    sqlx::query("UPDATE outbox SET sent_at = $1 WHERE message_id = $2")
-        .bind(&now)
-        .bind(&placed)
-        .execute(pool)
-        .await?;
+    mark_sent(pool, &now, &placed).await?;
     for (step, outbox) in [(2i64, true), (3, false)] {
         let message = uuid::Uuid::new_v4().to_string();
         sqlx::query("SELECT 1 FROM inbox WHERE subscriber = $1 AND message_id = $2")
@@ -258,23 +248,39 @@ async fn raw_flow(pool: &sqlx::AnyPool, envelope: &str, order: &str) -> Result<(
             .execute(&mut *tx)
             .await?;
         if outbox {
-            let paid = uuid::Uuid::new_v4().to_string();
-            sqlx::query("INSERT INTO outbox (message_id, order_id, envelope) VALUES ($1, $2, $3)")
-                .bind(&paid)
-                .bind(&id)
-                .bind(envelope)
-                .execute(&mut *tx)
-                .await?;
+            let paid = insert_outbox(&mut tx, &id, envelope).await?;
             tx.commit().await?;
-            sqlx::query("UPDATE outbox SET sent_at = $1 WHERE message_id = $2")
-                .bind(&now)
-                .bind(&paid)
-                .execute(pool)
-                .await?;
+            mark_sent(pool, &now, &paid).await?;
         } else {
             tx.commit().await?;
         }
     }
+    Ok(())
+}
+
+/// Adds an outbox row in `tx`; returns its message id.
+async fn insert_outbox(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    order_id: &str,
+    envelope: &str,
+) -> Result<String, sqlx::Error> {
+    let message_id = uuid::Uuid::new_v4().to_string();
+    sqlx::query("INSERT INTO outbox (message_id, order_id, envelope) VALUES ($1, $2, $3)")
+        .bind(&message_id)
+        .bind(order_id)
+        .bind(envelope)
+        .execute(&mut **tx)
+        .await?;
+    Ok(message_id)
+}
+
+/// What the relay does after publishing a row.
+async fn mark_sent(pool: &sqlx::AnyPool, now: &str, message_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE outbox SET sent_at = $1 WHERE message_id = $2")
+        .bind(now)
+        .bind(message_id)
+        .execute(pool)
+        .await?;
     Ok(())
 }
 

@@ -302,31 +302,41 @@ fn expect_topics(report: &mut ScenarioReport, messages: &[Envelope], expected: &
 }
 
 async fn happy_path(stores: Stores) -> ScenarioReport {
-    let mut report = ScenarioReport::new("happy path");
-    let Some(system) = start(&mut report, config(), stores).await else {
-        return report;
-    };
-    let Some(id) = place(
-        &mut report,
-        &system,
+    straight_through(
+        stores,
+        "happy path",
+        config(),
         checkout("book-1", Decimal::new(2990, 2), 2),
-    )
-    .await
-    else {
-        return report;
-    };
-    wait(&mut report, &system, id, OrderStatus::StockReserved).await;
-    let messages = finish(&mut report, system, id, OrderStatus::StockReserved).await;
-    expect_topics(
-        &mut report,
-        &messages,
+        OrderStatus::StockReserved,
         &[
             (topics::ORDER_PLACED, 1),
             (topics::PAYMENT_APPROVED, 1),
             (topics::ORDER_PAID, 1),
             (topics::STOCK_RESERVED, 1),
         ],
-    );
+    )
+    .await
+}
+
+/// Places one order, lets the flow run to its end and checks the final state and how
+/// many messages of each topic the order had.
+async fn straight_through(
+    stores: Stores,
+    name: &'static str,
+    cfg: SystemConfig,
+    command: PlaceOrder,
+    expected: OrderStatus,
+    topics: &[(&str, usize)],
+) -> ScenarioReport {
+    let mut report = ScenarioReport::new(name);
+    let Some(system) = start(&mut report, cfg, stores).await else {
+        return report;
+    };
+    let Some(id) = place(&mut report, &system, command).await else {
+        return report;
+    };
+    let messages = finish(&mut report, system, id, expected).await;
+    expect_topics(&mut report, &messages, topics);
     report
 }
 
@@ -499,56 +509,34 @@ async fn cancel_once(stores: Stores, name: &'static str, status: OrderStatus) ->
 }
 
 async fn payment_declined(stores: Stores) -> ScenarioReport {
-    let mut report = ScenarioReport::new("payment declined");
     let mut cfg = config();
     cfg.payments =
         PaymentsConfig::default().decision(PaymentDecision::DeclineAbove(Decimal::new(1000, 0)));
-    let Some(system) = start(&mut report, cfg, stores).await else {
-        return report;
-    };
-    let Some(id) = place(
-        &mut report,
-        &system,
+    straight_through(
+        stores,
+        "payment declined",
+        cfg,
         checkout("piano", Decimal::new(4999, 0), 1),
-    )
-    .await
-    else {
-        return report;
-    };
-    let messages = finish(&mut report, system, id, OrderStatus::Cancelled).await;
-    expect_topics(
-        &mut report,
-        &messages,
+        OrderStatus::Cancelled,
         &[
             (topics::PAYMENT_DECLINED, 1),
             (topics::ORDER_PAID, 0),
             (topics::ORDER_CANCELLED, 1),
             (topics::PAYMENT_REFUNDED, 0),
         ],
-    );
-    report
+    )
+    .await
 }
 
 async fn out_of_stock(stores: Stores) -> ScenarioReport {
-    let mut report = ScenarioReport::new("out of stock after payment");
     let mut cfg = config();
     cfg.stock = StockConfig::default().out_of_stock(["rare-vinyl"]);
-    let Some(system) = start(&mut report, cfg, stores).await else {
-        return report;
-    };
-    let Some(id) = place(
-        &mut report,
-        &system,
+    straight_through(
+        stores,
+        "out of stock after payment",
+        cfg,
         checkout("rare-vinyl", Decimal::new(3500, 2), 1),
-    )
-    .await
-    else {
-        return report;
-    };
-    let messages = finish(&mut report, system, id, OrderStatus::Cancelled).await;
-    expect_topics(
-        &mut report,
-        &messages,
+        OrderStatus::Cancelled,
         &[
             (topics::ORDER_PAID, 1),
             (topics::STOCK_RESERVATION_FAILED, 1),
@@ -556,8 +544,8 @@ async fn out_of_stock(stores: Stores) -> ScenarioReport {
             (topics::PAYMENT_REFUNDED, 1),
             (topics::STOCK_RELEASED, 0),
         ],
-    );
-    report
+    )
+    .await
 }
 
 async fn stock_reserved_for_unpaid_order(stores: Stores) -> ScenarioReport {

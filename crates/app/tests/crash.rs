@@ -77,6 +77,8 @@ async fn wait_ready(client: &reqwest::Client, base: &str) {
             Instant::now() < deadline,
             "server at {base} not ready within 30 s"
         );
+        // A child process gives no signal when it listens: its readiness is polled,
+        // with the deadline above.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -132,7 +134,8 @@ async fn load(
             }
             None => {
                 ledger.lock().expect("lock").uncertain.insert(key);
-                // The server is down: back off a little before the next order.
+                // The server is down: back off a little before the next order, as a real
+                // client does (this is load, not a wait for the flow).
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
@@ -174,6 +177,7 @@ async fn crash_test(store_url: &str, inspect: impl AsyncFnOnce(Vec<OrderId>)) {
                 ))
             })
             .collect();
+        // The kill moment itself: a random point in the load (the behaviour under test).
         tokio::time::sleep_until(tokio::time::Instant::from_std(stop)).await;
         // SIGKILL while requests, handlers and the relay are in flight.
         server.child.kill().expect("kill");
@@ -213,28 +217,30 @@ async fn crash_test(store_url: &str, inspect: impl AsyncFnOnce(Vec<OrderId>)) {
         "too few orders to mean anything: {}",
         ids.len()
     );
-    // Every confirmed order reaches StockReserved.
+    // Every confirmed order reaches StockReserved: followed with blocking reads, which
+    // answer as soon as the order changes.
     let deadline = Instant::now() + Duration::from_secs(60);
     for id in &ids {
+        let mut version = 0;
         loop {
-            let status = match client.get(format!("{base}/orders/{id}")).send().await {
-                Ok(r) if r.status() == 200 => r
-                    .json::<serde_json::Value>()
-                    .await
-                    .ok()
-                    .and_then(|b| b["status"].as_str().map(str::to_owned)),
-                Ok(r) => panic!("GET /orders/{id} answered {}", r.status()),
-                Err(_) => None,
-            };
-            if status.as_deref() == Some("StockReserved") {
+            let url = format!("{base}/orders/{id}?afterVersion={version}&waitMs=5000");
+            let response = client
+                .get(url)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("GET /orders/{id} failed: {e}"));
+            assert_eq!(response.status(), 200, "GET /orders/{id}");
+            let order: serde_json::Value = response.json().await.expect("order json");
+            if order["status"] == "StockReserved" {
                 break;
             }
             assert!(
                 Instant::now() < deadline,
-                "order {id} stuck at {status:?}; log: {}",
+                "order {id} stuck at {}; log: {}",
+                order["status"],
                 log.display()
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            version = order["version"].as_u64().expect("version");
         }
     }
     drop(server);

@@ -3,7 +3,8 @@
 //! readiness, and every error as a problem document. One test starts the real server
 //! (`app::serve::spawn`) on port 0 and talks to it with a plain HTTP/1 client.
 //!
-//! Flows are awaited with a deadline (`wait_for_status`, `settle`), never with sleeps.
+//! Flows are awaited with a deadline (`wait_for_status`, `settle`, blocking reads), never
+//! with sleeps.
 //! Bodies are snapshotted as serde_json writes them, or through typed structs for
 //! `assert_json_snapshot!` (insta's own data model does not know serde_json's
 //! arbitrary-precision numbers).
@@ -618,7 +619,20 @@ async fn the_real_server_answers_on_a_free_port_and_shuts_down_gracefully() {
         .unwrap()
         .parse()
         .unwrap();
-    wait_for(server.orders(), id, OrderStatus::StockReserved).await;
+    // Followed with blocking reads: each answers when the order changes.
+    let mut version = 0;
+    loop {
+        let path = format!("/orders/{id}?afterVersion={version}&waitMs=5000");
+        let (status, body) = http1(addr, Method::GET, &path, None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let order: Value = serde_json::from_str(&body).unwrap();
+        if order["status"] == "StockReserved" {
+            break;
+        }
+        let next = order["version"].as_u64().unwrap();
+        assert!(next > version, "the read answered without a change: {body}");
+        version = next;
+    }
     let (status, body) = http1(addr, Method::GET, "/readyz", None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 
@@ -1081,23 +1095,6 @@ impl OrderStore for BrokenStore {
     }
     async fn prune(&self, _before: Timestamp) -> Result<PruneReport, StoreError> {
         self.fail().await
-    }
-}
-
-/// Waits (with a deadline) until the order has `status`.
-async fn wait_for(orders: &OrdersService, id: OrderId, status: OrderStatus) {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let order = orders.order(id).await.unwrap();
-        if order.status() == status {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "order {id} is {} after {DEADLINE:?}",
-            order.status()
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
