@@ -72,7 +72,7 @@ impl Envelope {
         payload: &T,
     ) -> Result<Self, serde_json::Error> {
         Self::new(
-            Uuid::new_v4(),
+            Uuid::now_v7(),
             topic,
             timestamp,
             self.correlation_id.clone(),

@@ -35,7 +35,8 @@ impl<B: MessageBus + ?Sized> MessageBusExt for B {
         causation_id: Option<MessageId>,
         payload: &T,
     ) -> Result<MessageId, BusError> {
-        let id = Uuid::new_v4();
+        // Time-ordered (v7): the inboxes that record it index it at their end.
+        let id = Uuid::now_v7();
         let envelope = Envelope::new(
             id,
             Cow::Borrowed(topic),

@@ -96,7 +96,7 @@ impl OrdersService {
         let valid = command.validate().map_err(AppError::Validation)?;
         let now = self.clock.now();
         let mut order = Order::place(
-            OrderId::random(),
+            OrderId::time_ordered(now),
             valid.customer_id,
             valid.items,
             valid.address,
