@@ -52,6 +52,7 @@ pub const RULES: &[Rule] = &[
             "serde_json",
             "tracing",
             "sqlx",
+            "rusqlite",
             "axum",
         ],
     },
@@ -60,13 +61,13 @@ pub const RULES: &[Rule] = &[
         layer: "published language",
         may_use: Ours::Only(&[]),
         // Plain data shared by three contexts: no runtime and no I/O technology.
-        must_not_use: &["tokio", "sqlx", "axum"],
+        must_not_use: &["tokio", "sqlx", "rusqlite", "axum"],
     },
     Rule {
         krate: "messaging",
         layer: "bus port + in-memory adapter",
         may_use: Ours::Only(&[]),
-        must_not_use: &["sqlx", "axum"],
+        must_not_use: &["sqlx", "rusqlite", "axum"],
     },
     Rule {
         krate: "orders-app",
@@ -74,7 +75,7 @@ pub const RULES: &[Rule] = &[
         may_use: Ours::Only(&["orders-domain", "contracts", "messaging"]),
         // "No adapter crate": ours are excluded by the list above, and the
         // technologies the adapters wrap are excluded here.
-        must_not_use: &["sqlx", "axum", "async-nats"],
+        must_not_use: &["sqlx", "rusqlite", "axum", "async-nats"],
     },
     Rule {
         krate: "orders-store",

@@ -152,7 +152,7 @@ async fn flow(service: &OrdersService, handler: &OrdersMessageHandler) {
     let order_id = placed.order_id.as_uuid();
     let now = chrono::Utc::now();
     let payment = Envelope::new(
-        uuid::Uuid::new_v4(),
+        uuid::Uuid::now_v7(),
         contracts::topics::PAYMENT_APPROVED,
         now,
         order_id.to_string(),
@@ -171,7 +171,7 @@ async fn flow(service: &OrdersService, handler: &OrdersMessageHandler) {
         HandlingOutcome::Applied
     );
     let reservation = Envelope::new(
-        uuid::Uuid::new_v4(),
+        uuid::Uuid::now_v7(),
         contracts::topics::STOCK_RESERVED,
         now,
         order_id.to_string(),

@@ -1,37 +1,43 @@
 //! The SQLite adapter of [`OrderStore`] and [`Outbox`]: the embedded default, one file in
-//! WAL mode.
+//! WAL mode, on rusqlite.
 //!
-//! sqlx runs each SQLite connection on a worker thread of its own, so every statement is
-//! a hop between threads; the hops and the WAL writes, not the SQL, are the costs. So:
+//! SQLite is a library, not a server: a statement is a function call that blocks its
+//! thread. So each connection lives on a thread of its own and async callers hand it
+//! work through a channel and await the answer; the costs to watch are those hand-offs
+//! and the WAL writes, not the SQL. So:
 //!
-//! * **One writer task** owns the writing connection and runs every write in arrival
+//! * **One writer thread** owns the writing connection and runs every write in arrival
 //!   order: SQLite lets one connection write at a time anyway, and queueing in-process is
 //!   cheaper than SQLite's sleeping busy handler. Callers send it a job and await the
 //!   answer, so a caller that gives up never leaves a transaction half done.
-//! * **Group commit**: the commits that queued up while the writer was busy are written
-//!   in one transaction, commits of one shape in chunks of one cached multi-statement
-//!   batch each; the WAL is written once for all of them. If that transaction fails (a
-//!   precondition of one of them, usually), it is rolled back and each commit is written
-//!   alone, so only the failing ones fail. A lone commit is one hop:
-//!   `BEGIN IMMEDIATE; …; COMMIT`.
+//! * **Group commit**: the commits (and relay marks) that queued up while the writer was
+//!   busy are written in one transaction, so the WAL is written once for all of them.
+//!   If that transaction fails (a precondition of one of them, usually), it is rolled
+//!   back and each write is done alone, so only the failing ones fail. Nobody hears
+//!   "committed" before `COMMIT` returned. Statements are prepared once per connection
+//!   and cached.
 //! * Preconditions are constraints, checked by SQLite: the inbox and idempotency-key
 //!   primary keys, and triggers that allow an order's version only to go up by one (a new
 //!   order starts at 1). The error says which one failed.
-//! * Reads go to reader connections, which WAL lets run beside the writer. An in-memory
-//!   database (`sqlite::memory:`) exists only in its one connection, so there the writer
-//!   task reads too. Connections are owned, not pooled: a pool's acquire and release
-//!   cost as much as a statement.
+//! * Reads go to [`READERS`] reader threads, which WAL lets run beside the writer. An
+//!   in-memory database (`sqlite::memory:`) exists only in its one connection, so there
+//!   the writer thread reads too.
 //! * A separate connection checkpoints the WAL every [`CHECKPOINT_EVERY`] commits, off
 //!   the writer's thread.
+//! * The migrations (`migrations/sqlite`) are applied with sqlx's migrator, which records
+//!   them in `_sqlx_migrations`, before the connections open.
 //!
 //! The relay is serialised in-process by a mutex and holds no connection while it
 //! publishes. Several processes relaying one file are not coordinated (use PostgreSQL).
 
 use std::{
-    future::Future,
-    pin::Pin,
+    path::Path,
     str::FromStr,
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::{
+        Arc, Mutex as StdMutex, MutexGuard, PoisonError,
+        mpsc::{self as std_mpsc, Receiver, Sender, SyncSender},
+    },
+    thread,
     time::Duration,
 };
 
@@ -42,99 +48,132 @@ use orders_app::{
     messaging::{MessageBus, MessageId},
 };
 use orders_domain::{Order, OrderId, Timestamp};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use sqlx::{
-    Arguments, ConnectOptions, Connection, Sqlite, SqliteConnection, SqlitePool,
-    sqlite::{SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
+    ConnectOptions, Connection as _,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
 };
-use tokio::sync::{Mutex, Notify, mpsc, oneshot};
+use tokio::sync::{Mutex, Notify, oneshot};
 
 use crate::{
+    cache::WriteThroughCache,
     snapshot,
-    sql::{
-        NewOutboxRow, RelayBatch, outcome_columns, outcome_from_columns, publish_in_order,
-        store_error,
-    },
+    sql::{NewOutboxRow, RelayBatch, outcome_columns, outcome_from_columns, publish_in_order},
 };
 
 /// How long a statement waits for another process's write lock before it fails.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Reader connections of a file database.
+/// Reader connections (threads) of a file database.
 const READERS: usize = 2;
-/// The most commits written in one transaction.
-const MAX_GROUP: usize = 64;
-/// Sizes of the chunks a group is written in (commits of one shape per chunk).
-const CHUNKS: [usize; 6] = [32, 16, 8, 4, 2, 1];
+/// The most writes in one transaction.
+const MAX_GROUP: usize = 256;
 /// Page cache per connection: 16 MiB (negative: KiB), so hot index pages stay in memory.
-const CACHE_SIZE: &str = "-16384";
+const CACHE_SIZE_KIB: i64 = 16 * 1024;
 /// The writer checkpoints by itself only past this many WAL pages (a safety net); normally
 /// a separate connection checkpoints every [`CHECKPOINT_EVERY`] commits.
-const WAL_AUTOCHECKPOINT: &str = "20000";
+const WAL_AUTOCHECKPOINT: i64 = 20_000;
 /// Commits between two background checkpoints.
 const CHECKPOINT_EVERY: usize = 1000;
+/// Prepared statements kept per connection.
+const STATEMENT_CACHE: usize = 64;
 /// Timestamps are stored as fixed-width UTC text, so text order is time order.
 const TIMESTAMP_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.9fZ";
 /// What the version triggers say when they refuse a write.
 const VERSION_CONFLICT: &str = "order version conflict";
 
-/// A future borrowing a connection.
-type ConnFuture<'c, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'c>>;
-/// Work for the writer task, answering through a channel it captured.
-type WriterWork =
-    Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> ConnFuture<'c, ()> + Send + 'static>;
+const INSERT_INBOX: &str = "INSERT INTO inbox \
+     (subscriber, message_id, seq, order_id, topic, outcome, detail, handled_at) \
+     VALUES (?1, ?2, \
+       coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0) + 1, \
+       ?3, ?4, ?5, ?6, ?7)";
+const INSERT_KEY: &str = "INSERT INTO idempotency_keys (key, order_id) VALUES (?1, ?2)";
+/// Inserted at version 1, or updated to the version read + 1; the triggers refuse
+/// anything else (a lost update).
+const UPSERT_ORDER: &str = "INSERT INTO orders (id, version, status, data, placed_at, updated_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+     ON CONFLICT (id) DO UPDATE SET version = excluded.version, \
+       status = excluded.status, data = excluded.data, updated_at = excluded.updated_at";
+const INSERT_OUTBOX: &str = "INSERT INTO outbox (message_id, order_id, topic, envelope, created_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5)";
+/// One statement (one prepared plan) whatever the batch size: positions as a JSON array.
+const MARK_SENT: &str = "UPDATE outbox SET sent_at = ?1 \
+     WHERE position IN (SELECT value FROM json_each(?2))";
+
+/// Work for the writer thread, answering through a channel it captured.
+type WriterWork = Box<dyn FnOnce(&mut Connection) + Send + 'static>;
+/// Work for a reader thread.
+type ReaderWork = Box<dyn FnOnce(&Connection) + Send + 'static>;
 
 /// The SQLite adapter of [`OrderStore`] and [`Outbox`].
 pub struct SqliteOrderStore {
-    /// The writer task's queue.
-    writer: mpsc::UnboundedSender<Job>,
-    /// Reader connections; empty for an in-memory database or a pool (the writer reads).
-    /// `None` once closed.
-    readers: Vec<Mutex<Option<SqliteConnection>>>,
-    /// Where the next read starts looking for a free reader.
-    next_reader: AtomicUsize,
+    /// The writer thread's queue.
+    writer: Sender<Job>,
+    /// The reader threads' queue; `None` once closed.
+    readers: StdMutex<Option<Sender<ReaderWork>>>,
+    /// One per reader thread, resolved when it has ended (closed its connection).
+    reader_ends: StdMutex<Vec<oneshot::Receiver<()>>>,
+    /// An in-memory database: the writer thread reads too.
+    in_memory: bool,
     /// Serialises relays in this process, so rows leave in commit order, once.
     relay_lock: Mutex<()>,
-    /// Wakes the relay after a commit with outbox rows (shared with the writer task).
-    committed: std::sync::Arc<Notify>,
+    /// Wakes the relay after a commit with outbox rows (shared with the writer thread).
+    committed: Arc<Notify>,
     /// What this process (the only writer) committed last, for the flow's reads.
-    cache: crate::cache::WriteThroughCache,
+    /// Kept by the writer thread, in commit order, so it never goes back in time.
+    cache: Arc<WriteThroughCache>,
 }
 
 impl std::fmt::Debug for SqliteOrderStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteOrderStore")
-            .field("readers", &self.readers.len())
+            .field("in_memory", &self.in_memory)
             .finish_non_exhaustive()
     }
 }
 
-/// What the writer task does.
+/// What the writer thread does.
 enum Job {
-    /// A commit, prepared; answered with the new version.
-    Commit(PreparedCommit, oneshot::Sender<Result<u64, StoreError>>),
+    /// A commit, prepared; answered with the new version once committed.
+    Commit(
+        Box<PreparedCommit>,
+        oneshot::Sender<Result<u64, StoreError>>,
+    ),
+    /// Outbox rows the relay published: their positions as a JSON array, and when.
+    MarkSent {
+        positions: String,
+        at: String,
+        answer: oneshot::Sender<Result<(), StoreError>>,
+    },
     /// Anything else that needs the writing connection.
     Run(WriterWork),
     /// Close the connection and stop.
     Close(oneshot::Sender<()>),
 }
 
-/// Where the writer task gets its connection.
-enum WriterConnection {
-    Owned(SqliteConnection),
-    Pool(SqlitePool),
+impl Job {
+    /// Whether it joins a group transaction.
+    fn groups(&self) -> bool {
+        matches!(self, Self::Commit(..) | Self::MarkSent { .. })
+    }
 }
 
 impl SqliteOrderStore {
     /// Opens (creating it and its folder if missing) the database at `url_or_path` and
     /// applies the migrations. Accepts `sqlite:PATH`, `sqlite://PATH`, `sqlite::memory:`
     /// or a plain file path. Files are opened in WAL mode with `synchronous=NORMAL`,
-    /// a busy timeout and foreign keys on. Must be called within a tokio runtime (it
-    /// starts the writer task).
+    /// a busy timeout and foreign keys on. Must be called within a tokio runtime.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when the URL is invalid, the file cannot be opened or
     /// created, or the migrations fail.
     pub async fn connect(url_or_path: &str) -> Result<Self, StoreError> {
         let in_memory = url_or_path.contains(":memory:") || url_or_path.contains("mode=memory");
+        if in_memory {
+            let mut conn = Connection::open_in_memory().map_err(sqlite_error)?;
+            configure(&conn, false)?;
+            apply_migrations_in_memory(&mut conn)?;
+            return Self::start(conn, Vec::new(), None, true);
+        }
         let options = if url_or_path.starts_with("sqlite:") {
             SqliteConnectOptions::from_str(url_or_path).map_err(|e| {
                 StoreError::Unavailable(format!("invalid SQLite URL {url_or_path:?}: {e}"))
@@ -142,103 +181,96 @@ impl SqliteOrderStore {
         } else {
             SqliteConnectOptions::new().filename(url_or_path)
         };
-        let options = options
-            .create_if_missing(true)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true)
-            .pragma("cache_size", CACHE_SIZE);
-        let options = if in_memory {
-            options
-        } else {
-            let options = options
-                .journal_mode(SqliteJournalMode::Wal)
-                .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT);
-            if let Some(folder) = options.get_filename().parent()
-                && !folder.as_os_str().is_empty()
-            {
-                std::fs::create_dir_all(folder).map_err(|e| {
-                    StoreError::Unavailable(format!(
-                        "cannot create folder {}: {e}",
-                        folder.display()
-                    ))
-                })?;
-            }
-            options
-        };
-        let mut writer = options.connect().await.map_err(store_error)?;
-        // Migrate before the readers open, so they see the schema.
-        migrator()
-            .run_direct(&mut writer)
-            .await
-            .map_err(crate::sql::migrate_error)?;
-        let mut readers = Vec::new();
-        let mut checkpointer = None;
-        if !in_memory {
-            for _ in 0..READERS {
-                let reader = options.connect().await.map_err(store_error)?;
-                readers.push(Mutex::new(Some(reader)));
-            }
-            checkpointer = Some(options.connect().await.map_err(store_error)?);
+        let path = options.get_filename().to_path_buf();
+        if let Some(folder) = path.parent()
+            && !folder.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(folder).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create folder {}: {e}", folder.display()))
+            })?;
         }
-        Ok(Self::start(
-            WriterConnection::Owned(writer),
-            readers,
-            checkpointer,
-        ))
-    }
-
-    /// A store over an existing pool, applying the migrations. Every statement, reads
-    /// included, runs on one pooled connection at a time, so this works with any pool
-    /// (an in-memory one must keep its connection open) but is slower than
-    /// [`SqliteOrderStore::connect`]. The pool's options (WAL, busy timeout, foreign
-    /// keys) are the caller's. Must be called within a tokio runtime.
-    ///
-    /// # Errors
-    /// [`StoreError::Unavailable`] when the migrations fail.
-    pub async fn from_pool(pool: SqlitePool) -> Result<Self, StoreError> {
+        // The migrations, with sqlx's migrator (it keeps the applied ones in
+        // `_sqlx_migrations`), on a connection that also makes the file WAL for good.
+        let mut migrating = options
+            .create_if_missing(true)
+            .busy_timeout(BUSY_TIMEOUT)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .connect()
+            .await
+            .map_err(crate::sql::store_error)?;
         migrator()
-            .run(&pool)
+            .run_direct(&mut migrating)
             .await
             .map_err(crate::sql::migrate_error)?;
-        Ok(Self::start(WriterConnection::Pool(pool), Vec::new(), None))
+        migrating.close().await.map_err(crate::sql::store_error)?;
+        let writer = open(&path)?;
+        let readers = (0..READERS)
+            .map(|_| open(&path))
+            .collect::<Result<Vec<_>, _>>()?;
+        let checkpointer = open(&path)?;
+        Self::start(writer, readers, Some(checkpointer), false)
     }
 
     fn start(
-        connection: WriterConnection,
-        readers: Vec<Mutex<Option<SqliteConnection>>>,
-        checkpointer: Option<SqliteConnection>,
-    ) -> Self {
-        let committed = std::sync::Arc::new(Notify::new());
-        let (writer, jobs) = mpsc::unbounded_channel();
-        let checkpoints = checkpointer.map(|conn| {
-            let (due, asked) = mpsc::channel(1);
-            tokio::spawn(checkpoint_loop(conn, asked));
-            due
-        });
-        tokio::spawn(write_loop(connection, jobs, committed.clone(), checkpoints));
-        Self {
-            writer,
-            readers,
-            next_reader: AtomicUsize::new(0),
-            relay_lock: Mutex::new(()),
-            cache: crate::cache::WriteThroughCache::default(),
-            committed,
+        writer: Connection,
+        readers: Vec<Connection>,
+        checkpointer: Option<Connection>,
+        in_memory: bool,
+    ) -> Result<Self, StoreError> {
+        let committed = Arc::new(Notify::new());
+        let checkpoints = match checkpointer {
+            Some(conn) => {
+                let (due, asked) = std_mpsc::sync_channel(1);
+                spawn("sqlite-checkpoint", move || checkpoint_loop(conn, asked))?;
+                Some(due)
+            }
+            None => None,
+        };
+        let (jobs, queued) = std_mpsc::channel();
+        let cache = Arc::new(WriteThroughCache::default());
+        let writer_side = Writer {
+            committed: committed.clone(),
+            cache: cache.clone(),
+            checkpoints,
+        };
+        spawn("sqlite-writer", move || {
+            write_loop(writer, &queued, &writer_side)
+        })?;
+        let (work, waiting) = std_mpsc::channel::<ReaderWork>();
+        let waiting = Arc::new(StdMutex::new(waiting));
+        let mut reader_ends = Vec::new();
+        for (i, conn) in readers.into_iter().enumerate() {
+            let waiting = waiting.clone();
+            let (ended, end) = oneshot::channel::<()>();
+            reader_ends.push(end);
+            spawn(&format!("sqlite-reader-{i}"), move || {
+                read_loop(conn, &waiting);
+                drop(ended);
+            })?;
         }
+        Ok(Self {
+            writer: jobs,
+            readers: StdMutex::new(Some(work)),
+            reader_ends: StdMutex::new(reader_ends),
+            in_memory,
+            relay_lock: Mutex::new(()),
+            cache,
+            committed,
+        })
     }
 
     /// Runs `sql` (statements separated by `;`, no results) on the writing connection:
-    /// for administration and tests. Returns the rows changed.
+    /// for administration and tests. Returns the rows the last statement changed.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when a statement fails.
     pub async fn execute_admin(&self, sql: &str) -> Result<u64, StoreError> {
         let sql = sql.to_owned();
         self.on_writer(move |conn| {
-            Box::pin(async move {
-                let result = sqlx::query(&sql).execute(conn).await.map_err(store_error)?;
-                Ok(result.rows_affected())
-            })
+            conn.execute_batch(&sql).map_err(sqlite_error)?;
+            Ok(conn.changes())
         })
         .await
     }
@@ -250,14 +282,10 @@ impl SqliteOrderStore {
     /// [`StoreError::Unavailable`].
     pub async fn parked(&self) -> Result<u64, StoreError> {
         self.read(|conn| {
-            Box::pin(async move {
-                let n: i64 =
-                    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE parked_at IS NOT NULL")
-                        .fetch_one(conn)
-                        .await
-                        .map_err(store_error)?;
-                Ok(u64::try_from(n).unwrap_or_default())
-            })
+            count(
+                conn,
+                "SELECT count(*) FROM outbox WHERE parked_at IS NOT NULL",
+            )
         })
         .await
     }
@@ -265,12 +293,11 @@ impl SqliteOrderStore {
     /// Closes the connections (the last one checkpoints the WAL) after the writes queued
     /// before. Later calls fail as unavailable.
     pub async fn close(&self) {
-        for reader in &self.readers {
-            if let Some(conn) = reader.lock().await.take()
-                && let Err(e) = conn.close().await
-            {
-                tracing::warn!(error = %e, "closing a SQLite reader failed");
-            }
+        // The reader threads end when their queue closes, after the reads queued before.
+        drop(lock(&self.readers).take());
+        let ends = std::mem::take(&mut *lock(&self.reader_ends));
+        for end in ends {
+            let _ = end.await;
         }
         let (done, closed) = oneshot::channel();
         if self.writer.send(Job::Close(done)).is_ok() {
@@ -282,43 +309,35 @@ impl SqliteOrderStore {
     async fn on_writer<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: for<'c> FnOnce(&'c mut SqliteConnection) -> ConnFuture<'c, T> + Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let (answer, answered) = oneshot::channel();
         let job = Job::Run(Box::new(move |conn| {
-            Box::pin(async move {
-                let _ = answer.send(work(conn).await);
-                Ok(())
-            })
+            let _ = answer.send(work(conn));
         }));
         self.writer.send(job).map_err(|_| closed())?;
         answered.await.map_err(|_| closed())?
     }
 
-    /// Runs `work` on a reader connection (the writer's, when there are none).
+    /// Runs `work` on a reader connection (the writer's, for an in-memory database).
     async fn read<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: for<'c> FnOnce(&'c mut SqliteConnection) -> ConnFuture<'c, T> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        if self.readers.is_empty() {
-            return self.on_writer(work).await;
+        if self.in_memory {
+            return self.on_writer(move |conn| work(conn)).await;
         }
-        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
-        let n = self.readers.len();
-        let mut guard = None;
-        for i in 0..n {
-            if let Ok(free) = self.readers[(start + i) % n].try_lock() {
-                guard = Some(free);
-                break;
-            }
-        }
-        let mut guard = match guard {
-            Some(guard) => guard,
-            None => self.readers[start % n].lock().await,
-        };
-        let conn = guard.as_mut().ok_or_else(closed)?;
-        work(conn).await
+        let (answer, answered) = oneshot::channel();
+        let job: ReaderWork = Box::new(move |conn| {
+            let _ = answer.send(work(conn));
+        });
+        lock(&self.readers)
+            .as_ref()
+            .ok_or_else(closed)?
+            .send(job)
+            .map_err(|_| closed())?;
+        answered.await.map_err(|_| closed())?
     }
 
     async fn mark_parked(&self, park: Vec<(i64, String)>) -> Result<(), StoreError> {
@@ -327,20 +346,20 @@ impl SqliteOrderStore {
         }
         let now = timestamp_text(Utc::now());
         self.on_writer(move |conn| {
-            Box::pin(async move {
-                for (position, reason) in park {
-                    sqlx::query(
+            let tx = conn.transaction().map_err(sqlite_error)?;
+            {
+                let mut update = tx
+                    .prepare_cached(
                         "UPDATE outbox SET parked_at = ?1, park_reason = ?2 WHERE position = ?3",
                     )
-                    .bind(&now)
-                    .bind(reason)
-                    .bind(position)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(store_error)?;
+                    .map_err(sqlite_error)?;
+                for (position, reason) in park {
+                    update
+                        .execute(params![now, reason, position])
+                        .map_err(sqlite_error)?;
                 }
-                Ok(())
-            })
+            }
+            tx.commit().map_err(sqlite_error)
         })
         .await
     }
@@ -349,34 +368,104 @@ impl SqliteOrderStore {
         if positions.is_empty() {
             return Ok(());
         }
-        // One statement (one prepared plan) whatever the batch size: positions as a JSON array.
-        let list = serde_json::to_string(positions)
+        let positions = serde_json::to_string(positions)
             .map_err(|e| StoreError::Corrupt(format!("cannot encode positions: {e}")))?;
-        let now = timestamp_text(Utc::now());
-        self.on_writer(move |conn| {
-            Box::pin(async move {
-                sqlx::query(
-                    "UPDATE outbox SET sent_at = ?1 \
-                     WHERE position IN (SELECT value FROM json_each(?2))",
-                )
-                .bind(now)
-                .bind(list)
-                .execute(conn)
-                .await
-                .map_err(store_error)?;
-                Ok(())
+        let (answer, answered) = oneshot::channel();
+        self.writer
+            .send(Job::MarkSent {
+                positions,
+                at: timestamp_text(Utc::now()),
+                answer,
             })
-        })
-        .await
+            .map_err(|_| closed())?;
+        answered.await.map_err(|_| closed())?
     }
+}
+
+fn lock<T>(mutex: &StdMutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn closed() -> StoreError {
     StoreError::Unavailable("the SQLite store is closed".to_owned())
 }
 
+fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<(), StoreError> {
+    thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(body)
+        .map(|_| ())
+        .map_err(|e| StoreError::Unavailable(format!("cannot start thread {name}: {e}")))
+}
+
+/// A SQLite error as the ports see it: a value that does not decode is corrupt data,
+/// anything else means the database cannot do the work now.
+fn sqlite_error(error: rusqlite::Error) -> StoreError {
+    use rusqlite::Error as E;
+    match error {
+        E::FromSqlConversionFailure(..)
+        | E::IntegralValueOutOfRange(..)
+        | E::Utf8Error(_)
+        | E::InvalidColumnIndex(_)
+        | E::InvalidColumnName(_)
+        | E::InvalidColumnType(..) => StoreError::Corrupt(error.to_string()),
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
 fn migrator() -> sqlx::migrate::Migrator {
     sqlx::migrate!("./migrations/sqlite")
+}
+
+/// An in-memory database is new: every migration applies, in order, on its connection.
+fn apply_migrations_in_memory(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction().map_err(sqlite_error)?;
+    for migration in migrator().iter() {
+        if migration.migration_type.is_down_migration() {
+            continue;
+        }
+        tx.execute_batch(&migration.sql).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "cannot apply migration {} ({}): {e}",
+                migration.version, migration.description
+            ))
+        })?;
+    }
+    tx.commit().map_err(sqlite_error)
+}
+
+/// A connection to the (migrated) file.
+fn open(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| unavailable_file(path, &e))?;
+    configure(&conn, true)?;
+    Ok(conn)
+}
+
+fn unavailable_file(path: &Path, error: &rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(format!("cannot open {}: {error}", path.display()))
+}
+
+/// The settings of every connection.
+fn configure(conn: &Connection, file: bool) -> Result<(), StoreError> {
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite_error)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    conn.pragma_update(None, "foreign_keys", true)
+        .map_err(sqlite_error)?;
+    conn.pragma_update(None, "cache_size", -CACHE_SIZE_KIB)
+        .map_err(sqlite_error)?;
+    if file {
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(sqlite_error)?;
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT)
+            .map_err(sqlite_error)?;
+    }
+    Ok(())
 }
 
 fn timestamp_text(at: Timestamp) -> String {
@@ -393,44 +482,76 @@ fn version_column(version: u64) -> Result<i64, StoreError> {
     i64::try_from(version).map_err(|_| StoreError::Corrupt(format!("version {version} too large")))
 }
 
+/// A `SELECT count(*)` as a count.
+fn count(conn: &Connection, sql: &str) -> Result<u64, StoreError> {
+    let n: i64 = conn
+        .prepare_cached(sql)
+        .and_then(|mut s| s.query_row([], |row| row.get(0)))
+        .map_err(sqlite_error)?;
+    Ok(u64::try_from(n).unwrap_or_default())
+}
+
 /// The order bound to `key`.
-async fn key_owner(conn: &mut SqliteConnection, key: &str) -> Result<Option<OrderId>, StoreError> {
-    let row: Option<String> =
-        sqlx::query_scalar("SELECT order_id FROM idempotency_keys WHERE key = ?1")
-            .bind(key)
-            .fetch_optional(conn)
-            .await
-            .map_err(store_error)?;
+fn key_owner(conn: &Connection, key: &str) -> Result<Option<OrderId>, StoreError> {
+    let row: Option<String> = conn
+        .prepare_cached("SELECT order_id FROM idempotency_keys WHERE key = ?1")
+        .and_then(|mut s| s.query_row([key], |row| row.get(0)).optional())
+        .map_err(sqlite_error)?;
     row.map(|id| snapshot::parse(&id, "order id")).transpose()
 }
 
-/// A bound value of a commit's statements.
-enum Value {
-    Text(String),
-    Int(i64),
-    Null,
+/// The inbox row of a commit, as column values.
+struct InboxRow {
+    subscriber: String,
+    message_id: String,
+    order_id: String,
+    topic: String,
+    outcome: &'static str,
+    detail: Option<String>,
+    handled_at: String,
 }
 
-/// A commit turned into SQL: the statements (one `?` per value, in order) and what is
-/// needed to explain a failure.
+/// The order row of a commit, as column values.
+struct OrderRow {
+    id: String,
+    version: i64,
+    status: &'static str,
+    data: String,
+    placed_at: String,
+    updated_at: String,
+}
+
+/// An outbox row of a commit, as column values.
+struct OutboxRow {
+    message_id: String,
+    order_id: Option<String>,
+    topic: String,
+    envelope: String,
+    created_at: String,
+}
+
+/// A commit turned into column values, encoded on the caller's task so that the writer
+/// only writes, and what is needed to explain a failure.
 struct PreparedCommit {
-    /// The statements, `;`-separated, without transaction control.
-    body: String,
-    values: Vec<Value>,
+    inbox: Option<InboxRow>,
+    /// `(key, order id)`.
+    key: Option<(String, String)>,
+    order: Option<OrderRow>,
+    outbox: Vec<OutboxRow>,
     /// The order and its version as loaded.
-    order: Option<(OrderId, u64)>,
+    loaded: Option<(OrderId, u64)>,
     /// The inbox record's subscriber and message.
-    inbox: Option<(String, MessageId)>,
+    handled: Option<(String, MessageId)>,
     idempotency_key: Option<String>,
     /// The key must be free but is not bound (a commit without an order).
     check_key_only: bool,
-    /// Whether the relay is to be woken after it.
-    has_outbox: bool,
+    /// The order as it will be once committed, for the cache.
+    cached: Option<Order>,
 }
 
 impl PreparedCommit {
-    /// The statements of `commit`, in precondition order: inbox, idempotency key, order,
-    /// outbox. Encoding happens here, before the writer is involved.
+    /// The rows of `commit`, written in precondition order: inbox, idempotency key,
+    /// order, outbox.
     fn new(commit: Commit) -> Result<Self, StoreError> {
         let Commit {
             order,
@@ -440,132 +561,155 @@ impl PreparedCommit {
         } = commit;
         let outbox = outbox
             .iter()
-            .map(NewOutboxRow::new)
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut body = String::new();
-        let mut values = Vec::new();
-        let mut text = |v: String| values.push(Value::Text(v));
-        if let Some(record) = &inbox {
+            .map(|envelope| {
+                let row = NewOutboxRow::new(envelope)?;
+                Ok(OutboxRow {
+                    message_id: row.message_id.to_string(),
+                    order_id: row.order_id.map(|id| id.to_string()),
+                    topic: row.topic,
+                    envelope: row.envelope,
+                    created_at: timestamp_text(row.envelope_timestamp),
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let inbox_row = inbox.as_ref().map(|record| {
             let (outcome, detail) = outcome_columns(&record.outcome);
-            body.push_str(
-                "INSERT INTO inbox \
-                 (subscriber, message_id, seq, order_id, topic, outcome, detail, handled_at) \
-                 VALUES (?, ?, \
-                   coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0) + 1, \
-                   ?, ?, ?, ?, ?);\n",
-            );
-            text(record.subscriber.clone());
-            text(record.message_id.to_string());
-            text(record.order_id.to_string());
-            text(record.topic.clone());
-            text(outcome.to_owned());
-            match detail {
-                Some(detail) => text(detail.to_owned()),
-                None => values.push(Value::Null),
+            InboxRow {
+                subscriber: record.subscriber.clone(),
+                message_id: record.message_id.to_string(),
+                order_id: record.order_id.to_string(),
+                topic: record.topic.clone(),
+                outcome,
+                detail: detail.map(str::to_owned),
+                handled_at: timestamp_text(record.handled_at),
             }
-            values.push(Value::Text(timestamp_text(record.handled_at)));
-        }
-        let mut text = |v: String| values.push(Value::Text(v));
-        if let (Some(key), Some(o)) = (&idempotency_key, &order) {
-            body.push_str("INSERT INTO idempotency_keys (key, order_id) VALUES (?, ?);\n");
-            text(key.clone());
-            text(o.id().to_string());
-        }
-        if let Some(o) = &order {
-            // Inserted at version 1, or updated to the version read + 1; the triggers
-            // refuse anything else (a lost update).
-            body.push_str(
-                "INSERT INTO orders (id, version, status, data, placed_at, updated_at) \
-                 VALUES (?, ?, ?, ?, ?, ?) \
-                 ON CONFLICT (id) DO UPDATE SET version = excluded.version, \
-                   status = excluded.status, data = excluded.data, \
-                   updated_at = excluded.updated_at;\n",
-            );
-            values.push(Value::Text(o.id().to_string()));
-            values.push(Value::Int(version_column(o.version().saturating_add(1))?));
-            values.push(Value::Text(o.status().as_str().to_owned()));
-            values.push(Value::Text(snapshot::encode(o)?));
-            values.push(Value::Text(timestamp_text(o.placed_at())));
-            values.push(Value::Text(timestamp_text(o.updated_at())));
-        }
-        if !outbox.is_empty() {
-            // Positions follow the VALUES order.
-            body.push_str(
-                "INSERT INTO outbox (message_id, order_id, topic, envelope, created_at) VALUES ",
-            );
-            for (i, row) in outbox.iter().enumerate() {
-                body.push_str(if i == 0 {
-                    "(?, ?, ?, ?, ?)"
-                } else {
-                    ", (?, ?, ?, ?, ?)"
-                });
-                values.push(Value::Text(row.message_id.to_string()));
-                values.push(
-                    row.order_id
-                        .map_or(Value::Null, |id| Value::Text(id.to_string())),
-                );
-                values.push(Value::Text(row.topic.clone()));
-                values.push(Value::Text(row.envelope.clone()));
-                values.push(Value::Text(timestamp_text(row.envelope_timestamp)));
-            }
-            body.push_str(";\n");
-        }
+        });
+        let order_row = order
+            .as_ref()
+            .map(|o| {
+                Ok::<_, StoreError>(OrderRow {
+                    id: o.id().to_string(),
+                    version: version_column(o.version().saturating_add(1))?,
+                    status: o.status().as_str(),
+                    data: snapshot::encode(o)?,
+                    placed_at: timestamp_text(o.placed_at()),
+                    updated_at: timestamp_text(o.updated_at()),
+                })
+            })
+            .transpose()?;
         Ok(Self {
-            body,
-            values,
-            order: order.as_ref().map(|o| (o.id(), o.version())),
-            inbox: inbox.map(|r| (r.subscriber, r.message_id)),
+            inbox: inbox_row,
+            key: match (&idempotency_key, &order) {
+                (Some(key), Some(o)) => Some((key.clone(), o.id().to_string())),
+                _ => None,
+            },
+            order: order_row,
+            outbox,
+            loaded: order.as_ref().map(|o| (o.id(), o.version())),
+            handled: inbox.map(|r| (r.subscriber, r.message_id)),
             check_key_only: idempotency_key.is_some() && order.is_none(),
             idempotency_key,
-            has_outbox: !outbox.is_empty(),
+            cached: order.map(|mut o| {
+                o.mark_saved(o.version().saturating_add(1));
+                o
+            }),
         })
     }
 
     fn new_version(&self) -> u64 {
-        self.order.map_or(0, |(_, v)| v.saturating_add(1))
+        self.loaded.map_or(0, |(_, v)| v.saturating_add(1))
     }
 
-    /// Adds the values to `args`, in placeholder order.
-    fn bind(&self, args: &mut SqliteArguments<'static>) -> Result<(), StoreError> {
-        for value in &self.values {
-            match value {
-                Value::Text(text) => args.add(text.clone()),
-                Value::Int(n) => args.add(*n),
-                Value::Null => args.add(None::<String>),
+    fn has_outbox(&self) -> bool {
+        !self.outbox.is_empty()
+    }
+
+    /// Answers the caller, after bringing the cache up to date with `result`: called by
+    /// the writer thread in commit order, so a slow caller cannot put an older version
+    /// back in the cache after a newer one.
+    fn answer(
+        self: Box<Self>,
+        cache: &WriteThroughCache,
+        answer: oneshot::Sender<Result<u64, StoreError>>,
+        result: Result<(), StoreError>,
+    ) {
+        let result = result.map(|()| self.new_version());
+        match &result {
+            Ok(_) => cache.committed(self.cached, self.handled),
+            Err(StoreError::Conflict { order_id, .. }) => cache.evict(*order_id),
+            Err(_) => {}
+        }
+        let _ = answer.send(result);
+    }
+
+    /// Writes the rows on `conn`, inside the caller's transaction; a failure is
+    /// explained (which precondition), and the caller rolls the rows back.
+    fn write(&self, conn: &Connection) -> Result<(), StoreError> {
+        if self.check_key_only
+            && let Some(key) = &self.idempotency_key
+            && let Some(existing) = key_owner(conn, key)?
+        {
+            return Err(StoreError::DuplicateIdempotencyKey(existing));
+        }
+        self.execute(conn).map_err(|e| self.explain(conn, e))
+    }
+
+    fn execute(&self, conn: &Connection) -> rusqlite::Result<()> {
+        if let Some(r) = &self.inbox {
+            conn.prepare_cached(INSERT_INBOX)?.execute(params![
+                r.subscriber,
+                r.message_id,
+                r.order_id,
+                r.topic,
+                r.outcome,
+                r.detail,
+                r.handled_at
+            ])?;
+        }
+        if let Some((key, order_id)) = &self.key {
+            conn.prepare_cached(INSERT_KEY)?
+                .execute(params![key, order_id])?;
+        }
+        if let Some(o) = &self.order {
+            conn.prepare_cached(UPSERT_ORDER)?.execute(params![
+                o.id,
+                o.version,
+                o.status,
+                o.data,
+                o.placed_at,
+                o.updated_at
+            ])?;
+        }
+        if !self.outbox.is_empty() {
+            let mut insert = conn.prepare_cached(INSERT_OUTBOX)?;
+            for row in &self.outbox {
+                insert.execute(params![
+                    row.message_id,
+                    row.order_id,
+                    row.topic,
+                    row.envelope,
+                    row.created_at
+                ])?;
             }
-            .map_err(|e| StoreError::Corrupt(format!("cannot bind a value: {e}")))?;
         }
         Ok(())
     }
 
-    /// Runs the statements in their own transaction on `conn`: one hop.
-    async fn execute(&self, conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
-        if self.body.is_empty() {
-            return Ok(());
-        }
-        let sql = format!("BEGIN IMMEDIATE;\n{}COMMIT", self.body);
-        let mut args = SqliteArguments::default();
-        self.bind(&mut args)
-            .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
-        sqlx::query_with(&sql, args).execute(conn).await.map(|_| ())
-    }
-
-    /// What a failed execution means for the caller, once the failed statements are
-    /// rolled back.
-    async fn explain(&self, conn: &mut SqliteConnection, error: sqlx::Error) -> StoreError {
+    /// What a failed statement means for the caller.
+    fn explain(&self, conn: &Connection, error: rusqlite::Error) -> StoreError {
         let message = match &error {
-            sqlx::Error::Database(db) => db.message().to_owned(),
-            _ => return store_error(error),
+            rusqlite::Error::SqliteFailure(_, Some(message)) => message.as_str(),
+            _ => return sqlite_error(error),
         };
         if (message.contains(VERSION_CONFLICT)
             || message.starts_with("UNIQUE constraint failed: orders.")
             || message.starts_with("UNIQUE constraint failed: outbox."))
-            && let Some((order_id, expected)) = self.order
+            && let Some((order_id, expected)) = self.loaded
         {
             return StoreError::Conflict { order_id, expected };
         }
         if message.starts_with("UNIQUE constraint failed: inbox.")
-            && let Some((subscriber, message_id)) = &self.inbox
+            && let Some((subscriber, message_id)) = &self.handled
         {
             return StoreError::DuplicateMessage {
                 subscriber: subscriber.clone(),
@@ -575,79 +719,44 @@ impl PreparedCommit {
         if message.starts_with("UNIQUE constraint failed: idempotency_keys.")
             && let Some(key) = &self.idempotency_key
         {
-            return match key_owner(conn, key).await {
+            return match key_owner(conn, key) {
                 Ok(Some(existing)) => StoreError::DuplicateIdempotencyKey(existing),
-                Ok(None) => store_error(error),
+                Ok(None) => sqlite_error(error),
                 Err(e) => e,
             };
         }
-        store_error(error)
-    }
-
-    /// A key-only commit's check, before anything is written.
-    async fn check_key(&self, conn: &mut SqliteConnection) -> Result<(), StoreError> {
-        match (&self.idempotency_key, self.check_key_only) {
-            (Some(key), true) => match key_owner(conn, key).await? {
-                Some(existing) => Err(StoreError::DuplicateIdempotencyKey(existing)),
-                None => Ok(()),
-            },
-            _ => Ok(()),
-        }
+        sqlite_error(error)
     }
 }
 
-/// Ends the transaction a failed batch may have left open; "no transaction" (a failed
-/// `BEGIN`, or SQLite already rolled back) is fine.
-async fn roll_back(conn: &mut SqliteConnection) {
-    if let Err(e) = sqlx::query("ROLLBACK").execute(conn).await {
-        tracing::debug!(error = %e, "rollback after a failed commit");
-    }
-}
-
-/// The writer task: runs jobs in arrival order; commits that queued up together are
-/// written as a group ([`write_group`]). Ends when the store is dropped or closed.
-async fn write_loop(
-    mut connection: WriterConnection,
-    mut jobs: mpsc::UnboundedReceiver<Job>,
-    committed: std::sync::Arc<Notify>,
-    checkpoints: Option<mpsc::Sender<()>>,
-) {
+/// The writer thread: runs jobs in arrival order; commits and relay marks that queued up
+/// together are written as a group ([`write_group`]). Ends when the store is dropped or
+/// closed.
+fn write_loop(mut conn: Connection, jobs: &Receiver<Job>, writer: &Writer) {
     let mut next = None;
     let mut since_checkpoint = 0;
     loop {
         let job = match next.take() {
             Some(job) => job,
-            None => match jobs.recv().await {
-                Some(job) => job,
-                None => break,
+            None => match jobs.recv() {
+                Ok(job) => job,
+                Err(_) => break,
             },
         };
-        if let Job::Close(done) = job {
-            if let WriterConnection::Owned(conn) = connection
-                && let Err(e) = conn.close().await
-            {
-                tracing::warn!(error = %e, "closing the SQLite writer failed");
-            }
-            let _ = done.send(());
-            break;
-        }
-        let mut conn = match &mut connection {
-            WriterConnection::Owned(conn) => ConnInHand::Owned(conn),
-            WriterConnection::Pool(pool) => match pool.acquire().await {
-                Ok(conn) => ConnInHand::Pooled(conn),
-                Err(e) => {
-                    fail(job, store_error(e));
-                    continue;
-                }
-            },
-        };
-        let conn = conn.get();
         match job {
-            Job::Commit(first, answer) => {
-                let mut group = vec![(first, answer)];
+            Job::Close(done) => {
+                if let Err((_, e)) = conn.close() {
+                    tracing::warn!(error = %e, "closing the SQLite writer failed");
+                }
+                let _ = done.send(());
+                return;
+            }
+            Job::Run(work) => work(&mut conn),
+            first => {
+                let mut group = vec![first];
                 while group.len() < MAX_GROUP {
                     match jobs.try_recv() {
-                        Ok(Job::Commit(commit, answer)) => group.push((commit, answer)),
+                        Ok(job) if job.groups() => group.push(job),
                         Ok(other) => {
                             next = Some(other);
                             break;
@@ -657,173 +766,174 @@ async fn write_loop(
                 }
                 since_checkpoint += group.len();
                 if since_checkpoint >= CHECKPOINT_EVERY {
-                    if let Some(due) = &checkpoints {
+                    if let Some(due) = &writer.checkpoints {
                         // Full: one is pending already, which will do.
                         let _ = due.try_send(());
                     }
                     since_checkpoint = 0;
                 }
-                if write_group(conn, group).await {
-                    committed.notify_waiters();
+                if write_group(&mut conn, &writer.cache, group) {
+                    writer.committed.notify_waiters();
                 }
-            }
-            Job::Run(work) => {
-                let _ = work(conn).await;
-            }
-            // Handled above.
-            Job::Close(done) => {
-                let _ = done.send(());
             }
         }
     }
+}
+
+/// What the writer thread shares with the store.
+struct Writer {
+    /// Notified after a commit with outbox rows.
+    committed: Arc<Notify>,
+    cache: Arc<WriteThroughCache>,
+    /// Asks the checkpoint thread for a checkpoint.
+    checkpoints: Option<SyncSender<()>>,
 }
 
 /// Copies the WAL back into the database file when the writer asks, on a connection of
 /// its own: the writer's thread does not spend its time on it. Ends with the writer.
-async fn checkpoint_loop(mut conn: SqliteConnection, mut asked: mpsc::Receiver<()>) {
-    while asked.recv().await.is_some() {
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&mut conn)
-            .await
-        {
+fn checkpoint_loop(conn: Connection, asked: Receiver<()>) {
+    while asked.recv().is_ok() {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             tracing::warn!(error = %e, "WAL checkpoint failed; the writer's automatic one will do it");
         }
     }
-    if let Err(e) = conn.close().await {
+    if let Err((_, e)) = conn.close() {
         tracing::debug!(error = %e, "closing the checkpoint connection failed");
     }
 }
 
-/// A connection the writer task holds for one job.
-enum ConnInHand<'a> {
-    Owned(&'a mut SqliteConnection),
-    Pooled(sqlx::pool::PoolConnection<Sqlite>),
-}
-
-impl ConnInHand<'_> {
-    fn get(&mut self) -> &mut SqliteConnection {
-        match self {
-            Self::Owned(conn) => conn,
-            Self::Pooled(conn) => conn,
+/// A reader thread: runs reads from the shared queue until it closes.
+fn read_loop(conn: Connection, waiting: &StdMutex<Receiver<ReaderWork>>) {
+    loop {
+        // One thread waits in `recv` while holding the lock; the others queue behind it.
+        let work = lock(waiting).recv();
+        match work {
+            Ok(work) => work(&conn),
+            Err(_) => break,
         }
+    }
+    if let Err((_, e)) = conn.close() {
+        tracing::warn!(error = %e, "closing a SQLite reader failed");
     }
 }
 
-fn fail(job: Job, error: StoreError) {
-    match job {
-        Job::Commit(_, answer) => {
-            let _ = answer.send(Err(error));
-        }
-        // The work's answer channel is dropped with it: its caller sees the store closed.
-        Job::Run(_) => {}
-        Job::Close(done) => {
-            let _ = done.send(());
-        }
-    }
-}
-
-/// Writes `group`, answers each commit, and says whether outbox rows were committed.
+/// Writes `group`, answers each write, and says whether outbox rows were committed.
 ///
-/// Optimistically all in one transaction and one hop. When that fails (a commit's
-/// precondition, usually), it is rolled back and each commit is written alone, so each
-/// gets its own answer and only the failing ones fail.
-async fn write_group(
-    conn: &mut SqliteConnection,
-    group: Vec<(PreparedCommit, oneshot::Sender<Result<u64, StoreError>>)>,
-) -> bool {
-    let together = group.len() > 1 && group.iter().all(|(c, _)| !c.check_key_only);
-    if together {
-        match write_together(conn, &group).await {
+/// Optimistically all in one transaction. When that fails (a commit's precondition,
+/// usually), it is rolled back and each write is done alone, in its own transaction, so
+/// each gets its own answer and only the failing ones fail. Nobody hears "committed"
+/// before `COMMIT` returned.
+fn write_group(conn: &mut Connection, cache: &WriteThroughCache, group: Vec<Job>) -> bool {
+    if group.len() > 1 {
+        match write_together(conn, &group) {
             Ok(()) => {
                 let mut wrote_outbox = false;
-                for (commit, answer) in group {
-                    wrote_outbox |= commit.has_outbox;
-                    let _ = answer.send(Ok(commit.new_version()));
+                for job in group {
+                    match job {
+                        Job::Commit(commit, answer) => {
+                            wrote_outbox |= commit.has_outbox();
+                            commit.answer(cache, answer, Ok(()));
+                        }
+                        Job::MarkSent { answer, .. } => {
+                            let _ = answer.send(Ok(()));
+                        }
+                        other => answer_failed(other, &not_a_group_write()),
+                    }
                 }
                 return wrote_outbox;
             }
             Err(e) => {
-                roll_back(conn).await;
+                roll_back(conn);
                 tracing::debug!(error = %e, size = group.len(), "group commit failed; writing one by one");
             }
         }
     }
     let mut wrote_outbox = false;
-    for (commit, answer) in group {
-        let result = write_alone(conn, &commit).await;
-        wrote_outbox |= result.is_ok() && commit.has_outbox;
-        let _ = answer.send(result);
+    for job in group {
+        match job {
+            Job::Commit(commit, answer) => {
+                let result = in_transaction(conn, |conn| commit.write(conn));
+                wrote_outbox |= result.is_ok() && commit.has_outbox();
+                commit.answer(cache, answer, result);
+            }
+            Job::MarkSent {
+                positions,
+                at,
+                answer,
+            } => {
+                let _ = answer.send(in_transaction(conn, |conn| {
+                    mark_sent(conn, &positions, &at)
+                }));
+            }
+            other => answer_failed(other, &not_a_group_write()),
+        }
     }
     wrote_outbox
 }
 
-/// One transaction with every commit of `group`. Commits of the same shape (the same
-/// statements) go in chunks of [`CHUNKS`] sizes, the first chunk opening the transaction
-/// and the last one committing it, so every batch text is one of a few, prepared once
-/// and cached, and the whole group takes a handful of hops.
-async fn write_together(
-    conn: &mut SqliteConnection,
-    group: &[(PreparedCommit, oneshot::Sender<Result<u64, StoreError>>)],
-) -> Result<(), sqlx::Error> {
-    let mut shapes: Vec<(&str, Vec<&PreparedCommit>)> = Vec::new();
-    for (commit, _) in group {
-        if commit.body.is_empty() {
-            continue;
-        }
-        match shapes.iter_mut().find(|(body, _)| *body == commit.body) {
-            Some((_, same)) => same.push(commit),
-            None => shapes.push((&commit.body, vec![commit])),
+/// Every write of `group` in one transaction, committed; the first failure stops it
+/// (and the caller rolls back).
+fn write_together(conn: &Connection, group: &[Job]) -> Result<(), StoreError> {
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .map_err(sqlite_error)?;
+    for job in group {
+        match job {
+            Job::Commit(commit, _) => commit.write(conn)?,
+            Job::MarkSent { positions, at, .. } => mark_sent(conn, positions, at)?,
+            Job::Run(_) | Job::Close(_) => return Err(not_a_group_write()),
         }
     }
-    let mut chunks = Vec::new();
-    for (body, commits) in &shapes {
-        let mut rest = commits.as_slice();
-        while !rest.is_empty() {
-            let size = CHUNKS
-                .iter()
-                .copied()
-                .find(|&n| n <= rest.len())
-                .unwrap_or(1);
-            let (chunk, after) = rest.split_at(size.min(rest.len()));
-            chunks.push((*body, chunk));
-            rest = after;
-        }
-    }
-    if chunks.is_empty() {
-        return Ok(());
-    }
-    let last = chunks.len() - 1;
-    for (i, (body, chunk)) in chunks.into_iter().enumerate() {
-        let mut sql = String::new();
-        if i == 0 {
-            sql.push_str("BEGIN IMMEDIATE;\n");
-        }
-        sql.push_str(&body.repeat(chunk.len()));
-        if i == last {
-            sql.push_str("COMMIT");
-        }
-        let mut args = SqliteArguments::default();
-        for commit in chunk {
-            commit
-                .bind(&mut args)
-                .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
-        }
-        sqlx::query_with(&sql, args).execute(&mut *conn).await?;
-    }
-    Ok(())
+    conn.execute_batch("COMMIT").map_err(sqlite_error)
 }
 
-/// One commit in its own transaction: one hop, plus a rollback when it fails.
-async fn write_alone(
-    conn: &mut SqliteConnection,
-    commit: &PreparedCommit,
-) -> Result<u64, StoreError> {
-    commit.check_key(conn).await?;
-    match commit.execute(conn).await {
-        Ok(()) => Ok(commit.new_version()),
-        Err(e) => {
-            roll_back(conn).await;
-            Err(commit.explain(conn, e).await)
+/// `write` in a transaction of its own: committed when it succeeds, rolled back when not.
+fn in_transaction(
+    conn: &Connection,
+    write: impl FnOnce(&Connection) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .map_err(sqlite_error)?;
+    let result = write(conn).and_then(|()| conn.execute_batch("COMMIT").map_err(sqlite_error));
+    if result.is_err() {
+        roll_back(conn);
+    }
+    result
+}
+
+/// Ends the transaction a failed write may have left open; "no transaction" (SQLite
+/// already rolled it back) is fine.
+fn roll_back(conn: &Connection) {
+    if !conn.is_autocommit()
+        && let Err(e) = conn.execute_batch("ROLLBACK")
+    {
+        tracing::warn!(error = %e, "rollback after a failed commit");
+    }
+}
+
+fn mark_sent(conn: &Connection, positions: &str, at: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(MARK_SENT)
+        .and_then(|mut s| s.execute(params![at, positions]))
+        .map(|_| ())
+        .map_err(sqlite_error)
+}
+
+fn not_a_group_write() -> StoreError {
+    StoreError::Unavailable("not a group write".to_owned())
+}
+
+/// Answers a write that cannot be done.
+fn answer_failed(job: Job, error: &StoreError) {
+    match job {
+        Job::Commit(_, answer) => {
+            let _ = answer.send(Err(error.clone()));
+        }
+        Job::MarkSent { answer, .. } => {
+            let _ = answer.send(Err(error.clone()));
+        }
+        // The work's answer channel is dropped with it: its caller sees the store closed.
+        Job::Run(_) => {}
+        Job::Close(done) => {
+            let _ = done.send(());
         }
     }
 }
@@ -836,13 +946,12 @@ impl OrderStore for SqliteOrderStore {
         }
         let row: Option<(i64, String)> = self
             .read(move |conn| {
-                Box::pin(async move {
-                    sqlx::query_as("SELECT version, data FROM orders WHERE id = ?1")
-                        .bind(id.to_string())
-                        .fetch_optional(conn)
-                        .await
-                        .map_err(store_error)
-                })
+                conn.prepare_cached("SELECT version, data FROM orders WHERE id = ?1")
+                    .and_then(|mut s| {
+                        s.query_row([id.to_string()], |row| Ok((row.get(0)?, row.get(1)?)))
+                            .optional()
+                    })
+                    .map_err(sqlite_error)
             })
             .await?;
         row.map(|(version, data)| {
@@ -863,68 +972,36 @@ impl OrderStore for SqliteOrderStore {
         }
         let subscriber = subscriber.to_owned();
         self.read(move |conn| {
-            Box::pin(async move {
-                let row: Option<i64> = sqlx::query_scalar(
-                    "SELECT 1 FROM inbox WHERE subscriber = ?1 AND message_id = ?2",
-                )
-                .bind(subscriber)
-                .bind(message_id.to_string())
-                .fetch_optional(conn)
-                .await
-                .map_err(store_error)?;
-                Ok(row.is_some())
-            })
+            conn.prepare_cached("SELECT 1 FROM inbox WHERE subscriber = ?1 AND message_id = ?2")
+                .and_then(|mut s| s.exists(params![subscriber, message_id.to_string()]))
+                .map_err(sqlite_error)
         })
         .await
     }
 
     async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<OrderId>, StoreError> {
         let key = key.to_owned();
-        self.read(move |conn| Box::pin(async move { key_owner(conn, &key).await }))
-            .await
+        self.read(move |conn| key_owner(conn, &key)).await
     }
 
     async fn commit(&self, commit: Commit) -> Result<u64, StoreError> {
-        let cached = commit.order.clone();
-        let handled = commit
-            .inbox
-            .as_ref()
-            .map(|r| (r.subscriber.clone(), r.message_id));
-        // Encoded here, on the caller's task, so the writer only writes.
-        let prepared = PreparedCommit::new(commit)?;
+        // Encoded here, on the caller's task, so the writer only writes. The writer
+        // updates the cache, in commit order, before it answers.
+        let prepared = Box::new(PreparedCommit::new(commit)?);
         let (answer, answered) = oneshot::channel();
         self.writer
             .send(Job::Commit(prepared, answer))
             .map_err(|_| closed())?;
-        let result = answered.await.map_err(|_| closed())?;
-        match &result {
-            Ok(version) => {
-                let cached = cached.map(|mut order| {
-                    order.mark_saved(*version);
-                    order
-                });
-                self.cache.committed(cached, handled);
-            }
-            Err(StoreError::Conflict { order_id, .. }) => self.cache.evict(*order_id),
-            Err(_) => {}
-        }
-        result
+        answered.await.map_err(|_| closed())?
     }
 
     async fn messages(&self, id: OrderId) -> Result<Vec<MessageRecord>, StoreError> {
+        type Row = (i64, String, String, Option<String>, Option<String>, String);
         // Inbox `seq` and outbox `position` come from one counter: commit order.
-        let rows: Vec<(
-            i64,
-            i64,
-            String,
-            String,
-            Option<String>,
-            Option<String>,
-            String,
-        )> = self
+        let rows: Vec<Row> = self
             .read(move |conn| {
-                Box::pin(async move {
-                    sqlx::query_as(
+                let mut select = conn
+                    .prepare_cached(
                         "SELECT 0 AS direction, seq, message_id, topic, outcome, detail, \
                                 handled_at AS at \
                          FROM inbox WHERE order_id = ?1 \
@@ -933,15 +1010,24 @@ impl OrderStore for SqliteOrderStore {
                          FROM outbox WHERE order_id = ?1 \
                          ORDER BY seq, direction, at, message_id",
                     )
-                    .bind(id.to_string())
-                    .fetch_all(conn)
-                    .await
-                    .map_err(store_error)
-                })
+                    .map_err(sqlite_error)?;
+                let rows = select
+                    .query_map([id.to_string()], |row| {
+                        Ok((
+                            row.get(0)?,
+                            row.get(2)?,
+                            row.get(3)?,
+                            row.get(4)?,
+                            row.get(5)?,
+                            row.get(6)?,
+                        ))
+                    })
+                    .map_err(sqlite_error)?;
+                rows.collect::<Result<Vec<Row>, _>>().map_err(sqlite_error)
             })
             .await?;
         rows.into_iter()
-            .map(|(direction, _, message_id, topic, outcome, detail, at)| {
+            .map(|(direction, message_id, topic, outcome, detail, at)| {
                 let received = direction == 0;
                 Ok(MessageRecord {
                     direction: if received {
@@ -965,21 +1051,20 @@ impl OrderStore for SqliteOrderStore {
         self.cache.forget_handled();
         let before = timestamp_text(before);
         self.on_writer(move |conn| {
-            Box::pin(async move {
-                let inbox = sqlx::query("DELETE FROM inbox WHERE handled_at < ?1")
-                    .bind(&before)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(store_error)?
-                    .rows_affected();
-                let outbox =
-                    sqlx::query("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?1")
-                        .bind(&before)
-                        .execute(&mut *conn)
-                        .await
-                        .map_err(store_error)?
-                        .rows_affected();
-                Ok(PruneReport { inbox, outbox })
+            let tx = conn.transaction().map_err(sqlite_error)?;
+            let inbox = tx
+                .execute("DELETE FROM inbox WHERE handled_at < ?1", [&before])
+                .map_err(sqlite_error)?;
+            let outbox = tx
+                .execute(
+                    "DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?1",
+                    [&before],
+                )
+                .map_err(sqlite_error)?;
+            tx.commit().map_err(sqlite_error)?;
+            Ok(PruneReport {
+                inbox: inbox as u64,
+                outbox: outbox as u64,
             })
         })
         .await
@@ -995,17 +1080,17 @@ impl Outbox for SqliteOrderStore {
             let want = i64::try_from(limit - sent).unwrap_or(i64::MAX);
             let rows: Vec<(i64, String)> = self
                 .read(move |conn| {
-                    Box::pin(async move {
-                        sqlx::query_as(
+                    let mut select = conn
+                        .prepare_cached(
                             "SELECT position, envelope FROM outbox \
                              WHERE sent_at IS NULL AND parked_at IS NULL \
                              ORDER BY position LIMIT ?1",
                         )
-                        .bind(want)
-                        .fetch_all(conn)
-                        .await
-                        .map_err(store_error)
-                    })
+                        .map_err(sqlite_error)?;
+                    let rows = select
+                        .query_map([want], |row| Ok((row.get(0)?, row.get(1)?)))
+                        .map_err(sqlite_error)?;
+                    rows.collect::<Result<Vec<_>, _>>().map_err(sqlite_error)
                 })
                 .await?;
             if rows.is_empty() {
@@ -1028,15 +1113,10 @@ impl Outbox for SqliteOrderStore {
 
     async fn unsent(&self) -> Result<u64, StoreError> {
         self.read(|conn| {
-            Box::pin(async move {
-                let n: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM outbox WHERE sent_at IS NULL AND parked_at IS NULL",
-                )
-                .fetch_one(conn)
-                .await
-                .map_err(store_error)?;
-                Ok(u64::try_from(n).unwrap_or_default())
-            })
+            count(
+                conn,
+                "SELECT count(*) FROM outbox WHERE sent_at IS NULL AND parked_at IS NULL",
+            )
         })
         .await
     }
@@ -1049,20 +1129,17 @@ impl Outbox for SqliteOrderStore {
         let before = timestamp_text(before);
         let requeued = self
             .on_writer(move |conn| {
-                Box::pin(async move {
-                    let result = sqlx::query(
+                let n = conn
+                    .execute(
                         "UPDATE outbox SET sent_at = NULL \
                          WHERE sent_at IS NOT NULL AND parked_at IS NULL AND position IN ( \
                              SELECT (SELECT max(o.position) FROM outbox o WHERE o.order_id = d.id) \
                              FROM orders d \
                              WHERE d.status IN ('AwaitingPayment', 'Paid') AND d.updated_at < ?1)",
+                        [before],
                     )
-                    .bind(before)
-                    .execute(conn)
-                    .await
-                    .map_err(store_error)?;
-                    Ok(result.rows_affected())
-                })
+                    .map_err(sqlite_error)?;
+                Ok(n as u64)
             })
             .await?;
         if requeued > 0 {
