@@ -572,6 +572,7 @@ pub async fn paced_latency(
         Stores {
             store: observed,
             outbox: stores.outbox.clone(),
+            handler_concurrency: stores.handler_concurrency,
         },
         Arc::new(orders_app::SystemClock),
     )

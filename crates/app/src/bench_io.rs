@@ -111,7 +111,10 @@ pub async fn store_rows(
 
     eprintln!("bench: {label} raw-driver baseline ({orders} flows)…");
     let scratch = make().await?;
-    let raw = raw_driver(label, &scratch.spec, orders, clients).await;
+    let raw = match scratch.spec.strip_prefix("sqlite:") {
+        Some(path) => raw_sqlite(label, path, orders).await,
+        None => raw_driver(label, &scratch.spec, orders, clients).await,
+    };
     scratch.remove().await;
     let raw = raw?;
     if let (Some((o, _)), Some((r, _))) = (ours.throughput, raw.throughput) {
@@ -281,6 +284,94 @@ async fn mark_sent(pool: &sqlx::AnyPool, now: &str, message_id: &str) -> Result<
         .bind(message_id)
         .execute(pool)
         .await?;
+    Ok(())
+}
+
+/// The SQLite baseline on the driver the store uses (rusqlite), in its plainest form:
+/// one connection on one thread, each transaction of a flow (the same ones as
+/// [`raw_driver`]) committed on its own, one flow after the other.
+async fn raw_sqlite(label: &str, path: &str, flows: usize) -> anyhow::Result<Row> {
+    let path = path.to_owned();
+    let elapsed = tokio::task::spawn_blocking(move || -> anyhow::Result<Duration> {
+        let mut conn = rusqlite::Connection::open(&path)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;
+             CREATE TABLE orders (id TEXT PRIMARY KEY, version INTEGER NOT NULL, data TEXT NOT NULL);
+             CREATE TABLE outbox (position INTEGER PRIMARY KEY AUTOINCREMENT, message_id TEXT UNIQUE NOT NULL, order_id TEXT NOT NULL, envelope TEXT NOT NULL, sent_at TEXT);
+             CREATE TABLE inbox (subscriber TEXT NOT NULL, message_id TEXT NOT NULL, order_id TEXT NOT NULL, PRIMARY KEY (subscriber, message_id));",
+        )?;
+        let envelope = "x".repeat(620);
+        let order = "y".repeat(900);
+        let started = Instant::now();
+        for _ in 0..flows {
+            raw_sqlite_flow(&mut conn, &envelope, &order)?;
+        }
+        Ok(started.elapsed())
+    })
+    .await??;
+    Ok(Row {
+        workload: format!("baseline: the same transactions in plain SQL ({label}, raw rusqlite)"),
+        count: flows,
+        latency: None,
+        throughput: Some((flows as f64 / elapsed.as_secs_f64(), "flows/s")),
+        ratio: None,
+        note: "3 write transactions + 2 relay marks + 4 reads per flow, one at a time".to_owned(),
+    })
+}
+
+fn raw_sqlite_flow(
+    conn: &mut rusqlite::Connection,
+    envelope: &str,
+    order: &str,
+) -> rusqlite::Result<()> {
+    use rusqlite::{OptionalExtension, params};
+    let id = uuid::Uuid::now_v7().to_string();
+    let now = chrono::Utc::now().to_rfc3339();
+    let insert_outbox = |tx: &rusqlite::Transaction<'_>| -> rusqlite::Result<String> {
+        let message_id = uuid::Uuid::now_v7().to_string();
+        tx.prepare_cached(
+            "INSERT INTO outbox (message_id, order_id, envelope) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![message_id, id, envelope])?;
+        Ok(message_id)
+    };
+    let mark_sent = |conn: &rusqlite::Connection, message_id: &str| -> rusqlite::Result<()> {
+        conn.prepare_cached("UPDATE outbox SET sent_at = ?1 WHERE message_id = ?2")?
+            .execute(params![now, message_id])?;
+        Ok(())
+    };
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    tx.prepare_cached("INSERT INTO orders (id, version, data) VALUES (?1, 1, ?2)")?
+        .execute(params![id, order])?;
+    let placed = insert_outbox(&tx)?;
+    tx.commit()?;
+    mark_sent(conn, &placed)?;
+    for (step, outbox) in [(2_i64, true), (3, false)] {
+        let message = uuid::Uuid::now_v7().to_string();
+        conn.prepare_cached("SELECT 1 FROM inbox WHERE subscriber = ?1 AND message_id = ?2")?
+            .query_row(params!["orders", message], |_| Ok(()))
+            .optional()?;
+        conn.prepare_cached("SELECT data, version FROM orders WHERE id = ?1")?
+            .query_row(params![id], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+            })?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.prepare_cached(
+            "INSERT INTO inbox (subscriber, message_id, order_id) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params!["orders", message, id])?;
+        tx.prepare_cached(
+            "UPDATE orders SET data = ?1, version = ?2 WHERE id = ?3 AND version = ?4",
+        )?
+        .execute(params![order, step, id, step - 1])?;
+        if outbox {
+            let paid = insert_outbox(&tx)?;
+            tx.commit()?;
+            mark_sent(conn, &paid)?;
+        } else {
+            tx.commit()?;
+        }
+    }
     Ok(())
 }
 

@@ -38,7 +38,7 @@ use orders_store::{PostgresOrderStore, SqliteOrderStore};
 
 use crate::{
     http::{self, AppState, StoreAndBusProbe},
-    system::Stores,
+    system::{POSTGRES_HANDLER_CONCURRENCY, SQLITE_HANDLER_CONCURRENCY, Stores},
 };
 
 /// The default listen address.
@@ -379,20 +379,14 @@ pub async fn open_store(spec: &StoreSpec) -> anyhow::Result<OpenedStore> {
         StoreSpec::Sqlite(url) => {
             let store = Arc::new(SqliteOrderStore::connect(url).await?);
             Ok(OpenedStore {
-                stores: Stores {
-                    store: store.clone(),
-                    outbox: store.clone(),
-                },
+                stores: Stores::durable(store.clone(), SQLITE_HANDLER_CONCURRENCY),
                 adapter: Adapter::Sqlite(store),
             })
         }
         StoreSpec::Postgres(url) => {
             let store = Arc::new(PostgresOrderStore::connect(url.expose_secret()).await?);
             Ok(OpenedStore {
-                stores: Stores {
-                    store: store.clone(),
-                    outbox: store.clone(),
-                },
+                stores: Stores::durable(store.clone(), POSTGRES_HANDLER_CONCURRENCY),
                 adapter: Adapter::Postgres(store),
             })
         }
@@ -489,7 +483,7 @@ pub async fn spawn(config: ServeConfig) -> anyhow::Result<RunningServer> {
     // Dropped handles stop their workers, so an early return below leaves nothing running.
     let subscription = shared
         .subscribe(
-            OrdersMessageHandler::subscription(),
+            OrdersMessageHandler::subscription().concurrency(stores.handler_concurrency),
             Arc::new(OrdersMessageHandler::new(orders.clone())),
         )
         .await
