@@ -1,7 +1,11 @@
 //! The PostgreSQL adapter of [`OrderStore`] and [`Outbox`], for several processes on one
 //! database.
 //!
-//! A commit is one statement ([`COMMIT_SQL`]): one round trip, atomic by itself. Its
+//! Commits that queue up while the last group is written are written together, as one
+//! statement ([`GROUP_COMMIT_SQL`], one WAL flush for all) by one of [`COMMITTERS`]
+//! group committer tasks; when a precondition of one of them fails, each is written
+//! alone, so only the failing ones fail. A commit alone is one statement
+//! ([`COMMIT_SQL`]): one round trip, atomic by itself. Its
 //! preconditions are constraints: the inbox and idempotency-key primary keys, and
 //! triggers that let an order's version only go up by one (a new order starts at 1). A
 //! concurrent writer is waited for, then re-checked against the row it committed, so of
@@ -27,7 +31,10 @@
 //! statement. Statements use generic plans (`plan_cache_mode`), planned once per
 //! connection.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
 
 use async_trait::async_trait;
 use chrono::Utc;
@@ -40,7 +47,7 @@ use sqlx::{
     ConnectOptions, Connection, PgConnection, PgPool, Postgres, pool::PoolConnection,
     postgres::PgConnectOptions,
 };
-use tokio::sync::{Mutex, MutexGuard, Notify};
+use tokio::sync::{Mutex, MutexGuard, Notify, mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::{
@@ -51,6 +58,10 @@ use crate::{
     },
 };
 
+/// Group committers: one writes a group while the next group forms.
+const COMMITTERS: usize = 2;
+/// The most commits in one group statement.
+const MAX_GROUP: usize = 128;
 /// Connections of a store opened by [`PostgresOrderStore::connect`].
 const DEFAULT_CONNECTIONS: u32 = 16;
 /// First half of the relay's advisory lock key ("ORDS"); the second half is a hash of
@@ -59,15 +70,62 @@ const RELAY_LOCK_CLASS: i32 = 0x4f52_4453;
 
 /// The PostgreSQL adapter of [`OrderStore`] and [`Outbox`].
 pub struct PostgresOrderStore {
+    shared: Arc<Shared>,
+    /// The group committers' queue.
+    commits: mpsc::UnboundedSender<Queued>,
+}
+
+/// What the store and its group committers share.
+struct Shared {
     connections: Connections,
     /// Wakes this process's relay after a commit with outbox rows (other processes'
     /// commits are found by the relay's polling).
     committed: Notify,
 }
 
+/// A commit waiting for a group committer, and where its answer goes.
+type Queued = (PgCommit, oneshot::Sender<Result<u64, StoreError>>);
+
+/// A commit, encoded before any connection is taken.
+struct PgCommit {
+    order: Option<Order>,
+    /// The order's snapshot as JSON.
+    data: Option<String>,
+    outbox: Vec<NewOutboxRow>,
+    inbox: Option<InboxRecord>,
+    idempotency_key: Option<String>,
+}
+
+impl PgCommit {
+    fn new(commit: Commit) -> Result<Self, StoreError> {
+        let Commit {
+            order,
+            outbox,
+            inbox,
+            idempotency_key,
+        } = commit;
+        Ok(Self {
+            data: order.as_ref().map(snapshot::encode).transpose()?,
+            outbox: outbox
+                .iter()
+                .map(NewOutboxRow::new)
+                .collect::<Result<Vec<_>, _>>()?,
+            order,
+            inbox,
+            idempotency_key,
+        })
+    }
+
+    fn new_version(&self) -> u64 {
+        self.order
+            .as_ref()
+            .map_or(0, |o| o.version().saturating_add(1))
+    }
+}
+
 impl std::fmt::Debug for PostgresOrderStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let connections = match &self.connections {
+        let connections = match &self.shared.connections {
             Connections::Owned { slots, .. } => format!("{} owned", slots.len()),
             Connections::Pool(pool) => format!("{pool:?}"),
         };
@@ -196,10 +254,16 @@ impl PostgresOrderStore {
     }
 
     fn new(connections: Connections) -> Self {
-        Self {
+        let shared = Arc::new(Shared {
             connections,
             committed: Notify::new(),
+        });
+        let (commits, queue) = mpsc::unbounded_channel();
+        let queue = Arc::new(Mutex::new(queue));
+        for _ in 0..COMMITTERS {
+            tokio::spawn(group_committer(shared.clone(), queue.clone()));
         }
+        Self { shared, commits }
     }
 
     /// Runs `sql` (one statement, no results): for administration and tests. Returns the
@@ -208,11 +272,13 @@ impl PostgresOrderStore {
     /// # Errors
     /// [`StoreError::Unavailable`] when the statement fails.
     pub async fn execute_admin(&self, sql: &str) -> Result<u64, StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.shared.conn().await?;
         let result = sqlx::query(sql).execute(conn.get()?).await;
         Ok(conn.check(result)?.rows_affected())
     }
+}
 
+impl Shared {
     /// A free connection (waiting for one when all are busy), opened if needed.
     async fn conn(&self) -> Result<Conn<'_>, StoreError> {
         let (options, slots, next) = match &self.connections {
@@ -243,20 +309,35 @@ impl PostgresOrderStore {
         Ok(Conn::Owned(slot))
     }
 
+    /// The order bound to `key`.
+    async fn key_owner(&self, key: &str) -> Result<Option<OrderId>, StoreError> {
+        let mut conn = self.conn().await?;
+        let row = sqlx::query_scalar("SELECT order_id FROM idempotency_keys WHERE key = $1")
+            .bind(key)
+            .fetch_optional(conn.get()?)
+            .await;
+        let row: Option<Uuid> = conn.check(row)?;
+        Ok(row.map(OrderId::from_uuid))
+    }
+}
+
+impl PostgresOrderStore {
     /// Outbox rows parked because their envelope could not be decoded; they are never
     /// published and need an operator.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`].
     pub async fn parked(&self) -> Result<u64, StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.shared.conn().await?;
         let n = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE parked_at IS NOT NULL")
             .fetch_one(conn.get()?)
             .await;
         let n: i64 = conn.check(n)?;
         Ok(u64::try_from(n).unwrap_or_default())
     }
+}
 
+impl Shared {
     /// What a failed commit statement means for the caller (nothing was written).
     async fn explain(
         &self,
@@ -288,7 +369,7 @@ impl PostgresOrderStore {
             }
             Some("idempotency_keys_pkey") => {
                 if let Some(key) = key {
-                    return match self.find_by_idempotency_key(key).await {
+                    return match self.key_owner(key).await {
                         Ok(Some(existing)) => StoreError::DuplicateIdempotencyKey(existing),
                         Ok(None) => store_error(error),
                         Err(e) => e,
@@ -305,11 +386,13 @@ impl PostgresOrderStore {
         }
         store_error(error)
     }
+}
 
+impl PostgresOrderStore {
     /// Closes the connections. Later calls open new ones (a store from
     /// [`PostgresOrderStore::connect`]) or fail as unavailable (from a pool).
     pub async fn close(&self) {
-        match &self.connections {
+        match &self.shared.connections {
             Connections::Owned { slots, .. } => {
                 for slot in slots {
                     if let Some(conn) = slot.lock().await.take()
@@ -359,6 +442,299 @@ outbox_rows AS (
     JOIN seqs ON seqs.i = r.n + (CASE WHEN $1 THEN 1 ELSE 0 END)
 )
 SELECT 1";
+
+/// Several commits in one statement: the arrays of [`COMMIT_SQL`], one element per row
+/// of every commit of the group. `$1` is how many positions the group takes; each inbox
+/// and outbox row names its position's ordinal (1-based, in commit order, a commit's
+/// inbox row before its outbox rows). Atomic like one commit: one failed precondition
+/// fails the whole group, which is then written commit by commit.
+const GROUP_COMMIT_SQL: &str = "\
+WITH seqs AS MATERIALIZED (
+    SELECT s, (row_number() OVER (ORDER BY s))::int AS i
+    FROM (SELECT nextval('outbox_position_seq') AS s FROM generate_series(1, $1::int)) AS t
+),
+inbox_rows AS (
+    INSERT INTO inbox (subscriber, message_id, seq, order_id, topic, outcome, detail, handled_at)
+    SELECT r.sub, r.mid, seqs.s, r.oid, r.topic, r.outcome, r.detail, r.at
+    FROM UNNEST($2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[],
+                $8::timestamptz[], $9::int[]) AS r (sub, mid, oid, topic, outcome, detail, at, n)
+    JOIN seqs ON seqs.i = r.n
+),
+key_rows AS (
+    INSERT INTO idempotency_keys (key, order_id)
+    SELECT k, o FROM UNNEST($10::text[], $11::uuid[]) AS r (k, o)
+),
+order_rows AS (
+    INSERT INTO orders (id, version, status, data, placed_at, updated_at)
+    SELECT r.id, r.v, r.st, r.d::jsonb, r.p, r.u
+    FROM UNNEST($12::uuid[], $13::bigint[], $14::text[], $15::text[], $16::timestamptz[],
+                $17::timestamptz[]) AS r (id, v, st, d, p, u)
+    ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, status = EXCLUDED.status,
+        data = EXCLUDED.data, updated_at = EXCLUDED.updated_at
+),
+outbox_rows AS (
+    INSERT INTO outbox (position, message_id, order_id, topic, envelope, created_at)
+    SELECT seqs.s, r.m, r.o, r.t, r.e, r.c
+    FROM UNNEST($18::uuid[], $19::uuid[], $20::text[], $21::text[], $22::timestamptz[],
+                $23::int[]) AS r (m, o, t, e, c, n)
+    JOIN seqs ON seqs.i = r.n
+)
+SELECT 1";
+
+/// Takes the commits that queued up while the last group was written and writes them
+/// as one group; [`COMMITTERS`] of these run, so one group is written while the next
+/// forms. Ends when the store is dropped.
+async fn group_committer(shared: Arc<Shared>, queue: Arc<Mutex<mpsc::UnboundedReceiver<Queued>>>) {
+    loop {
+        let mut group = Vec::new();
+        {
+            let mut queue = queue.lock().await;
+            match queue.recv().await {
+                Some(first) => group.push(first),
+                None => return,
+            }
+            while group.len() < MAX_GROUP {
+                match queue.try_recv() {
+                    Ok(next) => group.push(next),
+                    Err(_) => break,
+                }
+            }
+        }
+        shared.write_group(group).await;
+    }
+}
+
+impl Shared {
+    /// Writes `group` in one statement; when that fails on a precondition, writes each
+    /// commit alone so only the failing ones fail. Answers every commit.
+    async fn write_group(&self, group: Vec<Queued>) {
+        if group.len() > 1 {
+            match self.commit_together(&group).await {
+                Ok(()) => {
+                    if group.iter().any(|(c, _)| !c.outbox.is_empty()) {
+                        self.committed.notify_waiters();
+                    }
+                    for (commit, answer) in group {
+                        let _ = answer.send(Ok(commit.new_version()));
+                    }
+                    return;
+                }
+                Err(CommitFailure::Unavailable(error)) => {
+                    for (_, answer) in group {
+                        let _ = answer.send(Err(error.clone()));
+                    }
+                    return;
+                }
+                Err(CommitFailure::Refused(e)) => {
+                    tracing::debug!(error = %e, size = group.len(), "group commit refused; committing one by one");
+                }
+            }
+        }
+        for (commit, answer) in group {
+            let _ = answer.send(self.commit_alone(&commit).await);
+        }
+    }
+
+    /// The whole group in [`GROUP_COMMIT_SQL`].
+    async fn commit_together(&self, group: &[Queued]) -> Result<(), CommitFailure> {
+        let mut ordinal: i32 = 0;
+        let mut next = || {
+            ordinal += 1;
+            ordinal
+        };
+        let mut inbox = InboxColumns::default();
+        let mut keys: (Vec<&str>, Vec<Uuid>) = (Vec::new(), Vec::new());
+        let mut orders = OrderColumns::default();
+        let mut outbox = OutboxColumns::default();
+        for (commit, _) in group {
+            if let Some(r) = &commit.inbox {
+                let (outcome, detail) = outcome_columns(&r.outcome);
+                inbox.subscriber.push(r.subscriber.as_str());
+                inbox.message_id.push(r.message_id);
+                inbox.order_id.push(r.order_id.as_uuid());
+                inbox.topic.push(r.topic.as_str());
+                inbox.outcome.push(outcome);
+                inbox.detail.push(detail);
+                inbox.handled_at.push(r.handled_at);
+                inbox.ordinal.push(next());
+            }
+            if let Some(o) = &commit.order {
+                if let Some(key) = &commit.idempotency_key {
+                    keys.0.push(key.as_str());
+                    keys.1.push(o.id().as_uuid());
+                }
+                orders.id.push(o.id().as_uuid());
+                orders.version.push(
+                    version_column(o.version().saturating_add(1))
+                        .map_err(CommitFailure::Unavailable)?,
+                );
+                orders.status.push(o.status().as_str());
+                orders.data.push(commit.data.as_deref().unwrap_or("{}"));
+                orders.placed_at.push(o.placed_at());
+                orders.updated_at.push(o.updated_at());
+            }
+            for row in &commit.outbox {
+                outbox.message_id.push(row.message_id);
+                outbox.order_id.push(row.order_id.map(|id| id.as_uuid()));
+                outbox.topic.push(row.topic.as_str());
+                outbox.envelope.push(row.envelope.as_str());
+                outbox.created_at.push(row.envelope_timestamp);
+                outbox.ordinal.push(next());
+            }
+        }
+        let mut conn = self.conn().await.map_err(CommitFailure::Unavailable)?;
+        let result = sqlx::query(GROUP_COMMIT_SQL)
+            .bind(ordinal)
+            .bind(inbox.subscriber)
+            .bind(inbox.message_id)
+            .bind(inbox.order_id)
+            .bind(inbox.topic)
+            .bind(inbox.outcome)
+            .bind(inbox.detail)
+            .bind(inbox.handled_at)
+            .bind(inbox.ordinal)
+            .bind(keys.0)
+            .bind(keys.1)
+            .bind(orders.id)
+            .bind(orders.version)
+            .bind(orders.status)
+            .bind(orders.data)
+            .bind(orders.placed_at)
+            .bind(orders.updated_at)
+            .bind(outbox.message_id)
+            .bind(outbox.order_id)
+            .bind(outbox.topic)
+            .bind(outbox.envelope)
+            .bind(outbox.created_at)
+            .bind(outbox.ordinal)
+            .execute(conn.get().map_err(CommitFailure::Unavailable)?)
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(error @ sqlx::Error::Database(_)) => Err(CommitFailure::Refused(error)),
+            Err(error) => Err(CommitFailure::Unavailable(conn.failed(error))),
+        }
+    }
+
+    /// One commit in [`COMMIT_SQL`].
+    async fn commit_alone(&self, commit: &PgCommit) -> Result<u64, StoreError> {
+        let PgCommit {
+            order,
+            data,
+            outbox,
+            inbox,
+            idempotency_key,
+        } = commit;
+        let (outcome, detail) = inbox.as_ref().map(|r| outcome_columns(&r.outcome)).unzip();
+        let mut conn = self.conn().await?;
+        let result = sqlx::query(COMMIT_SQL)
+            .bind(inbox.is_some())
+            .bind(inbox.as_ref().map(|r| r.subscriber.as_str()))
+            .bind(inbox.as_ref().map(|r| r.message_id))
+            .bind(inbox.as_ref().map(|r| r.order_id.as_uuid()))
+            .bind(inbox.as_ref().map(|r| r.topic.as_str()))
+            .bind(outcome)
+            .bind(detail.flatten())
+            .bind(inbox.as_ref().map(|r| r.handled_at))
+            .bind(order.as_ref().and(idempotency_key.as_deref()))
+            .bind(order.is_some())
+            .bind(order.as_ref().map(|o| o.id().as_uuid()))
+            .bind(
+                order
+                    .as_ref()
+                    .map(|o| version_column(o.version().saturating_add(1)))
+                    .transpose()?,
+            )
+            .bind(order.as_ref().map(|o| o.status().as_str()))
+            .bind(data.as_deref())
+            .bind(order.as_ref().map(|o| o.placed_at()))
+            .bind(order.as_ref().map(|o| o.updated_at()))
+            .bind(outbox.iter().map(|r| r.message_id).collect::<Vec<_>>())
+            .bind(
+                outbox
+                    .iter()
+                    .map(|r| r.order_id.map(|id| id.as_uuid()))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(outbox.iter().map(|r| r.topic.as_str()).collect::<Vec<_>>())
+            .bind(
+                outbox
+                    .iter()
+                    .map(|r| r.envelope.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                outbox
+                    .iter()
+                    .map(|r| r.envelope_timestamp)
+                    .collect::<Vec<_>>(),
+            )
+            .execute(conn.get()?)
+            .await;
+        if let Err(error) = result {
+            if !matches!(error, sqlx::Error::Database(_)) {
+                return Err(conn.failed(error));
+            }
+            drop(conn);
+            return Err(self
+                .explain(
+                    error,
+                    order.as_ref(),
+                    inbox.as_ref(),
+                    idempotency_key.as_deref(),
+                )
+                .await);
+        }
+        drop(conn);
+        if !outbox.is_empty() {
+            self.committed.notify_waiters();
+        }
+        Ok(commit.new_version())
+    }
+}
+
+/// Why a group was not written.
+enum CommitFailure {
+    /// A precondition of one of its commits: write them one by one.
+    Refused(sqlx::Error),
+    /// The database cannot be reached: every commit fails.
+    Unavailable(StoreError),
+}
+
+/// The inbox rows of a group, column by column.
+#[derive(Default)]
+struct InboxColumns<'a> {
+    subscriber: Vec<&'a str>,
+    message_id: Vec<Uuid>,
+    order_id: Vec<Uuid>,
+    topic: Vec<&'a str>,
+    outcome: Vec<&'static str>,
+    detail: Vec<Option<&'a str>>,
+    handled_at: Vec<Timestamp>,
+    ordinal: Vec<i32>,
+}
+
+/// The order rows of a group, column by column.
+#[derive(Default)]
+struct OrderColumns<'a> {
+    id: Vec<Uuid>,
+    version: Vec<i64>,
+    status: Vec<&'static str>,
+    data: Vec<&'a str>,
+    placed_at: Vec<Timestamp>,
+    updated_at: Vec<Timestamp>,
+}
+
+/// The outbox rows of a group, column by column.
+#[derive(Default)]
+struct OutboxColumns<'a> {
+    message_id: Vec<Uuid>,
+    order_id: Vec<Option<Uuid>>,
+    topic: Vec<&'a str>,
+    envelope: Vec<&'a str>,
+    created_at: Vec<Timestamp>,
+    ordinal: Vec<i32>,
+}
 
 fn version_column(version: u64) -> Result<i64, StoreError> {
     i64::try_from(version).map_err(|_| StoreError::Corrupt(format!("version {version} too large")))
@@ -437,7 +813,7 @@ async fn relay_on(
 #[async_trait]
 impl OrderStore for PostgresOrderStore {
     async fn load(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.shared.conn().await?;
         let row = sqlx::query_as("SELECT version, data::text FROM orders WHERE id = $1")
             .bind(id.as_uuid())
             .fetch_optional(conn.get()?)
@@ -457,7 +833,7 @@ impl OrderStore for PostgresOrderStore {
         subscriber: &str,
         message_id: MessageId,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.shared.conn().await?;
         let row =
             sqlx::query_scalar("SELECT 1 FROM inbox WHERE subscriber = $1 AND message_id = $2")
                 .bind(subscriber)
@@ -469,7 +845,7 @@ impl OrderStore for PostgresOrderStore {
     }
 
     async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<OrderId>, StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.shared.conn().await?;
         let row = sqlx::query_scalar("SELECT order_id FROM idempotency_keys WHERE key = $1")
             .bind(key)
             .fetch_optional(conn.get()?)
@@ -479,94 +855,26 @@ impl OrderStore for PostgresOrderStore {
     }
 
     async fn commit(&self, commit: Commit) -> Result<u64, StoreError> {
-        let Commit {
-            order,
-            outbox,
-            inbox,
-            idempotency_key,
-        } = commit;
         // Encode everything before taking a connection.
-        let data = order.as_ref().map(snapshot::encode).transpose()?;
-        let outbox = outbox
-            .iter()
-            .map(NewOutboxRow::new)
-            .collect::<Result<Vec<_>, _>>()?;
-        if let (Some(key), None) = (&idempotency_key, &order) {
+        let commit = PgCommit::new(commit)?;
+        if let (Some(key), None) = (&commit.idempotency_key, &commit.order) {
             // Nothing to bind the key to: only check that it is free.
-            if let Some(existing) = self.find_by_idempotency_key(key).await? {
+            if let Some(existing) = self.shared.key_owner(key).await? {
                 return Err(StoreError::DuplicateIdempotencyKey(existing));
             }
         }
-        let (outcome, detail) = inbox.as_ref().map(|r| outcome_columns(&r.outcome)).unzip();
-        let mut conn = self.conn().await?;
-        let result = sqlx::query(COMMIT_SQL)
-            .bind(inbox.is_some())
-            .bind(inbox.as_ref().map(|r| r.subscriber.as_str()))
-            .bind(inbox.as_ref().map(|r| r.message_id))
-            .bind(inbox.as_ref().map(|r| r.order_id.as_uuid()))
-            .bind(inbox.as_ref().map(|r| r.topic.as_str()))
-            .bind(outcome)
-            .bind(detail.flatten())
-            .bind(inbox.as_ref().map(|r| r.handled_at))
-            .bind(order.as_ref().and(idempotency_key.as_deref()))
-            .bind(order.is_some())
-            .bind(order.as_ref().map(|o| o.id().as_uuid()))
-            .bind(
-                order
-                    .as_ref()
-                    .map(|o| version_column(o.version().saturating_add(1)))
-                    .transpose()?,
-            )
-            .bind(order.as_ref().map(|o| o.status().as_str()))
-            .bind(data.as_deref())
-            .bind(order.as_ref().map(|o| o.placed_at()))
-            .bind(order.as_ref().map(|o| o.updated_at()))
-            .bind(outbox.iter().map(|r| r.message_id).collect::<Vec<_>>())
-            .bind(
-                outbox
-                    .iter()
-                    .map(|r| r.order_id.map(|id| id.as_uuid()))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(outbox.iter().map(|r| r.topic.as_str()).collect::<Vec<_>>())
-            .bind(
-                outbox
-                    .iter()
-                    .map(|r| r.envelope.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                outbox
-                    .iter()
-                    .map(|r| r.envelope_timestamp)
-                    .collect::<Vec<_>>(),
-            )
-            .execute(conn.get()?)
-            .await;
-        if let Err(error) = result {
-            if !matches!(error, sqlx::Error::Database(_)) {
-                return Err(conn.failed(error));
-            }
-            drop(conn);
-            return Err(self
-                .explain(
-                    error,
-                    order.as_ref(),
-                    inbox.as_ref(),
-                    idempotency_key.as_deref(),
-                )
-                .await);
-        }
-        drop(conn);
-        if !outbox.is_empty() {
-            self.committed.notify_waiters();
-        }
-        Ok(order.map_or(0, |o| o.version().saturating_add(1)))
+        let (answer, answered) = oneshot::channel();
+        self.commits.send((commit, answer)).map_err(|_| {
+            StoreError::Unavailable("the PostgreSQL group committers have stopped".to_owned())
+        })?;
+        answered.await.map_err(|_| {
+            StoreError::Unavailable("a PostgreSQL group committer stopped".to_owned())
+        })?
     }
 
     async fn messages(&self, id: OrderId) -> Result<Vec<MessageRecord>, StoreError> {
         // Inbox and outbox rows draw `seq`/`position` from one sequence: commit order.
-        let mut conn = self.conn().await?;
+        let mut conn = self.shared.conn().await?;
         #[allow(clippy::type_complexity)]
         let rows: Result<
             Vec<(
@@ -613,7 +921,7 @@ impl OrderStore for PostgresOrderStore {
     }
 
     async fn prune(&self, before: Timestamp) -> Result<PruneReport, StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.shared.conn().await?;
         let inbox = sqlx::query("DELETE FROM inbox WHERE handled_at < $1")
             .bind(before)
             .execute(conn.get()?)
@@ -631,13 +939,13 @@ impl OrderStore for PostgresOrderStore {
 #[async_trait]
 impl Outbox for PostgresOrderStore {
     async fn relay(&self, limit: usize, bus: &dyn MessageBus) -> Result<usize, StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.shared.conn().await?;
         let sent = relay_on(conn.get()?, limit, bus).await;
         conn.check(sent)
     }
 
     async fn unsent(&self) -> Result<u64, StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.shared.conn().await?;
         let n = sqlx::query_scalar(
             "SELECT count(*) FROM outbox WHERE sent_at IS NULL AND parked_at IS NULL",
         )
@@ -648,18 +956,18 @@ impl Outbox for PostgresOrderStore {
     }
 
     fn committed(&self) -> &Notify {
-        &self.committed
+        &self.shared.committed
     }
 
     async fn requeue_stalled(&self, before: Timestamp) -> Result<u64, StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.shared.conn().await?;
         let requeued = sqlx::query(REQUEUE_STALLED)
             .bind(before)
             .execute(conn.get()?)
             .await;
         let requeued = conn.check(requeued)?.rows_affected();
         if requeued > 0 {
-            self.committed.notify_waiters();
+            self.shared.committed.notify_waiters();
         }
         Ok(requeued)
     }

@@ -26,6 +26,7 @@ macro_rules! suite {
             absent_things_read_as_absent,
             a_stale_version_conflicts_and_writes_nothing,
             concurrent_commits_at_one_version_let_exactly_one_win,
+            a_refused_commit_among_many_concurrent_ones_fails_alone,
             a_duplicate_inbox_message_writes_nothing,
             an_idempotency_key_binds_one_order,
             the_relay_publishes_in_commit_order_once,
@@ -258,6 +259,58 @@ pub async fn concurrent_commits_at_one_version_let_exactly_one_win(f: Fixture) {
             "only the winners' inbox records"
         );
         assert!(f.store.is_handled("orders", winners[0]).await.unwrap());
+    }
+}
+
+/// Stores that write concurrent commits together (group commit) must still answer each
+/// on its own: one refused commit among many fails alone and the others are written.
+pub async fn a_refused_commit_among_many_concurrent_ones_fails_alone(f: Fixture) {
+    const PLACERS: usize = 32;
+    let first = place(f.store.as_ref(), at(0)).await;
+    let record = handled(first.id(), "test.poke", HandlingOutcome::Applied, at(1));
+    assert_eq!(f.store.commit(inbox_only(record.clone())).await, Ok(0));
+    let unsent = f.outbox.unsent().await.unwrap();
+    for round in 0..5 {
+        let start = Arc::new(tokio::sync::Barrier::new(PLACERS + 1));
+        let mut placers = Vec::new();
+        for i in 0..PLACERS {
+            let (store, start) = (f.store.clone(), start.clone());
+            placers.push(tokio::spawn(async move {
+                start.wait().await;
+                place(store.as_ref(), at(i64::try_from(i).unwrap())).await
+            }));
+        }
+        let duplicate = {
+            let (store, start, record) = (f.store.clone(), start.clone(), record.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                store.commit(inbox_only(record)).await
+            })
+        };
+        let mut placed = Vec::new();
+        for placer in placers {
+            placed.push(placer.await.unwrap());
+        }
+        assert_eq!(
+            duplicate.await.unwrap(),
+            Err(StoreError::DuplicateMessage {
+                subscriber: "orders".to_owned(),
+                message_id: record.message_id,
+            }),
+            "round {round}"
+        );
+        for order in &placed {
+            assert_eq!(
+                f.store.load(order.id()).await.unwrap().as_ref(),
+                Some(order),
+                "round {round}"
+            );
+        }
+        assert_eq!(
+            f.outbox.unsent().await.unwrap(),
+            unsent + (round + 1) * PLACERS as u64,
+            "round {round}: every placed order's message, once"
+        );
     }
 }
 
