@@ -38,7 +38,7 @@ use orders_store::{PostgresOrderStore, SqliteOrderStore};
 
 use crate::{
     http::{self, AppState, StoreAndBusProbe},
-    system::{POSTGRES_HANDLER_CONCURRENCY, SQLITE_HANDLER_CONCURRENCY, Stores},
+    system::Stores,
 };
 
 /// The default listen address.
@@ -379,14 +379,14 @@ pub async fn open_store(spec: &StoreSpec) -> anyhow::Result<OpenedStore> {
         StoreSpec::Sqlite(url) => {
             let store = Arc::new(SqliteOrderStore::connect(url).await?);
             Ok(OpenedStore {
-                stores: Stores::durable(store.clone(), SQLITE_HANDLER_CONCURRENCY),
+                stores: Stores::durable(store.clone()),
                 adapter: Adapter::Sqlite(store),
             })
         }
         StoreSpec::Postgres(url) => {
             let store = Arc::new(PostgresOrderStore::connect(url.expose_secret()).await?);
             Ok(OpenedStore {
-                stores: Stores::durable(store.clone(), POSTGRES_HANDLER_CONCURRENCY),
+                stores: Stores::durable(store.clone()),
                 adapter: Adapter::Postgres(store),
             })
         }

@@ -37,15 +37,13 @@ pub struct Stores {
 /// The Orders handler's concurrency on the in-memory store: a commit is a few
 /// microseconds of CPU, so more lanes only add wake-ups.
 pub const IN_MEMORY_HANDLER_CONCURRENCY: usize = 4;
-/// The Orders handler's concurrency on SQLite: each handler mostly waits for its commit,
-/// and the store's one writer writes the commits that wait together in one transaction,
-/// so many in flight make few, full transactions (`cargo xtask bench`: 4 lanes gave
-/// groups of 3 commits and ~2,300 flows/s, 64 gave groups of 30, 256 groups of 85 and
-/// ~7,400 flows/s).
-pub const SQLITE_HANDLER_CONCURRENCY: usize = 256;
-/// The Orders handler's concurrency on PostgreSQL: one per pooled connection, so the
-/// handlers do not queue for connections ahead of the checkouts and the relay.
-pub const POSTGRES_HANDLER_CONCURRENCY: usize = 16;
+/// The Orders handler's concurrency on a database (SQLite, PostgreSQL): each handler
+/// mostly waits for its commit, and both stores write the commits that wait together
+/// in one transaction (group commit), so many in flight make few, full transactions.
+/// Measured with `cargo xtask bench`: on SQLite, 4 lanes gave groups of 3 commits and
+/// ~2,300 flows/s, 64 groups of 30, 256 groups of 85 and ~7,400 flows/s; on PostgreSQL,
+/// 16 gave ~1,800 flows/s, 64 ~2,400, 256 ~3,000.
+pub const DURABLE_HANDLER_CONCURRENCY: usize = 256;
 
 impl Stores {
     /// The in-memory adapter.
@@ -59,17 +57,13 @@ impl Stores {
         }
     }
 
-    /// A database adapter (SQLite, PostgreSQL), which is both the store and the outbox,
-    /// with the Orders handler's concurrency that suits it.
+    /// A database adapter (SQLite, PostgreSQL), which is both the store and the outbox.
     #[must_use]
-    pub fn durable<S: OrderStore + Outbox + 'static>(
-        store: Arc<S>,
-        handler_concurrency: usize,
-    ) -> Self {
+    pub fn durable<S: OrderStore + Outbox + 'static>(store: Arc<S>) -> Self {
         Self {
             store: store.clone(),
             outbox: store,
-            handler_concurrency,
+            handler_concurrency: DURABLE_HANDLER_CONCURRENCY,
         }
     }
 }
