@@ -178,6 +178,11 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<Vec<Row>> {
             .await?,
         );
     }
+    // HTTP runs on SQLite: before PostgreSQL, whose server goes on writing (checkpoints,
+    // dropping the scratch database) after its rows and would share the cores.
+    if wants("http") {
+        rows.extend(crate::bench_io::http_rows(config.http_orders).await?);
+    }
     if wants("postgres") {
         let url = config.postgres_url.clone();
         let make = async || crate::bench_io::Scratch::postgres(&url).await;
@@ -204,9 +209,6 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<Vec<Row>> {
                 });
             }
         }
-    }
-    if wants("http") {
-        rows.extend(crate::bench_io::http_rows(config.http_orders).await?);
     }
     Ok(rows)
 }
