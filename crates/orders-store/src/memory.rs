@@ -85,7 +85,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn shard_of(id: u128) -> usize {
-    // Ids are random (v4) or name-based (v5) UUIDs: their low bits are well spread.
+    // Ids end in random bits (v7 order and message ids, v4 from elsewhere) or hashed
+    // ones (v8 event ids): their low bits are well spread.
     (id % SHARDS as u128) as usize
 }
 

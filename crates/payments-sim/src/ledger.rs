@@ -275,7 +275,8 @@ impl Ledger {
     /// Locks the shard holding `order_id`. Every record of one order lives in that
     /// shard, so holding its lock is enough to decide anything about the order.
     fn shard(&self, order_id: Uuid) -> MutexGuard<'_, Shard> {
-        // Order ids are random (v4) uuids, so their low bits spread orders evenly.
+        // Order ids end in random bits (v7, or v4 from elsewhere): the low bits spread
+        // orders evenly.
         let index = (order_id.as_u128() % SHARDS as u128) as usize;
         // Every update is a handful of assignments with no await; a panic in another
         // handler cannot leave it half-done, so a poisoned lock is still consistent.
