@@ -385,6 +385,7 @@ pub async fn throughput(
     }
     let placed = started.elapsed();
     if !system.settle(Duration::from_secs(120)).await {
+        system.shutdown().await;
         anyhow::bail!("the throughput run did not settle within 120 s");
     }
     let elapsed = started.elapsed();
@@ -396,6 +397,7 @@ pub async fn throughput(
         }
     }
     if reserved != n {
+        system.shutdown().await;
         anyhow::bail!("only {reserved} of {n} orders reached StockReserved");
     }
     let rss_after = rss_bytes();
@@ -607,6 +609,7 @@ pub async fn paced_latency(
     }
     let achieved = total as f64 / started.elapsed().as_secs_f64();
     if !system.settle(Duration::from_secs(60)).await {
+        system.shutdown().await;
         anyhow::bail!("the paced run did not settle within 60 s");
     }
     let reserved = reserved
@@ -621,12 +624,13 @@ pub async fn paced_latency(
                 .map(|done| done.saturating_duration_since(*t))
         })
         .collect();
+    // Stopped before judging, so a failed run leaves no relay running on a closed store.
+    system.shutdown().await;
     anyhow::ensure!(
         samples.len() == total,
         "only {} of {total} orders reached StockReserved",
         samples.len()
     );
-    system.shutdown().await;
     Ok(Row {
         workload: format!(
             "latency: {rate} orders/s for {seconds} s, place → StockReserved ({label})"
