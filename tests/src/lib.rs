@@ -2,11 +2,7 @@
 //! Each suite is written once and run against every store (see `e2e/main.rs`).
 #![forbid(unsafe_code)]
 
-use app::{
-    bench_io::Scratch,
-    serve::{OpenedStore, open_store},
-    system::Stores,
-};
+use app::{bench_io::Scratch, serve::OpenedStore, system::Stores};
 
 /// A store the suites can run against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,8 +68,7 @@ impl StoreKind {
                 Scratch::postgres(&url).await?
             }
         };
-        let spec = scratch.spec.parse().map_err(anyhow::Error::msg)?;
-        let opened = open_store(&spec).await?;
+        let opened = scratch.open().await?;
         Ok(Some(FreshStore {
             stores: opened.stores.clone(),
             opened: Some(opened),

@@ -13,7 +13,7 @@ use sqlx::{Connection, Executor};
 
 use crate::{
     bench::{Percentiles, Row, paced_latency, throughput},
-    serve::{StoreSpec, open_store},
+    serve::{OpenedStore, StoreSpec, open_store},
 };
 
 /// A fresh, empty store for one workload, and how to throw it away afterwards.
@@ -29,6 +29,14 @@ enum Cleanup {
 }
 
 impl Scratch {
+    /// Opens the store it names (applying the migrations).
+    ///
+    /// # Errors
+    /// When the spec does not parse or the store cannot be opened.
+    pub async fn open(&self) -> anyhow::Result<OpenedStore> {
+        open_store(&self.spec.parse::<StoreSpec>().map_err(anyhow::Error::msg)?).await
+    }
+
     /// A new SQLite file under the temp folder.
     #[must_use]
     pub fn sqlite() -> Self {
@@ -98,13 +106,7 @@ pub async fn store_rows(
 ) -> anyhow::Result<Vec<Row>> {
     eprintln!("bench: {label} throughput ({orders} orders, {clients} clients)…");
     let scratch = make().await?;
-    let opened = open_store(
-        &scratch
-            .spec
-            .parse::<StoreSpec>()
-            .map_err(anyhow::Error::msg)?,
-    )
-    .await?;
+    let opened = scratch.open().await?;
     let mut ours = throughput(label, opened.stores.clone(), orders, clients).await?;
     opened.close().await;
     scratch.remove().await;
@@ -123,13 +125,7 @@ pub async fn store_rows(
 
     eprintln!("bench: {label} paced latency ({rate} orders/s for {seconds} s)…");
     let scratch = make().await?;
-    let opened = open_store(
-        &scratch
-            .spec
-            .parse::<StoreSpec>()
-            .map_err(anyhow::Error::msg)?,
-    )
-    .await?;
+    let opened = scratch.open().await?;
     let paced = paced_latency(label, opened.stores.clone(), rate, seconds).await;
     opened.close().await;
     scratch.remove().await;

@@ -2,10 +2,9 @@
 //! database.
 //!
 //! Commits that queue up while the last group is written are written together, as one
-//! statement ([`GROUP_COMMIT_SQL`], one WAL flush for all) by one of [`COMMITTERS`]
-//! group committer tasks; when a precondition of one of them fails, each is written
-//! alone, so only the failing ones fail. A commit alone is one statement
-//! ([`COMMIT_SQL`]): one round trip, atomic by itself. Its
+//! statement ([`COMMIT_SQL`], one round trip and one WAL flush for all) by one of
+//! [`COMMITTERS`] group committer tasks; when a precondition of one of them fails, each
+//! is written alone with the same statement, so only the failing ones fail. Its
 //! preconditions are constraints: the inbox and idempotency-key primary keys, and
 //! triggers that let an order's version only go up by one (a new order starts at 1). A
 //! concurrent writer is waited for, then re-checked against the row it committed, so of
@@ -89,7 +88,7 @@ type Queued = (PgCommit, oneshot::Sender<Result<u64, StoreError>>);
 /// A commit, encoded before any connection is taken.
 struct PgCommit {
     order: Option<Order>,
-    /// The order's snapshot as JSON.
+    /// The order's snapshot as JSON: `Some` exactly when `order` is (see [`PgCommit::new`]).
     data: Option<String>,
     outbox: Vec<NewOutboxRow>,
     inbox: Option<InboxRecord>,
@@ -407,48 +406,17 @@ impl PostgresOrderStore {
     }
 }
 
-/// One commit in one statement, so one round trip and atomic without `BEGIN`/`COMMIT`:
-/// the inbox record, the idempotency key, the order (an upsert: inserted at version 1 or
-/// updated to the version read + 1; the `orders_version_guard` triggers refuse anything
-/// else) and the outbox rows. Each part is skipped when its values are absent. A failed
-/// precondition is an error (a unique violation or the guard's serialization failure),
-/// which aborts the whole statement: nothing is written. Positions are taken from the
-/// sequence up front, the inbox row's first, so the history lists what a commit received
-/// before what it sent.
+/// Commits in one statement, so one round trip and atomic without `BEGIN`/`COMMIT`,
+/// one element of its arrays per row of every commit: the inbox records, the idempotency
+/// keys, the orders (an upsert: inserted at version 1 or updated to the version read + 1;
+/// the `orders_version_guard` triggers refuse anything else) and the outbox rows. A
+/// failed precondition of any commit is an error (a unique violation or the guard's
+/// serialization failure), which aborts the whole statement: nothing is written.
+/// Positions are taken from the sequence up front: `$1` is how many, and each inbox and
+/// outbox row names its position's ordinal (1-based, in commit order, a commit's inbox
+/// row before its outbox rows), so the history lists what a commit received before what
+/// it sent.
 const COMMIT_SQL: &str = "\
-WITH seqs AS MATERIALIZED (
-    SELECT s, (row_number() OVER (ORDER BY s))::int AS i
-    FROM (SELECT nextval('outbox_position_seq') AS s
-          FROM generate_series(1, (CASE WHEN $1 THEN 1 ELSE 0 END) + cardinality($17::uuid[]))) AS t
-),
-inbox_row AS (
-    INSERT INTO inbox (subscriber, message_id, seq, order_id, topic, outcome, detail, handled_at)
-    SELECT $2, $3, s, $4, $5, $6, $7, $8 FROM seqs WHERE $1 AND i = 1
-),
-key_row AS (
-    INSERT INTO idempotency_keys (key, order_id) SELECT $9, $11 WHERE $9 IS NOT NULL
-),
-order_row AS (
-    INSERT INTO orders (id, version, status, data, placed_at, updated_at)
-    SELECT $11, $12, $13, $14::jsonb, $15, $16 WHERE $10
-    ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, status = EXCLUDED.status,
-        data = EXCLUDED.data, updated_at = EXCLUDED.updated_at
-),
-outbox_rows AS (
-    INSERT INTO outbox (position, message_id, order_id, topic, envelope, created_at)
-    SELECT seqs.s, r.m, r.o, r.t, r.e, r.c
-    FROM UNNEST($17::uuid[], $18::uuid[], $19::text[], $20::text[], $21::timestamptz[])
-         WITH ORDINALITY AS r (m, o, t, e, c, n)
-    JOIN seqs ON seqs.i = r.n + (CASE WHEN $1 THEN 1 ELSE 0 END)
-)
-SELECT 1";
-
-/// Several commits in one statement: the arrays of [`COMMIT_SQL`], one element per row
-/// of every commit of the group. `$1` is how many positions the group takes; each inbox
-/// and outbox row names its position's ordinal (1-based, in commit order, a commit's
-/// inbox row before its outbox rows). Atomic like one commit: one failed precondition
-/// fails the whole group, which is then written commit by commit.
-const GROUP_COMMIT_SQL: &str = "\
 WITH seqs AS MATERIALIZED (
     SELECT s, (row_number() OVER (ORDER BY s))::int AS i
     FROM (SELECT nextval('outbox_position_seq') AS s FROM generate_series(1, $1::int)) AS t
@@ -509,7 +477,7 @@ impl Shared {
     /// commit alone so only the failing ones fail. Answers every commit.
     async fn write_group(&self, group: Vec<Queued>) {
         if group.len() > 1 {
-            match self.commit_together(&group).await {
+            match self.commit_together(group.iter().map(|(c, _)| c)).await {
                 Ok(()) => {
                     if group.iter().any(|(c, _)| !c.outbox.is_empty()) {
                         self.committed.notify_waiters();
@@ -535,8 +503,11 @@ impl Shared {
         }
     }
 
-    /// The whole group in [`GROUP_COMMIT_SQL`].
-    async fn commit_together(&self, group: &[Queued]) -> Result<(), CommitFailure> {
+    /// `commits` in one [`COMMIT_SQL`] statement.
+    async fn commit_together<'c>(
+        &self,
+        commits: impl IntoIterator<Item = &'c PgCommit>,
+    ) -> Result<(), CommitFailure> {
         let mut ordinal: i32 = 0;
         let mut next = || {
             ordinal += 1;
@@ -546,7 +517,7 @@ impl Shared {
         let mut keys: (Vec<&str>, Vec<Uuid>) = (Vec::new(), Vec::new());
         let mut orders = OrderColumns::default();
         let mut outbox = OutboxColumns::default();
-        for (commit, _) in group {
+        for commit in commits {
             if let Some(r) = &commit.inbox {
                 let (outcome, detail) = outcome_columns(&r.outcome);
                 inbox.subscriber.push(r.subscriber.as_str());
@@ -558,7 +529,7 @@ impl Shared {
                 inbox.handled_at.push(r.handled_at);
                 inbox.ordinal.push(next());
             }
-            if let Some(o) = &commit.order {
+            if let (Some(o), Some(data)) = (&commit.order, &commit.data) {
                 if let Some(key) = &commit.idempotency_key {
                     keys.0.push(key.as_str());
                     keys.1.push(o.id().as_uuid());
@@ -569,7 +540,7 @@ impl Shared {
                         .map_err(CommitFailure::Unavailable)?,
                 );
                 orders.status.push(o.status().as_str());
-                orders.data.push(commit.data.as_deref().unwrap_or("{}"));
+                orders.data.push(data.as_str());
                 orders.placed_at.push(o.placed_at());
                 orders.updated_at.push(o.updated_at());
             }
@@ -583,7 +554,7 @@ impl Shared {
             }
         }
         let mut conn = self.conn().await.map_err(CommitFailure::Unavailable)?;
-        let result = sqlx::query(GROUP_COMMIT_SQL)
+        let result = sqlx::query(COMMIT_SQL)
             .bind(ordinal)
             .bind(inbox.subscriber)
             .bind(inbox.message_id)
@@ -616,80 +587,25 @@ impl Shared {
         }
     }
 
-    /// One commit in [`COMMIT_SQL`].
+    /// One commit alone; a refused one is explained (which precondition failed).
     async fn commit_alone(&self, commit: &PgCommit) -> Result<u64, StoreError> {
-        let PgCommit {
-            order,
-            data,
-            outbox,
-            inbox,
-            idempotency_key,
-        } = commit;
-        let (outcome, detail) = inbox.as_ref().map(|r| outcome_columns(&r.outcome)).unzip();
-        let mut conn = self.conn().await?;
-        let result = sqlx::query(COMMIT_SQL)
-            .bind(inbox.is_some())
-            .bind(inbox.as_ref().map(|r| r.subscriber.as_str()))
-            .bind(inbox.as_ref().map(|r| r.message_id))
-            .bind(inbox.as_ref().map(|r| r.order_id.as_uuid()))
-            .bind(inbox.as_ref().map(|r| r.topic.as_str()))
-            .bind(outcome)
-            .bind(detail.flatten())
-            .bind(inbox.as_ref().map(|r| r.handled_at))
-            .bind(order.as_ref().and(idempotency_key.as_deref()))
-            .bind(order.is_some())
-            .bind(order.as_ref().map(|o| o.id().as_uuid()))
-            .bind(
-                order
-                    .as_ref()
-                    .map(|o| version_column(o.version().saturating_add(1)))
-                    .transpose()?,
-            )
-            .bind(order.as_ref().map(|o| o.status().as_str()))
-            .bind(data.as_deref())
-            .bind(order.as_ref().map(|o| o.placed_at()))
-            .bind(order.as_ref().map(|o| o.updated_at()))
-            .bind(outbox.iter().map(|r| r.message_id).collect::<Vec<_>>())
-            .bind(
-                outbox
-                    .iter()
-                    .map(|r| r.order_id.map(|id| id.as_uuid()))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(outbox.iter().map(|r| r.topic.as_str()).collect::<Vec<_>>())
-            .bind(
-                outbox
-                    .iter()
-                    .map(|r| r.envelope.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                outbox
-                    .iter()
-                    .map(|r| r.envelope_timestamp)
-                    .collect::<Vec<_>>(),
-            )
-            .execute(conn.get()?)
-            .await;
-        if let Err(error) = result {
-            if !matches!(error, sqlx::Error::Database(_)) {
-                return Err(conn.failed(error));
+        match self.commit_together([commit]).await {
+            Ok(()) => {
+                if !commit.outbox.is_empty() {
+                    self.committed.notify_waiters();
+                }
+                Ok(commit.new_version())
             }
-            drop(conn);
-            return Err(self
+            Err(CommitFailure::Unavailable(error)) => Err(error),
+            Err(CommitFailure::Refused(error)) => Err(self
                 .explain(
                     error,
-                    order.as_ref(),
-                    inbox.as_ref(),
-                    idempotency_key.as_deref(),
+                    commit.order.as_ref(),
+                    commit.inbox.as_ref(),
+                    commit.idempotency_key.as_deref(),
                 )
-                .await);
+                .await),
         }
-        drop(conn);
-        if !outbox.is_empty() {
-            self.committed.notify_waiters();
-        }
-        Ok(commit.new_version())
     }
 }
 
@@ -820,12 +736,8 @@ impl OrderStore for PostgresOrderStore {
             .await;
         let row: Option<(i64, String)> = conn.check(row)?;
         drop(conn);
-        row.map(|(version, data)| {
-            let version = u64::try_from(version)
-                .map_err(|_| StoreError::Corrupt(format!("order {id}: negative version")))?;
-            snapshot::decode(&data, version)
-        })
-        .transpose()
+        row.map(|(version, data)| snapshot::decode_row(id, version, &data))
+            .transpose()
     }
 
     async fn is_handled(
@@ -845,13 +757,7 @@ impl OrderStore for PostgresOrderStore {
     }
 
     async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<OrderId>, StoreError> {
-        let mut conn = self.shared.conn().await?;
-        let row = sqlx::query_scalar("SELECT order_id FROM idempotency_keys WHERE key = $1")
-            .bind(key)
-            .fetch_optional(conn.get()?)
-            .await;
-        let row: Option<Uuid> = conn.check(row)?;
-        Ok(row.map(OrderId::from_uuid))
+        self.shared.key_owner(key).await
     }
 
     async fn commit(&self, commit: Commit) -> Result<u64, StoreError> {

@@ -132,6 +132,14 @@ pub(crate) fn encode(order: &Order) -> Result<String, StoreError> {
         .map_err(|e| StoreError::Corrupt(format!("cannot encode order {}: {e}", s.id)))
 }
 
+/// Rebuilds order `id` from its row: `version` and `json` as stored (a database
+/// integer, so a negative one is corrupt data).
+pub(crate) fn decode_row(id: OrderId, version: i64, json: &str) -> Result<Order, StoreError> {
+    let version = u64::try_from(version)
+        .map_err(|_| StoreError::Corrupt(format!("order {id}: negative version")))?;
+    decode(json, version)
+}
+
 /// Rebuilds the order stored as `json` at `version`.
 pub(crate) fn decode(json: &str, version: u64) -> Result<Order, StoreError> {
     let data: OrderData = serde_json::from_str(json)

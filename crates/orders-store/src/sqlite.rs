@@ -954,12 +954,8 @@ impl OrderStore for SqliteOrderStore {
                     .map_err(sqlite_error)
             })
             .await?;
-        row.map(|(version, data)| {
-            let version = u64::try_from(version)
-                .map_err(|_| StoreError::Corrupt(format!("order {id}: negative version")))?;
-            snapshot::decode(&data, version)
-        })
-        .transpose()
+        row.map(|(version, data)| snapshot::decode_row(id, version, &data))
+            .transpose()
     }
 
     async fn is_handled(
