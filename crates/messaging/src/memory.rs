@@ -3,9 +3,11 @@
 //! How it works:
 //!
 //! * A consumer group is created the first time its name subscribes, and stays: each
-//!   group owns `lanes` FIFO queues. A message goes to lane `hash(correlationId) % lanes`
-//!   of every group listening to its topic, so messages of one order keep their order
-//!   while different orders run in parallel.
+//!   group owns `lanes` FIFO queues. A message goes to the lane that holds the earlier
+//!   messages of its correlation id, as long as any of them is queued or in hand there,
+//!   so messages of one order keep their order; otherwise to an idle lane (the least
+//!   busy when none is idle), so one order's slow handler (a simulated delay, a commit
+//!   waiting for its group) never holds up another order that happened to hash alike.
 //! * A topic nobody has ever subscribed to has no route: publishing to it succeeds and
 //!   the message is dropped (nobody listens, so nobody misses it). A group that is away
 //!   still has its routes, so its messages are queued for its return.
@@ -211,6 +213,82 @@ struct Inner {
     idle: Notify,
 }
 
+/// The lane choice of one group. Keys are lane hashes of correlation ids; an entry lives
+/// while its id has messages queued or in hand in the group, so the map is bounded by the
+/// backlog, not by the number of orders ever seen.
+struct Affinity {
+    /// correlation hash → (its lane, its messages queued or in hand).
+    keys: HashMap<u64, (usize, usize), BuildHasherDefault<FxHasher>>,
+    /// Messages queued or in hand, per lane.
+    load: Box<[usize]>,
+    /// Where the search for an idle lane starts next, so idle lanes take turns.
+    cursor: usize,
+}
+
+impl Affinity {
+    fn new(lanes: usize) -> Self {
+        Self {
+            keys: HashMap::default(),
+            load: vec![0; lanes].into_boxed_slice(),
+            cursor: 0,
+        }
+    }
+
+    /// The lane for one more message of `hash`: the lane its pending messages are on,
+    /// else the first idle lane from the cursor, else the least busy one.
+    fn assign(&mut self, hash: u64) -> usize {
+        if let Some((lane, count)) = self.keys.get_mut(&hash) {
+            *count += 1;
+            self.load[*lane] += 1;
+            return *lane;
+        }
+        let lanes = self.load.len();
+        let mut best = self.cursor % lanes;
+        for step in 0..lanes {
+            let lane = (self.cursor + step) % lanes;
+            if self.load[lane] == 0 {
+                best = lane;
+                break;
+            }
+            if self.load[lane] < self.load[best] {
+                best = lane;
+            }
+        }
+        self.cursor = best + 1;
+        self.load[best] += 1;
+        self.keys.insert(hash, (best, 1));
+        best
+    }
+
+    /// One message of `hash` is done with (handled, dead-lettered or never queued).
+    fn release(&mut self, hash: u64) {
+        if let Some((lane, count)) = self.keys.get_mut(&hash) {
+            self.load[*lane] = self.load[*lane].saturating_sub(1);
+            *count -= 1;
+            if *count == 0 {
+                self.keys.remove(&hash);
+            }
+        }
+    }
+}
+
+impl Group {
+    /// Picks the lane of one more message of `hash`.
+    fn assign(&self, hash: u64) -> usize {
+        if self.lanes.len() <= 1 {
+            return 0;
+        }
+        lock(&self.affinity).assign(hash)
+    }
+
+    /// Forgets one message of `hash` (see [`Affinity::release`]).
+    fn unassign(&self, hash: u64) {
+        if self.lanes.len() > 1 {
+            lock(&self.affinity).release(hash);
+        }
+    }
+}
+
 /// Bit of [`Group::state`] set while workers consume the group.
 const ATTACHED: u64 = 1 << 63;
 /// Bits of [`Group::state`] that count the messages queued or in hand.
@@ -219,8 +297,11 @@ const COUNT: u64 = ATTACHED - 1;
 struct Group {
     /// The consumer-group name, for errors, logs and dead letters.
     name: String,
-    /// One FIFO per lane; a message's lane follows from its correlation id.
+    /// One FIFO per lane; [`Group::affinity`] picks a message's lane.
     lanes: Box<[Lane]>,
+    /// Which lane each correlation id with pending messages is on, and how busy each
+    /// lane is: per-order order without head-of-line blocking between orders.
+    affinity: Mutex<Affinity>,
     /// `ATTACHED | pending`, where pending is the number of messages queued or in hand
     /// (including room reserved by publishers). One word, so the attached flag and the
     /// count change together and `busy` can follow them exactly.
@@ -374,12 +455,14 @@ impl InMemoryBus {
 
     fn group(&self, name: &str, concurrency: Option<usize>) -> Arc<Group> {
         let mut groups = lock(&self.inner.groups);
+        let lanes = concurrency.unwrap_or(self.inner.config.lanes).max(1);
         groups
             .entry(name.to_owned())
             .or_insert_with(|| {
                 Arc::new(Group {
                     name: name.to_owned(),
-                    lanes: (0..concurrency.unwrap_or(self.inner.config.lanes).max(1))
+                    affinity: Mutex::new(Affinity::new(lanes)),
+                    lanes: (0..lanes)
                         .map(|_| {
                             let (tx, rx) = mpsc::unbounded_channel();
                             Lane {
@@ -624,10 +707,11 @@ impl Reservation<'_> {
         let envelope = Arc::new(envelope);
         let mut result = Ok(());
         for group in groups {
-            let lane = &group.lanes[lane_index(hash, group.lanes.len())];
+            let lane = &group.lanes[group.assign(hash)];
             if lane.tx.send(envelope.clone()).is_err() {
                 // Cannot happen: a lane's receiver is always held or parked.
                 tracing::error!(subscriber = %group.name, "lane closed: message not queued");
+                group.unassign(hash);
                 self.inner.release(group);
                 result = Err(BusError::Closed);
             }
@@ -782,9 +866,10 @@ impl Worker {
         }
     }
 
-    /// The message in hand is done with: its room is given back.
+    /// The message in hand is done with: its lane and its room are given back.
     fn finish(&mut self) {
-        if self.in_hand.take().is_some() {
+        if let Some((envelope, _)) = self.in_hand.take() {
+            self.group.unassign(lane_hash(&envelope.correlation_id));
             self.inner.release(&self.group);
         }
     }
@@ -863,19 +948,13 @@ impl Hasher for FxHasher {
 fn lane_hash(correlation_id: &str) -> u64 {
     let mut hasher = FxHasher::default();
     hasher.write(correlation_id.as_bytes());
-    // Fx leaves the low bits weak; mix them (murmur3's finalizer) before `% lanes`.
+    // Fx leaves the low bits weak; mix them (murmur3's finalizer), so distinct ids
+    // rarely share a key (ids that do merely share a lane).
     let mut h = hasher.finish();
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;
     h
-}
-
-fn lane_index(hash: u64, lanes: usize) -> usize {
-    if lanes <= 1 {
-        return 0;
-    }
-    usize::try_from(hash % lanes as u64).unwrap_or(0)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -999,17 +1078,61 @@ mod tests {
     }
 
     #[test]
-    fn lanes_spread_correlation_ids_and_keep_each_on_one_lane() {
-        let mut per_lane = [0usize; 4];
-        for n in 0..4000 {
-            let id = format!("order-{n}");
-            let lane = lane_index(lane_hash(&id), 4);
-            assert_eq!(lane, lane_index(lane_hash(&id), 4));
-            per_lane[lane] += 1;
-        }
-        assert!(
-            per_lane.iter().all(|&n| n > 800),
-            "lanes unbalanced: {per_lane:?}"
+    fn an_order_with_pending_messages_stays_on_its_lane() {
+        let mut affinity = Affinity::new(4);
+        let order = lane_hash("order-1");
+        let lane = affinity.assign(order);
+        // Other orders arrive meanwhile; the order's next messages follow its first.
+        affinity.assign(lane_hash("order-2"));
+        affinity.assign(lane_hash("order-3"));
+        assert_eq!(affinity.assign(order), lane);
+        affinity.release(order);
+        assert_eq!(affinity.assign(order), lane);
+    }
+
+    #[test]
+    fn orders_without_pending_messages_go_to_idle_lanes() {
+        let mut affinity = Affinity::new(4);
+        let lanes: Vec<usize> = (0..4)
+            .map(|n| affinity.assign(lane_hash(&format!("order-{n}"))))
+            .collect();
+        let mut distinct = lanes.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(
+            distinct.len(),
+            4,
+            "two orders share a lane while one is idle: {lanes:?}"
         );
+    }
+
+    #[test]
+    fn with_every_lane_busy_a_new_order_takes_the_least_busy_one() {
+        let mut affinity = Affinity::new(3);
+        let busy = lane_hash("busy");
+        let busy_lane = affinity.assign(busy);
+        affinity.assign(busy);
+        let others: Vec<usize> = ["a", "b"]
+            .iter()
+            .map(|id| affinity.assign(lane_hash(id)))
+            .collect();
+        assert!(!others.contains(&busy_lane));
+        // Loads are now 2, 1, 1: a new order must not queue behind the busy lane.
+        let lane = affinity.assign(lane_hash("new"));
+        assert_ne!(lane, busy_lane);
+    }
+
+    #[test]
+    fn a_released_order_is_forgotten_so_the_map_stays_bounded() {
+        let mut affinity = Affinity::new(8);
+        for n in 0..10_000 {
+            let key = lane_hash(&format!("order-{n}"));
+            affinity.assign(key);
+            affinity.assign(key);
+            affinity.release(key);
+            affinity.release(key);
+        }
+        assert!(affinity.keys.is_empty());
+        assert!(affinity.load.iter().all(|&n| n == 0));
     }
 }

@@ -714,6 +714,71 @@ async fn wait_idle_times_out_while_a_message_is_in_hand() {
     handle.unsubscribe().await;
 }
 
+/// Holds back every message of one correlation id until released; passes the rest on.
+struct HoldsBack {
+    held: &'static str,
+    release: Semaphore,
+    entered: AtomicUsize,
+    inner: Arc<Recorder>,
+}
+
+#[async_trait]
+impl MessageHandler for HoldsBack {
+    async fn handle(&self, envelope: &Envelope) -> Result<(), HandlerError> {
+        if envelope.correlation_id == self.held {
+            self.entered.fetch_add(1, Ordering::SeqCst);
+            self.inner.changed.notify_waiters();
+            self.release.acquire().await.unwrap().forget();
+        }
+        self.inner.handle(envelope).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_order_holds_up_only_its_own_later_messages() {
+    let bus = bus(InMemoryBusConfig::default().lanes(4));
+    let recorder = Recorder::acking();
+    let handler = Arc::new(HoldsBack {
+        held: "slow",
+        release: Semaphore::new(0),
+        entered: AtomicUsize::new(0),
+        inner: recorder.clone(),
+    });
+    let handle = bus
+        .subscribe(Subscription::new("g").topic("t"), handler.clone())
+        .await
+        .unwrap();
+    bus.publish(probe("t", "slow", 0)).await.unwrap();
+    recorder
+        .until("the slow order in hand", |_| {
+            handler.entered.load(Ordering::SeqCst) == 1
+        })
+        .await;
+
+    // With lanes picked by hash alone, about one order in four would queue behind it.
+    for n in 1..=32 {
+        bus.publish(probe("t", &format!("order-{n}"), n))
+            .await
+            .unwrap();
+        recorder.until_acked(n as usize).await;
+    }
+    // The slow order's own next message waits for its first.
+    bus.publish(probe("t", "slow", 99)).await.unwrap();
+    assert!(!bus.wait_idle(Duration::from_millis(20)).await);
+    assert_eq!(handler.entered.load(Ordering::SeqCst), 1);
+
+    handler.release.add_permits(2);
+    assert!(bus.wait_idle(DEADLINE).await);
+    let slow: Vec<u32> = recorder
+        .acked()
+        .into_iter()
+        .filter(|(c, _)| c == "slow")
+        .map(|(_, n)| n)
+        .collect();
+    assert_eq!(slow, vec![0, 99]);
+    handle.unsubscribe().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_stays_attached_until_its_last_lane_has_finished_its_message() {
     let bus = bus(InMemoryBusConfig::default().lanes(4));
