@@ -46,7 +46,8 @@ pub struct BenchConfig {
     /// Seconds of the paced-latency workload.
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
-    /// Which groups of rows to run.
+    /// Which groups of rows to run: memory, sqlite, postgres, http (both HTTP rows), or
+    /// one HTTP row alone: http-throughput, http-latency.
     #[arg(
         long,
         value_delimiter = ',',
@@ -65,6 +66,9 @@ pub struct BenchConfig {
     /// Orders in the HTTP throughput workload.
     #[arg(long, default_value_t = 5_000)]
     pub http_orders: usize,
+    /// Orders in the HTTP latency workload (64 clients, simulated delays).
+    #[arg(long, default_value_t = 2_000)]
+    pub http_latency_orders: usize,
     /// The PostgreSQL server to create scratch databases on.
     #[arg(
         long,
@@ -180,8 +184,11 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<Vec<Row>> {
     }
     // HTTP runs on SQLite: before PostgreSQL, whose server goes on writing (checkpoints,
     // dropping the scratch database) after its rows and would share the cores.
-    if wants("http") {
-        rows.extend(crate::bench_io::http_rows(config.http_orders).await?);
+    if wants("http") || wants("http-throughput") {
+        rows.push(crate::bench_io::http_throughput(config.http_orders).await?);
+    }
+    if wants("http") || wants("http-latency") {
+        rows.push(crate::bench_io::http_latency(config.http_latency_orders).await?);
     }
     if wants("postgres") {
         let url = config.postgres_url.clone();

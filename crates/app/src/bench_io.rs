@@ -519,19 +519,19 @@ async fn http_load(
     Ok((started.elapsed(), samples))
 }
 
-/// The HTTP rows, against `app serve` on a fresh SQLite file.
+/// HTTP (a): 256 keep-alive clients against `app serve` on a fresh SQLite file, no
+/// simulated delay: complete flows per second.
 ///
 /// # Errors
 /// When the server does not start or a flow fails.
-pub async fn http_rows(orders: usize) -> anyhow::Result<Vec<Row>> {
-    let mut rows = Vec::new();
+pub async fn http_throughput(orders: usize) -> anyhow::Result<Row> {
     eprintln!("bench: HTTP throughput ({orders} orders, 256 clients)…");
     let scratch = Scratch::sqlite();
     let server = ServerProcess::start(&scratch.spec, &[]).await?;
     let (elapsed, _) = http_load(&server.base, 256, orders).await?;
     drop(server);
     scratch.remove().await;
-    rows.push(Row {
+    Ok(Row {
         workload: "HTTP: 256 clients, POST /orders → StockReserved seen by blocking GET (SQLite)"
             .to_owned(),
         count: orders,
@@ -539,31 +539,37 @@ pub async fn http_rows(orders: usize) -> anyhow::Result<Vec<Row>> {
         throughput: Some((orders as f64 / elapsed.as_secs_f64(), "flows/s")),
         ratio: None,
         note: "keep-alive clients on loopback, no simulated delay".to_owned(),
-    });
+    })
+}
 
-    eprintln!("bench: HTTP latency (2000 orders, 64 clients, Payments and Stock delay 10 ms)…");
+/// HTTP (b) and (c): 64 clients, Payments and Stock taking 10 ms each: latency from the
+/// 201 to StockReserved seen, and the server's peak RSS over the run.
+///
+/// # Errors
+/// When the server does not start or a flow fails.
+pub async fn http_latency(orders: usize) -> anyhow::Result<Row> {
+    eprintln!("bench: HTTP latency ({orders} orders, 64 clients, Payments and Stock delay 10 ms)…");
     let scratch = Scratch::sqlite();
     let server = ServerProcess::start(
         &scratch.spec,
         &["--payments-delay-ms", "10", "--stock-delay-ms", "10"],
     )
     .await?;
-    let (elapsed, mut samples) = http_load(&server.base, 64, 2000).await?;
+    let (elapsed, mut samples) = http_load(&server.base, 64, orders).await?;
     let peak = server.peak_rss();
     drop(server);
     scratch.remove().await;
-    rows.push(Row {
+    Ok(Row {
         workload:
             "HTTP: 64 clients, Payments + Stock 10 ms each, 201 → StockReserved seen by blocking GET (SQLite)"
                 .to_owned(),
-        count: 2000,
+        count: orders,
         latency: Percentiles::of(&mut samples),
-        throughput: Some((2000.0 / elapsed.as_secs_f64(), "flows/s")),
+        throughput: Some((orders as f64 / elapsed.as_secs_f64(), "flows/s")),
         ratio: None,
         note: format!(
-            "server peak RSS over the 2,000-order run: {:.1} MiB",
+            "server peak RSS over the {orders}-order run: {:.1} MiB",
             peak as f64 / f64::from(1 << 20)
         ),
-    });
-    Ok(rows)
+    })
 }
