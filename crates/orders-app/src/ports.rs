@@ -62,6 +62,20 @@ pub struct Commit {
     pub idempotency_key: Option<String>,
 }
 
+impl Commit {
+    /// A commit of only the inbox record of a handled message that changed nothing (a
+    /// duplicate or a rejection).
+    #[must_use]
+    pub fn inbox_only(record: InboxRecord) -> Self {
+        Self {
+            order: None,
+            outbox: vec![],
+            inbox: Some(record),
+            idempotency_key: None,
+        }
+    }
+}
+
 /// Whether a message was sent or received by the order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use messaging::{Envelope, HandlerError};
 use orders_domain::{
-    IdempotencyWindow, Order, OrderError, OrderId, Timestamp, Transition,
+    IdempotencyWindow, Order, OrderError, OrderId, OrderStatus, Timestamp, Transition,
     default_idempotency_window,
 };
 
@@ -192,6 +192,12 @@ impl OrdersService {
     /// transition the order refuses is recorded as rejected (the caller acks it); an
     /// applied change is committed with its outbox messages and the inbox record.
     ///
+    /// The inbox is checked by the commit itself, not read first: the inbox record is
+    /// part of every commit here, so a redelivered message fails it with
+    /// [`StoreError::DuplicateMessage`] and nothing is written. That saves a database
+    /// read for every message that is new (nearly all of them) and leaves one place
+    /// that decides. What is logged is what was committed.
+    ///
     /// # Errors
     /// A retryable [`HandlerError`] when the store fails or conflicts persist.
     pub async fn apply_message<F>(
@@ -206,15 +212,6 @@ impl OrdersService {
     {
         let mut attempts = 0;
         loop {
-            if self
-                .store
-                .is_handled(subscriber, envelope.message_id)
-                .await
-                .map_err(retryable)?
-            {
-                tracing::info!(%order_id, "message already handled: redelivery ignored");
-                return Ok(HandlingOutcome::Duplicate);
-            }
             let now = self.clock.now();
             let inbox = |outcome| InboxRecord {
                 subscriber: subscriber.to_owned(),
@@ -224,74 +221,59 @@ impl OrdersService {
                 outcome,
                 handled_at: now,
             };
-            let (commit, outcome) = match self.store.load(order_id).await.map_err(retryable)? {
-                None => {
-                    tracing::error!(%order_id, message_id = %envelope.message_id, topic = %envelope.topic,
-                        "rejected: unknown order");
-                    let outcome = HandlingOutcome::Rejected("unknown order".to_owned());
-                    (
-                        Commit {
-                            order: None,
-                            outbox: vec![],
-                            inbox: Some(inbox(outcome.clone())),
-                            idempotency_key: None,
-                        },
-                        outcome,
-                    )
-                }
+            let (commit, verdict) = match self.store.load(order_id).await.map_err(retryable)? {
+                None => (
+                    Commit::inbox_only(inbox(HandlingOutcome::Rejected(
+                        "unknown order".to_owned(),
+                    ))),
+                    Verdict::UnknownOrder,
+                ),
                 Some(mut order) => {
                     let before = order.status();
                     order.prune_processed_ids(now, self.config.idempotency_window);
                     match apply(&mut order, now) {
                         Ok(Transition::Applied) => {
-                            tracing::info!(%order_id, from = %before, to = %order.status(), "applied");
+                            let after = order.status();
                             let outbox = self
                                 .outbox(&mut order, Some(envelope.message_id))
                                 .map_err(|e| HandlerError::permanent(e.to_string()))?;
-                            let outcome = HandlingOutcome::Applied;
                             (
                                 Commit {
                                     order: Some(order),
                                     outbox,
-                                    inbox: Some(inbox(outcome.clone())),
+                                    inbox: Some(inbox(HandlingOutcome::Applied)),
                                     idempotency_key: None,
                                 },
-                                outcome,
+                                Verdict::Applied { before, after },
                             )
                         }
-                        Ok(Transition::AlreadyApplied) => {
-                            tracing::info!(%order_id, status = %before, "duplicate: already applied, order unchanged");
-                            let outcome = HandlingOutcome::Duplicate;
-                            (
-                                Commit {
-                                    order: None,
-                                    outbox: vec![],
-                                    inbox: Some(inbox(outcome.clone())),
-                                    idempotency_key: None,
-                                },
-                                outcome,
-                            )
-                        }
-                        Err(error) => {
-                            tracing::warn!(%order_id, message_id = %envelope.message_id, topic = %envelope.topic,
-                                status = %before, %error, "rejected: order unchanged");
-                            let outcome = HandlingOutcome::Rejected(error.to_string());
-                            (
-                                Commit {
-                                    order: None,
-                                    outbox: vec![],
-                                    inbox: Some(inbox(outcome.clone())),
-                                    idempotency_key: None,
-                                },
-                                outcome,
-                            )
-                        }
+                        Ok(Transition::AlreadyApplied) => (
+                            Commit::inbox_only(inbox(HandlingOutcome::Duplicate)),
+                            Verdict::AlreadyApplied { status: before },
+                        ),
+                        Err(error) => (
+                            Commit::inbox_only(inbox(HandlingOutcome::Rejected(error.to_string()))),
+                            Verdict::Refused {
+                                status: before,
+                                error,
+                            },
+                        ),
                     }
                 }
             };
+            let outcome = commit
+                .inbox
+                .as_ref()
+                .map_or(HandlingOutcome::Duplicate, |record| record.outcome.clone());
             match self.store.commit(commit).await {
-                Ok(_) => return Ok(outcome),
-                Err(StoreError::DuplicateMessage { .. }) => return Ok(HandlingOutcome::Duplicate),
+                Ok(_) => {
+                    verdict.log(order_id, envelope);
+                    return Ok(outcome);
+                }
+                Err(StoreError::DuplicateMessage { .. }) => {
+                    tracing::info!(%order_id, "message already handled: redelivery ignored");
+                    return Ok(HandlingOutcome::Duplicate);
+                }
                 Err(StoreError::Conflict { .. }) if attempts < self.config.conflict_retries => {
                     attempts += 1;
                     tracing::debug!(%order_id, attempts, "conflict: reloading");
@@ -313,8 +295,7 @@ impl OrdersService {
         order_id: OrderId,
         reason: String,
     ) -> Result<HandlingOutcome, HandlerError> {
-        tracing::warn!(%order_id, message_id = %envelope.message_id, topic = %envelope.topic, %reason, "rejected: invalid message");
-        let outcome = HandlingOutcome::Rejected(reason);
+        let outcome = HandlingOutcome::Rejected(reason.clone());
         let inbox = InboxRecord {
             subscriber: subscriber.to_owned(),
             message_id: envelope.message_id,
@@ -323,18 +304,16 @@ impl OrdersService {
             outcome: outcome.clone(),
             handled_at: self.clock.now(),
         };
-        match self
-            .store
-            .commit(Commit {
-                order: None,
-                outbox: vec![],
-                inbox: Some(inbox),
-                idempotency_key: None,
-            })
-            .await
-        {
-            Ok(_) => Ok(outcome),
-            Err(StoreError::DuplicateMessage { .. }) => Ok(HandlingOutcome::Duplicate),
+        match self.store.commit(Commit::inbox_only(inbox)).await {
+            Ok(_) => {
+                tracing::warn!(%order_id, message_id = %envelope.message_id,
+                    topic = %envelope.topic, %reason, "rejected: invalid message");
+                Ok(outcome)
+            }
+            Err(StoreError::DuplicateMessage { .. }) => {
+                tracing::info!(%order_id, "message already handled: redelivery ignored");
+                Ok(HandlingOutcome::Duplicate)
+            }
             Err(e) => Err(retryable(e)),
         }
     }
@@ -361,6 +340,40 @@ impl OrdersService {
             .map(|event| envelope_for(event, causation))
             .collect::<Result<_, _>>()
             .map_err(|e| AppError::Store(StoreError::Corrupt(format!("cannot encode event: {e}"))))
+    }
+}
+
+/// What handling a message decided, logged once its commit went through.
+enum Verdict {
+    UnknownOrder,
+    Applied {
+        before: OrderStatus,
+        after: OrderStatus,
+    },
+    AlreadyApplied {
+        status: OrderStatus,
+    },
+    Refused {
+        status: OrderStatus,
+        error: OrderError,
+    },
+}
+
+impl Verdict {
+    fn log(&self, order_id: OrderId, envelope: &Envelope) {
+        match self {
+            Self::UnknownOrder => tracing::error!(%order_id, message_id = %envelope.message_id,
+                topic = %envelope.topic, "rejected: unknown order"),
+            Self::Applied { before, after } => {
+                tracing::info!(%order_id, from = %before, to = %after, "applied");
+            }
+            Self::AlreadyApplied { status } => {
+                tracing::info!(%order_id, %status, "duplicate: already applied, order unchanged");
+            }
+            Self::Refused { status, error } => tracing::warn!(%order_id,
+                message_id = %envelope.message_id, topic = %envelope.topic, %status, %error,
+                "rejected: order unchanged"),
+        }
     }
 }
 
