@@ -23,29 +23,47 @@
 //!   in-memory database (`sqlite::memory:`) exists only in its one connection, so there
 //!   the writer thread reads too.
 //! * A separate connection checkpoints the WAL every [`CHECKPOINT_EVERY`] commits, off
-//!   the writer's thread.
+//!   the writer's thread. Under steady load that alone never lets the WAL start over:
+//!   SQLite restarts it only when a write begins with every frame copied back, and the
+//!   writer always has new frames by then. So when a background checkpoint has copied
+//!   all it saw, the writer copies the few frames written meanwhile itself, between two
+//!   groups (well under a millisecond), and its next write starts the WAL over. Without
+//!   that the WAL grew past [`WAL_AUTOCHECKPOINT`] pages within seconds and the writer
+//!   checkpointed after every group, stalling commits for milliseconds at a time.
 //! * The migrations (`migrations/sqlite`) are applied with sqlx's migrator, which records
 //!   them in `_sqlx_migrations`, before the connections open.
+//!
+//! * **The relay publishes from memory.** After `COMMIT` the writer hands the committed
+//!   outbox rows (position and envelope) to the relay, which publishes them at once and
+//!   sends their "sent" marks to the writer without waiting for them: the marks join the
+//!   next group commit. The table is read only to catch up: at start, after rows were
+//!   requeued, after a failed publish or mark, when more rows were committed than the
+//!   hand-over holds, and once a second to find rows that some other writer committed.
+//!   Before it reads the table the relay waits for its marks, so a row being marked is
+//!   not taken for unsent; a crash before a mark lands publishes that row again, with
+//!   its messageId, as it always could.
 //!
 //! The relay is serialised in-process by a mutex and holds no connection while it
 //! publishes. Several processes relaying one file are not coordinated (use PostgreSQL).
 
 use std::{
+    collections::VecDeque,
     path::Path,
     str::FromStr,
     sync::{
         Arc, Mutex as StdMutex, MutexGuard, PoisonError,
+        atomic::{AtomicBool, Ordering},
         mpsc::{self as std_mpsc, Receiver, Sender, SyncSender},
     },
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use orders_app::{
     Commit, Direction, MessageRecord, OrderStore, Outbox, PruneReport, StoreError,
-    messaging::{MessageBus, MessageId},
+    messaging::{Envelope, MessageBus, MessageId},
 };
 use orders_domain::{Order, OrderId, Timestamp};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -76,6 +94,12 @@ const WAL_AUTOCHECKPOINT: i64 = 20_000;
 const CHECKPOINT_EVERY: usize = 1000;
 /// Prepared statements kept per connection.
 const STATEMENT_CACHE: usize = 64;
+/// Committed outbox rows the writer hands to the relay at most; past it, the relay reads
+/// the table instead (a relay that cannot keep up does not make memory grow).
+const FRESH_LIMIT: usize = 65_536;
+/// How often the relay reads the table although the hand-over had everything: rows
+/// committed by another writer of the file are published within this long.
+const RESCAN_EVERY: Duration = Duration::from_secs(1);
 /// Timestamps are stored as fixed-width UTC text, so text order is time order.
 const TIMESTAMP_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.9fZ";
 /// What the version triggers say when they refuse a write.
@@ -114,8 +138,11 @@ pub struct SqliteOrderStore {
     reader_ends: StdMutex<Vec<oneshot::Receiver<()>>>,
     /// An in-memory database: the writer thread reads too.
     in_memory: bool,
-    /// Serialises relays in this process, so rows leave in commit order, once.
-    relay_lock: Mutex<()>,
+    /// Serialises relays in this process, so rows leave in commit order, once; and what
+    /// the relay knows between calls.
+    relay: Mutex<RelayState>,
+    /// Committed outbox rows, handed over by the writer thread for the relay.
+    fresh: Arc<FreshRows>,
     /// Wakes the relay after a commit with outbox rows (shared with the writer thread).
     committed: Arc<Notify>,
     /// What this process (the only writer) committed last, for the flow's reads.
@@ -220,20 +247,27 @@ impl SqliteOrderStore {
         in_memory: bool,
     ) -> Result<Self, StoreError> {
         let committed = Arc::new(Notify::new());
+        let caught_up = Arc::new(AtomicBool::new(false));
         let checkpoints = match checkpointer {
             Some(conn) => {
                 let (due, asked) = std_mpsc::sync_channel(1);
-                spawn("sqlite-checkpoint", move || checkpoint_loop(conn, asked))?;
+                let done = caught_up.clone();
+                spawn("sqlite-checkpoint", move || {
+                    checkpoint_loop(conn, &asked, &done)
+                })?;
                 Some(due)
             }
             None => None,
         };
         let (jobs, queued) = std_mpsc::channel();
         let cache = Arc::new(WriteThroughCache::default());
+        let fresh = Arc::new(FreshRows::default());
         let writer_side = Writer {
             committed: committed.clone(),
             cache: cache.clone(),
+            fresh: fresh.clone(),
             checkpoints,
+            caught_up,
         };
         spawn("sqlite-writer", move || {
             write_loop(writer, &queued, &writer_side)
@@ -255,7 +289,8 @@ impl SqliteOrderStore {
             readers: StdMutex::new(Some(work)),
             reader_ends: StdMutex::new(reader_ends),
             in_memory,
-            relay_lock: Mutex::new(()),
+            relay: Mutex::new(RelayState::default()),
+            fresh,
             cache,
             committed,
         })
@@ -268,11 +303,15 @@ impl SqliteOrderStore {
     /// [`StoreError::Unavailable`] when a statement fails.
     pub async fn execute_admin(&self, sql: &str) -> Result<u64, StoreError> {
         let sql = sql.to_owned();
-        self.on_writer(move |conn| {
-            conn.execute_batch(&sql).map_err(sqlite_error)?;
-            Ok(conn.changes())
-        })
-        .await
+        let changed = self
+            .on_writer(move |conn| {
+                conn.execute_batch(&sql).map_err(sqlite_error)?;
+                Ok(conn.changes())
+            })
+            .await;
+        // It may have written outbox rows the hand-over knows nothing of.
+        self.relay.lock().await.scan = true;
+        changed
     }
 
     /// Outbox rows parked because their envelope could not be decoded; they are never
@@ -368,6 +407,11 @@ impl SqliteOrderStore {
         if positions.is_empty() {
             return Ok(());
         }
+        self.send_mark(positions)?.await.map_err(|_| closed())?
+    }
+
+    /// Queues the "sent" mark of `positions` for the writer; the answer says how it went.
+    fn send_mark(&self, positions: &[i64]) -> Result<MarkAnswer, StoreError> {
         let positions = serde_json::to_string(positions)
             .map_err(|e| StoreError::Corrupt(format!("cannot encode positions: {e}")))?;
         let (answer, answered) = oneshot::channel();
@@ -378,7 +422,63 @@ impl SqliteOrderStore {
                 answer,
             })
             .map_err(|_| closed())?;
-        answered.await.map_err(|_| closed())?
+        Ok(answered)
+    }
+
+    /// Publishes unsent rows read from the table, in position order, and marks them
+    /// (waiting for the marks). Clears `state.scan` once it has read everything unsent.
+    async fn relay_from_table(
+        &self,
+        state: &mut RelayState,
+        limit: usize,
+        bus: &dyn MessageBus,
+    ) -> Result<usize, StoreError> {
+        // Set until this read has caught up, so a failure half way means "read again".
+        state.scan = true;
+        state.last_scan = Some(Instant::now());
+        let mut sent = 0;
+        while sent < limit {
+            let want = limit - sent;
+            let asked = i64::try_from(want).unwrap_or(i64::MAX);
+            let rows: Vec<(i64, String)> = self
+                .read(move |conn| {
+                    let mut select = conn
+                        .prepare_cached(
+                            "SELECT position, envelope FROM outbox \
+                             WHERE sent_at IS NULL AND parked_at IS NULL \
+                             ORDER BY position LIMIT ?1",
+                        )
+                        .map_err(sqlite_error)?;
+                    let rows = select
+                        .query_map([asked], |row| Ok((row.get(0)?, row.get(1)?)))
+                        .map_err(sqlite_error)?;
+                    rows.collect::<Result<Vec<_>, _>>().map_err(sqlite_error)
+                })
+                .await?;
+            let caught_up = rows.len() < want;
+            let RelayBatch { publish, park } = RelayBatch::decode(rows);
+            let parked_some = !park.is_empty();
+            self.mark_parked(park).await?;
+            let ready = publish.len();
+            let published = publish_in_order(publish, bus).await;
+            self.mark_sent(&published).await?;
+            if let Some(&last) = published.last() {
+                state.cursor = state.cursor.max(last);
+            }
+            sent += published.len();
+            if published.len() < ready {
+                break;
+            }
+            if caught_up {
+                state.scan = false;
+                break;
+            }
+            // A full batch: go on only to fill one that parked rows made short.
+            if !parked_some {
+                break;
+            }
+        }
+        Ok(sent)
     }
 }
 
@@ -547,6 +647,8 @@ struct PreparedCommit {
     check_key_only: bool,
     /// The order as it will be once committed, for the cache.
     cached: Option<Order>,
+    /// The outbox messages themselves, handed to the relay once committed.
+    envelopes: Vec<Envelope>,
 }
 
 impl PreparedCommit {
@@ -559,7 +661,7 @@ impl PreparedCommit {
             inbox,
             idempotency_key,
         } = commit;
-        let outbox = outbox
+        let rows = outbox
             .iter()
             .map(|envelope| {
                 let row = NewOutboxRow::new(envelope)?;
@@ -604,7 +706,7 @@ impl PreparedCommit {
                 _ => None,
             },
             order: order_row,
-            outbox,
+            outbox: rows,
             loaded: order.as_ref().map(|o| (o.id(), o.version())),
             handled: inbox.map(|r| (r.subscriber, r.message_id)),
             check_key_only: idempotency_key.is_some() && order.is_none(),
@@ -613,6 +715,7 @@ impl PreparedCommit {
                 o.mark_saved(o.version().saturating_add(1));
                 o
             }),
+            envelopes: outbox,
         })
     }
 
@@ -642,9 +745,16 @@ impl PreparedCommit {
         let _ = answer.send(result);
     }
 
-    /// Writes the rows on `conn`, inside the caller's transaction; a failure is
-    /// explained (which precondition), and the caller rolls the rows back.
-    fn write(&self, conn: &Connection) -> Result<(), StoreError> {
+    /// Hands the committed outbox rows (at `positions`) to the relay.
+    fn hand_over(&mut self, positions: Vec<i64>, fresh: &FreshRows) {
+        let envelopes = std::mem::take(&mut self.envelopes);
+        fresh.push(positions.into_iter().zip(envelopes));
+    }
+
+    /// Writes the rows on `conn`, inside the caller's transaction, and returns the
+    /// positions of its outbox rows; a failure is explained (which precondition), and
+    /// the caller rolls the rows back.
+    fn write(&self, conn: &Connection) -> Result<Vec<i64>, StoreError> {
         if self.check_key_only
             && let Some(key) = &self.idempotency_key
             && let Some(existing) = key_owner(conn, key)?
@@ -654,7 +764,7 @@ impl PreparedCommit {
         self.execute(conn).map_err(|e| self.explain(conn, e))
     }
 
-    fn execute(&self, conn: &Connection) -> rusqlite::Result<()> {
+    fn execute(&self, conn: &Connection) -> rusqlite::Result<Vec<i64>> {
         if let Some(r) = &self.inbox {
             conn.prepare_cached(INSERT_INBOX)?.execute(params![
                 r.subscriber,
@@ -680,6 +790,7 @@ impl PreparedCommit {
                 o.updated_at
             ])?;
         }
+        let mut positions = Vec::with_capacity(self.outbox.len());
         if !self.outbox.is_empty() {
             let mut insert = conn.prepare_cached(INSERT_OUTBOX)?;
             for row in &self.outbox {
@@ -690,9 +801,10 @@ impl PreparedCommit {
                     row.envelope,
                     row.created_at
                 ])?;
+                positions.push(conn.last_insert_rowid());
             }
         }
-        Ok(())
+        Ok(positions)
     }
 
     /// What a failed statement means for the caller.
@@ -772,11 +884,23 @@ fn write_loop(mut conn: Connection, jobs: &Receiver<Job>, writer: &Writer) {
                     }
                     since_checkpoint = 0;
                 }
-                if write_group(&mut conn, &writer.cache, group) {
+                if write_group(&mut conn, writer, group) {
                     writer.committed.notify_waiters();
+                }
+                if writer.caught_up.swap(false, Ordering::AcqRel) {
+                    finish_checkpoint(&conn);
                 }
             }
         }
+    }
+}
+
+/// Copies back the frames written since the background checkpoint finished, on the
+/// writer's connection between two groups, so that its next write starts the WAL over
+/// (see the module docs).
+fn finish_checkpoint(conn: &Connection) {
+    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        tracing::debug!(error = %e, "finishing the checkpoint failed; the next one will");
     }
 }
 
@@ -785,16 +909,34 @@ struct Writer {
     /// Notified after a commit with outbox rows.
     committed: Arc<Notify>,
     cache: Arc<WriteThroughCache>,
+    /// Where committed outbox rows go for the relay.
+    fresh: Arc<FreshRows>,
     /// Asks the checkpoint thread for a checkpoint.
     checkpoints: Option<SyncSender<()>>,
+    /// Set by the checkpoint thread when it copied back every frame it saw.
+    caught_up: Arc<AtomicBool>,
 }
 
 /// Copies the WAL back into the database file when the writer asks, on a connection of
 /// its own: the writer's thread does not spend its time on it. Ends with the writer.
-fn checkpoint_loop(conn: Connection, asked: Receiver<()>) {
+fn checkpoint_loop(conn: Connection, asked: &Receiver<()>, caught_up: &AtomicBool) {
     while asked.recv().is_ok() {
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(error = %e, "WAL checkpoint failed; the writer's automatic one will do it");
+        // (busy, frames in the WAL, frames copied back)
+        let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
+        });
+        match result {
+            Ok((0, frames, copied)) if frames > 0 && copied == frames => {
+                caught_up.store(true, Ordering::Release);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "WAL checkpoint failed; the writer's automatic one will do it");
+            }
         }
     }
     if let Err((_, e)) = conn.close() {
@@ -823,15 +965,17 @@ fn read_loop(conn: Connection, waiting: &StdMutex<Receiver<ReaderWork>>) {
 /// usually), it is rolled back and each write is done alone, in its own transaction, so
 /// each gets its own answer and only the failing ones fail. Nobody hears "committed"
 /// before `COMMIT` returned.
-fn write_group(conn: &mut Connection, cache: &WriteThroughCache, group: Vec<Job>) -> bool {
+fn write_group(conn: &mut Connection, writer: &Writer, group: Vec<Job>) -> bool {
+    let cache = &*writer.cache;
     if group.len() > 1 {
         match write_together(conn, &group) {
-            Ok(()) => {
+            Ok(mut positions) => {
                 let mut wrote_outbox = false;
                 for job in group {
                     match job {
-                        Job::Commit(commit, answer) => {
+                        Job::Commit(mut commit, answer) => {
                             wrote_outbox |= commit.has_outbox();
+                            commit.hand_over(positions.next().unwrap_or_default(), &writer.fresh);
                             commit.answer(cache, answer, Ok(()));
                         }
                         Job::MarkSent { answer, .. } => {
@@ -851,9 +995,16 @@ fn write_group(conn: &mut Connection, cache: &WriteThroughCache, group: Vec<Job>
     let mut wrote_outbox = false;
     for job in group {
         match job {
-            Job::Commit(commit, answer) => {
+            Job::Commit(mut commit, answer) => {
                 let result = in_transaction(conn, |conn| commit.write(conn));
-                wrote_outbox |= result.is_ok() && commit.has_outbox();
+                let result = match result {
+                    Ok(positions) => {
+                        wrote_outbox |= commit.has_outbox();
+                        commit.hand_over(positions, &writer.fresh);
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                };
                 commit.answer(cache, answer, result);
             }
             Job::MarkSent {
@@ -872,32 +1023,148 @@ fn write_group(conn: &mut Connection, cache: &WriteThroughCache, group: Vec<Job>
 }
 
 /// Every write of `group` in one transaction, committed; the first failure stops it
-/// (and the caller rolls back).
-fn write_together(conn: &Connection, group: &[Job]) -> Result<(), StoreError> {
+/// (and the caller rolls back). Returns the outbox positions of each commit, in order.
+fn write_together(
+    conn: &Connection,
+    group: &[Job],
+) -> Result<std::vec::IntoIter<Vec<i64>>, StoreError> {
     conn.execute_batch("BEGIN IMMEDIATE")
         .map_err(sqlite_error)?;
+    let mut positions = Vec::with_capacity(group.len());
     for job in group {
         match job {
-            Job::Commit(commit, _) => commit.write(conn)?,
+            Job::Commit(commit, _) => positions.push(commit.write(conn)?),
             Job::MarkSent { positions, at, .. } => mark_sent(conn, positions, at)?,
             Job::Run(_) | Job::Close(_) => return Err(not_a_group_write()),
         }
     }
-    conn.execute_batch("COMMIT").map_err(sqlite_error)
+    conn.execute_batch("COMMIT").map_err(sqlite_error)?;
+    Ok(positions.into_iter())
 }
 
 /// `write` in a transaction of its own: committed when it succeeds, rolled back when not.
-fn in_transaction(
+fn in_transaction<T>(
     conn: &Connection,
-    write: impl FnOnce(&Connection) -> Result<(), StoreError>,
-) -> Result<(), StoreError> {
+    write: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
     conn.execute_batch("BEGIN IMMEDIATE")
         .map_err(sqlite_error)?;
-    let result = write(conn).and_then(|()| conn.execute_batch("COMMIT").map_err(sqlite_error));
+    let result = write(conn).and_then(|written| {
+        conn.execute_batch("COMMIT")
+            .map_err(sqlite_error)
+            .map(|()| written)
+    });
     if result.is_err() {
         roll_back(conn);
     }
     result
+}
+
+/// Outbox rows this process committed, handed from the writer thread to the relay so
+/// that it publishes them at once instead of reading them back from the file.
+#[derive(Default)]
+struct FreshRows {
+    queue: StdMutex<FreshQueue>,
+}
+
+#[derive(Default)]
+struct FreshQueue {
+    /// `(position, envelope)` in commit order.
+    rows: VecDeque<(i64, Envelope)>,
+    /// Rows were dropped (more than [`FRESH_LIMIT`] waiting) since the relay last took.
+    overflowed: bool,
+}
+
+impl FreshRows {
+    /// Adds committed rows, in commit order; past [`FRESH_LIMIT`] it forgets what it
+    /// holds and says so: the rows are in the table.
+    fn push(&self, rows: impl IntoIterator<Item = (i64, Envelope)>) {
+        let mut queue = lock(&self.queue);
+        for row in rows {
+            if queue.rows.len() >= FRESH_LIMIT {
+                queue.rows.clear();
+                queue.overflowed = true;
+            }
+            queue.rows.push_back(row);
+        }
+    }
+
+    /// Up to `limit` rows after position `cursor` (older ones are dropped: the relay has
+    /// them from the table), and whether rows were dropped for want of room.
+    fn take(&self, cursor: i64, limit: usize) -> (Vec<(i64, Envelope)>, bool) {
+        let mut queue = lock(&self.queue);
+        while queue
+            .rows
+            .front()
+            .is_some_and(|(position, _)| *position <= cursor)
+        {
+            queue.rows.pop_front();
+        }
+        let n = limit.min(queue.rows.len());
+        let rows = queue.rows.drain(..n).collect();
+        (rows, std::mem::take(&mut queue.overflowed))
+    }
+}
+
+/// The writer's answer to a "sent" mark.
+type MarkAnswer = oneshot::Receiver<Result<(), StoreError>>;
+
+/// What the relay keeps between calls.
+struct RelayState {
+    /// Read the table before trusting the hand-over (see the module docs).
+    scan: bool,
+    /// When the table was last read.
+    last_scan: Option<Instant>,
+    /// The highest position published: older rows handed over are not published again.
+    cursor: i64,
+    /// Marks sent to the writer and not yet seen answered, oldest first.
+    marks: VecDeque<MarkAnswer>,
+}
+
+impl Default for RelayState {
+    fn default() -> Self {
+        Self {
+            scan: true,
+            last_scan: None,
+            cursor: 0,
+            marks: VecDeque::new(),
+        }
+    }
+}
+
+impl RelayState {
+    /// Takes the answers of the marks that are done; a failed one means the table must
+    /// be read (its rows are still unsent there).
+    fn collect_marks(&mut self) {
+        while let Some(answer) = self.marks.front_mut() {
+            match answer.try_recv() {
+                Ok(result) => {
+                    self.marks.pop_front();
+                    self.note_mark(result);
+                }
+                Err(oneshot::error::TryRecvError::Empty) => break,
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    self.marks.pop_front();
+                    self.note_mark(Err(closed()));
+                }
+            }
+        }
+    }
+
+    /// Waits for every mark sent so far.
+    async fn settle_marks(&mut self) {
+        while let Some(answer) = self.marks.pop_front() {
+            let result = answer.await.unwrap_or_else(|_| Err(closed()));
+            self.note_mark(result);
+        }
+    }
+
+    fn note_mark(&mut self, result: Result<(), StoreError>) {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "marking published outbox rows sent failed; they stay unsent and are published again");
+            self.scan = true;
+        }
+    }
 }
 
 /// Ends the transaction a failed write may have left open; "no transaction" (SQLite
@@ -1070,44 +1337,41 @@ impl OrderStore for SqliteOrderStore {
 #[async_trait]
 impl Outbox for SqliteOrderStore {
     async fn relay(&self, limit: usize, bus: &dyn MessageBus) -> Result<usize, StoreError> {
-        let _one_relay_at_a_time = self.relay_lock.lock().await;
-        let mut sent = 0;
-        while sent < limit {
-            let want = i64::try_from(limit - sent).unwrap_or(i64::MAX);
-            let rows: Vec<(i64, String)> = self
-                .read(move |conn| {
-                    let mut select = conn
-                        .prepare_cached(
-                            "SELECT position, envelope FROM outbox \
-                             WHERE sent_at IS NULL AND parked_at IS NULL \
-                             ORDER BY position LIMIT ?1",
-                        )
-                        .map_err(sqlite_error)?;
-                    let rows = select
-                        .query_map([want], |row| Ok((row.get(0)?, row.get(1)?)))
-                        .map_err(sqlite_error)?;
-                    rows.collect::<Result<Vec<_>, _>>().map_err(sqlite_error)
-                })
-                .await?;
-            if rows.is_empty() {
-                break;
-            }
-            let RelayBatch { publish, park } = RelayBatch::decode(rows);
-            let parked_some = !park.is_empty();
-            self.mark_parked(park).await?;
-            let ready = publish.len();
-            let published = publish_in_order(publish, bus).await;
-            self.mark_sent(&published).await?;
-            sent += published.len();
-            // Go on only to fill a batch that parked rows made short.
-            if published.len() < ready || !parked_some {
-                break;
-            }
+        let mut state = self.relay.lock().await;
+        state.collect_marks();
+        let (rows, overflowed) = self.fresh.take(state.cursor, limit);
+        if overflowed {
+            tracing::warn!(
+                limit = FRESH_LIMIT,
+                "relay fell behind the commits: reading them from the table"
+            );
+            state.scan = true;
         }
-        Ok(sent)
+        let due = state
+            .last_scan
+            .is_none_or(|at| at.elapsed() >= RESCAN_EVERY);
+        if state.scan || due {
+            // The rows just taken are still unsent in the table: the read finds them.
+            state.settle_marks().await;
+            return self.relay_from_table(&mut state, limit, bus).await;
+        }
+        let ready = rows.len();
+        let published = publish_in_order(rows, bus).await;
+        if published.len() < ready {
+            // The rest is unsent in the table; read it from there next time.
+            state.scan = true;
+        }
+        if let Some(&last) = published.last() {
+            state.cursor = state.cursor.max(last);
+            let mark = self.send_mark(&published)?;
+            state.marks.push_back(mark);
+        }
+        Ok(published.len())
     }
 
     async fn unsent(&self) -> Result<u64, StoreError> {
+        // Counted after the relay's marks landed, so a published row does not count.
+        self.relay.lock().await.settle_marks().await;
         self.read(|conn| {
             count(
                 conn,
@@ -1139,6 +1403,8 @@ impl Outbox for SqliteOrderStore {
             })
             .await?;
         if requeued > 0 {
+            // Rows behind the relay's cursor are unsent again: it must read the table.
+            self.relay.lock().await.scan = true;
             self.committed.notify_waiters();
         }
         Ok(requeued)
