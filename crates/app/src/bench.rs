@@ -66,8 +66,9 @@ pub struct BenchConfig {
     /// Orders in the HTTP throughput workload.
     #[arg(long, default_value_t = 5_000)]
     pub http_orders: usize,
-    /// Orders in the HTTP latency workload (64 clients, simulated delays).
-    #[arg(long, default_value_t = 2_000)]
+    /// Orders in the HTTP latency workload (64 clients, simulated delays); the server's
+    /// peak RSS is also read after the first 2,000.
+    #[arg(long, default_value_t = 10_000)]
     pub http_latency_orders: usize,
     /// The PostgreSQL server to create scratch databases on.
     #[arg(
