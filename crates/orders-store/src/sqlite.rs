@@ -60,7 +60,7 @@ use std::{
 };
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use orders_app::{
     Commit, Direction, MessageRecord, OrderStore, Outbox, PruneReport, StoreError,
     messaging::{Envelope, MessageBus, MessageId},
@@ -100,8 +100,6 @@ const FRESH_LIMIT: usize = 65_536;
 /// How often the relay reads the table although the hand-over had everything: rows
 /// committed by another writer of the file are published within this long.
 const RESCAN_EVERY: Duration = Duration::from_secs(1);
-/// Timestamps are stored as fixed-width UTC text, so text order is time order.
-const TIMESTAMP_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.9fZ";
 /// What the version triggers say when they refuse a write.
 const VERSION_CONFLICT: &str = "order version conflict";
 
@@ -569,7 +567,9 @@ fn configure(conn: &Connection, file: bool) -> Result<(), StoreError> {
 }
 
 fn timestamp_text(at: Timestamp) -> String {
-    at.format(TIMESTAMP_FORMAT).to_string()
+    // Fixed-width UTC text (`2026-01-05T10:00:00.000000000Z`), so text order is time
+    // order; chrono's RFC 3339 writer, not a format string parsed on every call.
+    at.to_rfc3339_opts(SecondsFormat::Nanos, true)
 }
 
 fn parse_timestamp(text: &str) -> Result<Timestamp, StoreError> {
