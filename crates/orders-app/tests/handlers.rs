@@ -267,3 +267,50 @@ async fn an_undecodable_payload_or_unknown_topic_is_a_permanent_error() {
         ErrorKind::Permanent
     );
 }
+
+fn reserved(order: OrderId, reservation: &str) -> Envelope {
+    let payload = contracts::StockReserved {
+        order_id: order.as_uuid(),
+        reservation_id: reservation.into(),
+        items: vec![contracts::ItemQuantity {
+            product_id: "book".into(),
+            quantity: 2,
+        }],
+        timestamp: Utc::now(),
+    };
+    Envelope::new(
+        uuid::Uuid::new_v4(),
+        topics::STOCK_RESERVED,
+        Utc::now(),
+        order.to_string(),
+        None,
+        &payload,
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_rejected_message_redelivered_after_the_order_moved_on_changes_nothing() {
+    // The inbox is checked by the commit, not read first: the redelivery would apply
+    // now (the order is Paid), but its commit carries the same inbox record and fails.
+    let w = world();
+    let id = placed(&w).await;
+    let early = reserved(id, "res-1");
+    assert!(matches!(
+        w.handler.dispatch(&early).await,
+        Ok(HandlingOutcome::Rejected(_))
+    ));
+    let payment = approved(id, "pay-1", Decimal::new(2100, 2), "EUR");
+    assert_eq!(
+        w.handler.dispatch(&payment).await,
+        Ok(HandlingOutcome::Applied)
+    );
+
+    assert_eq!(
+        w.handler.dispatch(&early).await,
+        Ok(HandlingOutcome::Duplicate)
+    );
+    let order = w.service.order(id).await.unwrap();
+    assert_eq!(order.status(), OrderStatus::Paid);
+    assert_eq!(order.version(), 2);
+}
