@@ -128,13 +128,22 @@ fn approved(order: OrderId, payment: &str, amount: Decimal, currency: &str) -> E
         currency: currency.into(),
         timestamp: Utc::now(),
     };
+    envelope_about(topics::PAYMENT_APPROVED, order, &payload)
+}
+
+/// A new message (fresh id) about `order`.
+fn envelope_about(
+    topic: &'static str,
+    order: OrderId,
+    payload: &impl serde::Serialize,
+) -> Envelope {
     Envelope::new(
         uuid::Uuid::new_v4(),
-        topics::PAYMENT_APPROVED,
+        topic,
         Utc::now(),
         order.to_string(),
         None,
-        &payload,
+        payload,
     )
     .unwrap()
 }
@@ -278,15 +287,7 @@ fn reserved(order: OrderId, reservation: &str) -> Envelope {
         }],
         timestamp: Utc::now(),
     };
-    Envelope::new(
-        uuid::Uuid::new_v4(),
-        topics::STOCK_RESERVED,
-        Utc::now(),
-        order.to_string(),
-        None,
-        &payload,
-    )
-    .unwrap()
+    envelope_about(topics::STOCK_RESERVED, order, &payload)
 }
 
 #[tokio::test]
