@@ -40,8 +40,8 @@
 //!
 //! * **The relay publishes from memory.** After `COMMIT` the writer hands the committed
 //!   outbox rows (position and envelope) to the relay, which publishes them at once and
-//!   sends their "sent" marks to the writer without waiting for them: the marks join the
-//!   next group commit. The table is read only to catch up: at start, after rows were
+//!   sends their "sent" marks to the writer without waiting for them, [`MARK_BATCH`]
+//!   rows or [`MARK_DELAY`] at a time: the marks join the next group commit. The table is read only to catch up: at start, after rows were
 //!   requeued, after a failed publish or mark, when more rows were committed than the
 //!   hand-over holds, and once a second to find rows that some other writer committed.
 //!   Before it reads the table the relay waits for its marks, so a row being marked is
@@ -104,6 +104,11 @@ const STATEMENT_CACHE: usize = 64;
 /// Committed outbox rows the writer hands to the relay at most; past it, the relay reads
 /// the table instead (a relay that cannot keep up does not make memory grow).
 const FRESH_LIMIT: usize = 65_536;
+/// Published rows whose "sent" marks the relay sends to the writer in one go, at most...
+const MARK_BATCH: usize = 64;
+/// ...or after this long, whichever comes first. A crash before a mark lands publishes
+/// those rows again, with their messageIds, as it always could.
+const MARK_DELAY: Duration = Duration::from_millis(10);
 /// How often the relay reads the table although the hand-over had everything: rows
 /// committed by another writer of the file are published within this long.
 const RESCAN_EVERY: Duration = Duration::from_secs(1);
@@ -337,6 +342,10 @@ impl SqliteOrderStore {
     /// Closes the connections (the last one checkpoints the WAL) after the writes queued
     /// before. Later calls fail as unavailable.
     pub async fn close(&self) {
+        // Published rows are marked first, so a clean stop publishes nothing twice.
+        if let Err(e) = self.settle_marks(&mut *self.relay.lock().await).await {
+            tracing::warn!(error = %e, "marking published outbox rows failed; they are published again on start");
+        }
         // The reader threads end when their queue closes, after the reads queued before.
         drop(lock(&self.readers).take());
         let ends = std::mem::take(&mut *lock(&self.reader_ends));
@@ -428,6 +437,25 @@ impl SqliteOrderStore {
             })
             .map_err(|_| closed())?;
         Ok(answered)
+    }
+
+    /// Sends the marks of the rows published since the last ones went out.
+    fn send_unmarked(&self, state: &mut RelayState) -> Result<(), StoreError> {
+        state.unmarked_since = None;
+        if state.unmarked.is_empty() {
+            return Ok(());
+        }
+        let positions = std::mem::take(&mut state.unmarked);
+        let mark = self.send_mark(&positions)?;
+        state.marks.push_back(mark);
+        Ok(())
+    }
+
+    /// Sends what is unmarked and waits for every mark.
+    async fn settle_marks(&self, state: &mut RelayState) -> Result<(), StoreError> {
+        self.send_unmarked(state)?;
+        state.settle_marks().await;
+        Ok(())
     }
 
     /// Publishes unsent rows read from the table, in position order, and marks them
@@ -1137,6 +1165,10 @@ struct RelayState {
     cursor: i64,
     /// Marks sent to the writer and not yet seen answered, oldest first.
     marks: VecDeque<MarkAnswer>,
+    /// Positions published and not yet sent to be marked, and since when: marks go out
+    /// [`MARK_BATCH`] rows or [`MARK_DELAY`] at a time, not one per commit.
+    unmarked: Vec<i64>,
+    unmarked_since: Option<Instant>,
 }
 
 impl Default for RelayState {
@@ -1146,6 +1178,8 @@ impl Default for RelayState {
             last_scan: None,
             cursor: 0,
             marks: VecDeque::new(),
+            unmarked: Vec::new(),
+            unmarked_since: None,
         }
     }
 }
@@ -1370,7 +1404,7 @@ impl Outbox for SqliteOrderStore {
             .is_none_or(|at| at.elapsed() >= RESCAN_EVERY);
         if state.scan || due {
             // The rows just taken are still unsent in the table: the read finds them.
-            state.settle_marks().await;
+            self.settle_marks(&mut state).await?;
             return self.relay_from_table(&mut state, limit, bus).await;
         }
         let ready = rows.len();
@@ -1381,15 +1415,22 @@ impl Outbox for SqliteOrderStore {
         }
         if let Some(&last) = published.last() {
             state.cursor = state.cursor.max(last);
-            let mark = self.send_mark(&published)?;
-            state.marks.push_back(mark);
+            state.unmarked.extend_from_slice(&published);
+            state.unmarked_since.get_or_insert_with(Instant::now);
+        }
+        let due = state.unmarked.len() >= MARK_BATCH
+            || state
+                .unmarked_since
+                .is_some_and(|since| since.elapsed() >= MARK_DELAY);
+        if due {
+            self.send_unmarked(&mut state)?;
         }
         Ok(published.len())
     }
 
     async fn unsent(&self) -> Result<u64, StoreError> {
         // Counted after the relay's marks landed, so a published row does not count.
-        self.relay.lock().await.settle_marks().await;
+        self.settle_marks(&mut *self.relay.lock().await).await?;
         self.read(|conn| {
             count(
                 conn,

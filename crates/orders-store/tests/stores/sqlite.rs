@@ -210,3 +210,24 @@ async fn under_steady_concurrent_writes_the_wal_starts_over() {
         "the WAL grew to {frames} pages: it was not started over under load"
     );
 }
+
+#[tokio::test]
+async fn closing_marks_what_the_relay_published_so_a_restart_sends_nothing_twice() {
+    let file = TempDb::new();
+    let store = SqliteOrderStore::connect(file.path_str()).await.unwrap();
+    let bus = RecordingBus::new();
+    assert_eq!(store.relay(10, bus.as_ref()).await.unwrap(), 0);
+    for i in 0..3 {
+        place(&store, at(i)).await;
+    }
+    // Published from the hand-over; their marks wait for a batch to fill.
+    assert_eq!(store.relay(10, bus.as_ref()).await.unwrap(), 3);
+    store.close().await;
+    drop(store);
+
+    let store = SqliteOrderStore::connect(file.path_str()).await.unwrap();
+    assert_eq!(store.unsent().await.unwrap(), 0);
+    assert_eq!(store.relay(10, bus.as_ref()).await.unwrap(), 0);
+    assert_eq!(bus.published().len(), 3);
+    store.close().await;
+}
