@@ -90,8 +90,17 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const READERS: usize = 2;
 /// The most writes in one transaction.
 const MAX_GROUP: usize = 256;
-/// Page cache per connection: 16 MiB (negative: KiB), so hot index pages stay in memory.
-const CACHE_SIZE_KIB: i64 = 16 * 1024;
+/// The writer's page cache (KiB): the pages its inserts and marks keep touching (the
+/// right edge of every index, recent rows) stay in memory. Each connection's cache
+/// fills up to its size as the file grows, so the sizes are what the process's memory
+/// grows to: with 16 MiB for all four connections the service's RSS went from 29 MiB
+/// after 2,000 orders to 64 MiB after 30,000.
+const WRITER_CACHE_KIB: i64 = 8 * 1024;
+/// A reader's page cache (KiB): the flow's reads come from the write-through cache; the
+/// readers serve history, stats and orders no longer cached, and the OS caches the file.
+const READER_CACHE_KIB: i64 = 2 * 1024;
+/// The checkpointer's page cache (KiB): checkpoints copy frames without it.
+const CHECKPOINTER_CACHE_KIB: i64 = 512;
 /// The writer checkpoints by itself only past this many WAL pages (a safety net); normally
 /// a separate connection checkpoints every [`CHECKPOINT_EVERY`] commits.
 const WAL_AUTOCHECKPOINT: i64 = 20_000;
@@ -207,7 +216,7 @@ impl SqliteOrderStore {
         let in_memory = url_or_path.contains(":memory:") || url_or_path.contains("mode=memory");
         if in_memory {
             let mut conn = Connection::open_in_memory().map_err(sqlite_error)?;
-            configure(&conn, false)?;
+            configure(&conn, false, WRITER_CACHE_KIB)?;
             apply_migrations_in_memory(&mut conn)?;
             return Self::start(conn, Vec::new(), None, true);
         }
@@ -242,11 +251,11 @@ impl SqliteOrderStore {
             .await
             .map_err(crate::sql::migrate_error)?;
         migrating.close().await.map_err(crate::sql::store_error)?;
-        let writer = open(&path)?;
+        let writer = open(&path, WRITER_CACHE_KIB)?;
         let readers = (0..READERS)
-            .map(|_| open(&path))
+            .map(|_| open(&path, READER_CACHE_KIB))
             .collect::<Result<Vec<_>, _>>()?;
-        let checkpointer = open(&path)?;
+        let checkpointer = open(&path, CHECKPOINTER_CACHE_KIB)?;
         Self::start(writer, readers, Some(checkpointer), false)
     }
 
@@ -567,8 +576,8 @@ fn apply_migrations_in_memory(conn: &mut Connection) -> Result<(), StoreError> {
     tx.commit().map_err(sqlite_error)
 }
 
-/// A connection to the (migrated) file.
-fn open(path: &Path) -> Result<Connection, StoreError> {
+/// A connection to the (migrated) file, with a page cache of `cache_kib`.
+fn open(path: &Path, cache_kib: i64) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -576,7 +585,7 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|e| unavailable_file(path, &e))?;
-    configure(&conn, true)?;
+    configure(&conn, true, cache_kib)?;
     Ok(conn)
 }
 
@@ -585,12 +594,12 @@ fn unavailable_file(path: &Path, error: &rusqlite::Error) -> StoreError {
 }
 
 /// The settings of every connection.
-fn configure(conn: &Connection, file: bool) -> Result<(), StoreError> {
+fn configure(conn: &Connection, file: bool, cache_kib: i64) -> Result<(), StoreError> {
     conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite_error)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     conn.pragma_update(None, "foreign_keys", true)
         .map_err(sqlite_error)?;
-    conn.pragma_update(None, "cache_size", -CACHE_SIZE_KIB)
+    conn.pragma_update(None, "cache_size", -cache_kib)
         .map_err(sqlite_error)?;
     if file {
         conn.pragma_update(None, "synchronous", "NORMAL")
