@@ -41,6 +41,26 @@ use crate::{
     system::Stores,
 };
 
+/// Connections the kernel may hold for us before they are accepted. tokio's `bind`
+/// (like std's) asks for 128: a burst of more new connections than that (the bench's 256
+/// clients at once; any crowd reconnecting after a restart) overflowed it, and each
+/// dropped SYN cost its client a one-second retransmission. The kernel caps the value
+/// at `net.core.somaxconn`.
+pub const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds `addr` (address reuse on, as tokio's `bind` does) and listens with
+/// [`LISTEN_BACKLOG`].
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// The default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// The default store: a SQLite file under `./data`.
@@ -464,9 +484,8 @@ pub async fn spawn(config: ServeConfig) -> anyhow::Result<RunningServer> {
     })?;
     let opened = Arc::new(opened);
     let stores = opened.stores.clone();
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener =
+        listen(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
     let local_addr = listener
         .local_addr()
         .context("cannot read the bound address")?;
@@ -781,6 +800,38 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         serve: ServeConfig,
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_300_connections_is_queued_not_dropped() {
+        // Nothing accepts: the kernel holds the connections in the listen queue. With
+        // tokio's default backlog of 128 the rest of the SYNs were dropped, and their
+        // clients retried after a second.
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connects: Vec<_> = (0..300)
+            .map(|_| {
+                tokio::spawn(async move {
+                    tokio::time::timeout(
+                        Duration::from_millis(700),
+                        tokio::net::TcpStream::connect(addr),
+                    )
+                    .await
+                })
+            })
+            .collect();
+        let mut connected = Vec::new();
+        for connect in connects {
+            connected.push(
+                connect
+                    .await
+                    .unwrap()
+                    .expect("connect waited for a SYN retry")
+                    .unwrap(),
+            );
+        }
+        assert_eq!(connected.len(), 300);
+        drop(listener);
     }
 
     #[test]
