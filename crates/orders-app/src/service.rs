@@ -213,21 +213,9 @@ impl OrdersService {
         let mut attempts = 0;
         loop {
             let now = self.clock.now();
-            let inbox = |outcome| InboxRecord {
-                subscriber: subscriber.to_owned(),
-                message_id: envelope.message_id,
-                topic: envelope.topic.to_string(),
-                order_id,
-                outcome,
-                handled_at: now,
-            };
-            let (commit, verdict) = match self.store.load(order_id).await.map_err(retryable)? {
-                None => (
-                    Commit::inbox_only(inbox(HandlingOutcome::Rejected(
-                        "unknown order".to_owned(),
-                    ))),
-                    Verdict::UnknownOrder,
-                ),
+            // The order change (with its outbox), if any, and what was decided.
+            let (change, verdict) = match self.store.load(order_id).await.map_err(retryable)? {
+                None => (None, Verdict::UnknownOrder),
                 Some(mut order) => {
                     let before = order.status();
                     order.prune_processed_ids(now, self.config.idempotency_window);
@@ -237,22 +225,13 @@ impl OrdersService {
                             let outbox = self
                                 .outbox(&mut order, Some(envelope.message_id))
                                 .map_err(|e| HandlerError::permanent(e.to_string()))?;
-                            (
-                                Commit {
-                                    order: Some(order),
-                                    outbox,
-                                    inbox: Some(inbox(HandlingOutcome::Applied)),
-                                    idempotency_key: None,
-                                },
-                                Verdict::Applied { before, after },
-                            )
+                            (Some((order, outbox)), Verdict::Applied { before, after })
                         }
-                        Ok(Transition::AlreadyApplied) => (
-                            Commit::inbox_only(inbox(HandlingOutcome::Duplicate)),
-                            Verdict::AlreadyApplied { status: before },
-                        ),
+                        Ok(Transition::AlreadyApplied) => {
+                            (None, Verdict::AlreadyApplied { status: before })
+                        }
                         Err(error) => (
-                            Commit::inbox_only(inbox(HandlingOutcome::Rejected(error.to_string()))),
+                            None,
                             Verdict::Refused {
                                 status: before,
                                 error,
@@ -261,10 +240,24 @@ impl OrdersService {
                     }
                 }
             };
-            let outcome = commit
-                .inbox
-                .as_ref()
-                .map_or(HandlingOutcome::Duplicate, |record| record.outcome.clone());
+            let outcome = verdict.outcome();
+            let inbox = InboxRecord {
+                subscriber: subscriber.to_owned(),
+                message_id: envelope.message_id,
+                topic: envelope.topic.to_string(),
+                order_id,
+                outcome: outcome.clone(),
+                handled_at: now,
+            };
+            let commit = match change {
+                Some((order, outbox)) => Commit {
+                    order: Some(order),
+                    outbox,
+                    inbox: Some(inbox),
+                    idempotency_key: None,
+                },
+                None => Commit::inbox_only(inbox),
+            };
             match self.store.commit(commit).await {
                 Ok(_) => {
                     verdict.log(order_id, envelope);
@@ -360,6 +353,16 @@ enum Verdict {
 }
 
 impl Verdict {
+    /// What the inbox records for it.
+    fn outcome(&self) -> HandlingOutcome {
+        match self {
+            Self::UnknownOrder => HandlingOutcome::Rejected("unknown order".to_owned()),
+            Self::Applied { .. } => HandlingOutcome::Applied,
+            Self::AlreadyApplied { .. } => HandlingOutcome::Duplicate,
+            Self::Refused { error, .. } => HandlingOutcome::Rejected(error.to_string()),
+        }
+    }
+
     fn log(&self, order_id: OrderId, envelope: &Envelope) {
         match self {
             Self::UnknownOrder => tracing::error!(%order_id, message_id = %envelope.message_id,

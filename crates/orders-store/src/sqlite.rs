@@ -31,22 +31,23 @@
 //!   three passes, each copying what was written during the one before, so what is
 //!   left for the writer is small: finishing stalls it for ~1 ms (0.4-2.4 ms; its
 //!   fsyncs wait for the pages written meanwhile; after a single pass it was 2-3 ms), a
-//!   few times a second at full load. Without it the WAL grew past [`WAL_AUTOCHECKPOINT`] pages within seconds,
-//!   and then the writer checkpointed after every group, stalling commits for
-//!   milliseconds each time; letting the WAL grow larger before finishing (8,192 or
-//!   16,384 pages) made the HTTP latency bench no better, and never finishing worse.
+//!   few times a second at full load. Without it the WAL grew past
+//!   [`WAL_AUTOCHECKPOINT`] pages within seconds, and then the writer checkpointed after
+//!   every group, stalling commits for milliseconds each time; letting the WAL grow
+//!   larger before finishing (8,192 or 16,384 pages) made the HTTP latency bench no
+//!   better, and never finishing worse.
 //! * The migrations (`migrations/sqlite`) are applied with sqlx's migrator, which records
 //!   them in `_sqlx_migrations`, before the connections open.
-//!
 //! * **The relay publishes from memory.** After `COMMIT` the writer hands the committed
 //!   outbox rows (position and envelope) to the relay, which publishes them at once and
 //!   sends their "sent" marks to the writer without waiting for them, [`MARK_BATCH`]
-//!   rows or [`MARK_DELAY`] at a time: the marks join the next group commit. The table is read only to catch up: at start, after rows were
-//!   requeued, after a failed publish or mark, when more rows were committed than the
-//!   hand-over holds, and once a second to find rows that some other writer committed.
-//!   Before it reads the table the relay waits for its marks, so a row being marked is
-//!   not taken for unsent; a crash before a mark lands publishes that row again, with
-//!   its messageId, as it always could.
+//!   rows or [`MARK_DELAY`] at a time: the marks join the next group commit. The table
+//!   is read only to catch up: at start, after rows were requeued, after a failed
+//!   publish or mark, when more rows were committed than the hand-over holds, and once
+//!   a second to find rows that some other writer committed. Before it reads the table
+//!   the relay waits for its marks, so a row being marked is not taken for unsent; a
+//!   crash before a mark lands publishes that row again, with its messageId, as it
+//!   always could.
 //!
 //! The relay is serialised in-process by a mutex and holds no connection while it
 //! publishes. Several processes relaying one file are not coordinated (use PostgreSQL).
@@ -463,7 +464,7 @@ impl SqliteOrderStore {
     /// Sends what is unmarked and waits for every mark.
     async fn settle_marks(&self, state: &mut RelayState) -> Result<(), StoreError> {
         self.send_unmarked(state)?;
-        state.settle_marks().await;
+        state.await_marks().await;
         Ok(())
     }
 
@@ -950,7 +951,7 @@ fn checkpoint_pass(conn: &Connection) -> rusqlite::Result<(i64, i64, i64)> {
 /// writer's connection between two groups, so that its next write starts the WAL over
 /// (see the module docs).
 fn finish_checkpoint(conn: &Connection) {
-    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+    if let Err(e) = checkpoint_pass(conn) {
         tracing::debug!(error = %e, "finishing the checkpoint failed; the next one will");
     }
 }
@@ -1051,15 +1052,10 @@ fn write_group(conn: &mut Connection, writer: &Writer, group: Vec<Job>) -> bool 
     for job in group {
         match job {
             Job::Commit(mut commit, answer) => {
-                let result = in_transaction(conn, |conn| commit.write(conn));
-                let result = match result {
-                    Ok(positions) => {
-                        wrote_outbox |= commit.has_outbox();
-                        commit.hand_over(positions, &writer.fresh);
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                };
+                let result = in_transaction(conn, |conn| commit.write(conn)).map(|positions| {
+                    wrote_outbox |= commit.has_outbox();
+                    commit.hand_over(positions, &writer.fresh);
+                });
                 commit.answer(cache, answer, result);
             }
             Job::MarkSent {
@@ -1213,7 +1209,7 @@ impl RelayState {
     }
 
     /// Waits for every mark sent so far.
-    async fn settle_marks(&mut self) {
+    async fn await_marks(&mut self) {
         while let Some(answer) = self.marks.pop_front() {
             let result = answer.await.unwrap_or_else(|_| Err(closed()));
             self.note_mark(result);
@@ -1408,10 +1404,10 @@ impl Outbox for SqliteOrderStore {
             );
             state.scan = true;
         }
-        let due = state
+        let rescan_due = state
             .last_scan
             .is_none_or(|at| at.elapsed() >= RESCAN_EVERY);
-        if state.scan || due {
+        if state.scan || rescan_due {
             // The rows just taken are still unsent in the table: the read finds them.
             self.settle_marks(&mut state).await?;
             return self.relay_from_table(&mut state, limit, bus).await;
@@ -1427,11 +1423,11 @@ impl Outbox for SqliteOrderStore {
             state.unmarked.extend_from_slice(&published);
             state.unmarked_since.get_or_insert_with(Instant::now);
         }
-        let due = state.unmarked.len() >= MARK_BATCH
+        let marks_due = state.unmarked.len() >= MARK_BATCH
             || state
                 .unmarked_since
                 .is_some_and(|since| since.elapsed() >= MARK_DELAY);
-        if due {
+        if marks_due {
             self.send_unmarked(&mut state)?;
         }
         Ok(published.len())

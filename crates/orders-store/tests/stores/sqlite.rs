@@ -164,7 +164,8 @@ async fn a_row_another_store_committed_to_the_file_is_relayed_by_the_next_table_
 
     let order = place(&other, at(0)).await;
     // Nothing hands this row to `relaying`: it finds it when it reads the table again,
-    // which it does once a second.
+    // which it does once a second. That interval is the behaviour under test and nothing
+    // signals it, so the relay is asked every 20 ms until then, under a deadline.
     let deadline = tokio::time::Instant::now() + crate::support::DEADLINE;
     while relaying.relay(10, bus.as_ref()).await.unwrap() == 0 {
         assert!(
