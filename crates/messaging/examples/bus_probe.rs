@@ -4,7 +4,7 @@
 //! Run it in release mode (debug numbers mean nothing):
 //!
 //! ```text
-//! CARGO_TARGET_DIR=/work/target-bus cargo run --release -p messaging --example bus_probe
+//! cargo run --release -p messaging --example bus_probe
 //! ```
 //!
 //! It prints the publish latency percentiles (time until the bus accepted the message),

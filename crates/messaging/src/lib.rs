@@ -7,10 +7,12 @@
 //!   dead-letters at once.
 //! * [`MessageBusExt::publish_json`] and [`typed_handler`] keep raw JSON out of call sites.
 //! * [`InMemoryBus`] runs everything in one process on tokio.
-//! * [`conformance`] is the suite every adapter must pass.
+//! * `conformance` (feature `conformance`, for adapters' tests) is the suite every
+//!   adapter must pass.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+#[cfg(feature = "conformance")]
 pub mod conformance;
 mod envelope;
 mod error;

@@ -559,6 +559,28 @@ async fn a_permanent_error_is_dead_lettered_after_one_attempt() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_dead_letter_store_forgets_the_oldest_letter() {
+    let bus = bus(InMemoryBusConfig::default().lanes(1).dead_letter_limit(2));
+    let refusing = Recorder::judging(|_, _| Verdict::Refuse);
+    let handle = bus
+        .subscribe(Subscription::new("g").topic("t"), refusing.clone())
+        .await
+        .unwrap();
+    for n in 1..=3 {
+        bus.publish(probe("t", "c", n)).await.unwrap();
+    }
+
+    assert!(bus.wait_idle(DEADLINE).await);
+    let kept: Vec<u32> = bus
+        .dead_letters()
+        .iter()
+        .map(|letter| letter.envelope.decode::<Probe>().unwrap().n)
+        .collect();
+    assert_eq!(kept, vec![2, 3]);
+    handle.unsubscribe().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redelivered_dead_letters_reach_only_the_same_group_again() {
     let bus = bus(InMemoryBusConfig::default());
     let picky = Recorder::judging(|_, call| {
