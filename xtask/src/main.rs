@@ -61,8 +61,8 @@ const TASKS: &[Task] = &[
     },
     Task {
         name: "schemas",
-        args: "[--check | --release [--retire TOPIC --note TEXT]]",
-        about: "write the contracts' JSON Schemas; --check: drift and compatibility with the released ones",
+        args: "[--check | --release]",
+        about: "write the contract JSON Schemas; --check drift and compatibility; --release [--retire TOPIC --note TEXT]",
         run: schemas::task,
     },
     Task {

@@ -83,35 +83,36 @@ pub fn task(root: &Path, args: &[String]) -> Result<()> {
 }
 
 fn parse(args: &[String]) -> Result<Mode> {
+    let Some((first, rest)) = args.split_first() else {
+        return Ok(Mode::Write);
+    };
+    match first.as_str() {
+        "--check" if rest.is_empty() => Ok(Mode::Check),
+        "--check" => bail!(
+            "--check takes no further arguments, got: {}",
+            rest.join(" ")
+        ),
+        "--release" => parse_release(rest),
+        other => bail!("unknown argument `{other}`; expected --check or --release"),
+    }
+}
+
+/// The arguments after `--release`: `--retire TOPIC` (repeatable) and `--note TEXT`.
+fn parse_release(args: &[String]) -> Result<Mode> {
+    let (mut retire, mut note) = (Vec::new(), None);
     let mut args = args.iter();
-    let mode = match args.next().map(String::as_str) {
-        None => return Ok(Mode::Write),
-        Some("--check") => Mode::Check,
-        Some("--release") => Mode::Release {
-            retire: Vec::new(),
-            note: None,
-        },
-        Some(other) => bail!("unknown argument `{other}`; expected --check or --release"),
-    };
-    let Mode::Release {
-        mut retire,
-        mut note,
-    } = mode
-    else {
-        if let Some(extra) = args.next() {
-            bail!("--check takes no further arguments, got `{extra}`");
-        }
-        return Ok(mode);
-    };
     while let Some(flag) = args.next() {
+        if !matches!(flag.as_str(), "--retire" | "--note") {
+            bail!("unknown argument `{flag}`; --release takes --retire TOPIC and --note TEXT");
+        }
         let value = args
             .next()
-            .with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--retire" => retire.push(value.clone()),
-            "--note" if note.is_none() => note = Some(value.clone()),
-            "--note" => bail!("--note is given twice"),
-            other => bail!("unknown argument `{other}`; expected --retire TOPIC or --note TEXT"),
+            .with_context(|| format!("{flag} needs a value"))?
+            .clone();
+        if flag == "--retire" {
+            retire.push(value);
+        } else if note.replace(value).is_some() {
+            bail!("--note is given twice");
         }
     }
     if !retire.is_empty() && note.as_deref().is_none_or(|n| n.trim().is_empty()) {
@@ -437,6 +438,8 @@ mod tests {
         assert!(parse(&args("--release --retire order.placed")).is_err());
         assert!(parse(&args("--release --note why")).is_err());
         assert!(parse(&args("--check --release")).is_err());
+        assert!(parse(&args("--release --check")).is_err());
+        assert!(parse(&args("--release --retire")).is_err());
         assert!(parse(&args("--publish")).is_err());
     }
 

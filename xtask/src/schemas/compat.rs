@@ -239,14 +239,9 @@ fn join(parent: &str, name: &str) -> String {
     }
 }
 
-/// One-line JSON, keys sorted (serde_json's map without `preserve_order` sorts them; the
-/// values here are small).
+/// One-line JSON (keys sorted: xtask's serde_json keeps maps ordered by key).
 fn compact(value: &Value) -> String {
-    let mut text = serde_json::to_string(value).unwrap_or_default();
-    if text.is_empty() {
-        text = "?".to_owned();
-    }
-    text
+    value.to_string()
 }
 
 #[cfg(test)]
