@@ -6,10 +6,11 @@
 //! first failing step. Every child process is killed and reaped when its step ends, even
 //! when the step fails.
 //!
-//! Dependencies are anyhow and serde_json only, so the task runner itself builds in
-//! seconds; arguments are parsed by hand.
+//! Dependencies are anyhow, serde_json and `contracts` (with its `schema` feature, for
+//! `schemas`), so the task runner itself builds in seconds; arguments are parsed by hand.
 
 mod deps;
+mod schemas;
 mod services;
 mod shell;
 mod tidy;
@@ -37,7 +38,7 @@ const TASKS: &[Task] = &[
     Task {
         name: "ci",
         args: "",
-        about: "fmt check, clippy -D warnings, dependency direction, all tests (what CI runs)",
+        about: "fmt check, clippy -D warnings, dependency direction, schema compatibility, all tests (what CI runs)",
         run: ci,
     },
     Task {
@@ -57,6 +58,12 @@ const TASKS: &[Task] = &[
         args: "",
         about: "check the crate dependency direction of DESIGN.md §3",
         run: deps_task,
+    },
+    Task {
+        name: "schemas",
+        args: "[--check | --release]",
+        about: "write the contract JSON Schemas; --check drift and compatibility; --release [--retire TOPIC --note TEXT]",
+        run: schemas::task,
     },
     Task {
         name: "tidy",
@@ -159,6 +166,10 @@ fn ci(root: &Path, _: &[String]) -> Result<()> {
         Step {
             name: "deps",
             run: |root| deps_task(root, &[]),
+        },
+        Step {
+            name: "schemas",
+            run: |root| schemas::task(root, &["--check".to_owned()]),
         },
         Step {
             name: "test",

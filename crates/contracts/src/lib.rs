@@ -7,6 +7,10 @@
 //! * Amounts are JSON numbers read and written as exact decimals (`rust_decimal` with
 //!   serde_json's arbitrary precision): `0.1 + 0.2` totals `0.3`.
 //! * Timestamps are RFC 3339 UTC with milliseconds.
+//!
+//! With the cargo feature `schema`, [`schema`] gives the JSON Schema of every topic's
+//! payload and of the envelope, as checked in under `crates/contracts/schemas/` (the
+//! services build without it).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -14,6 +18,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use uuid::Uuid;
+
+#[cfg(feature = "schema")]
+pub mod schema;
 
 /// Topic names.
 pub mod topics {
@@ -23,6 +30,8 @@ pub mod topics {
     pub const ORDER_PAID: &str = "order.paid";
     /// Orders: an order was cancelled.
     pub const ORDER_CANCELLED: &str = "order.cancelled";
+    /// Orders: Orders refused a payment it did not ask for; Payments should refund it.
+    pub const ORDER_PAYMENT_REFUSED: &str = "order.payment_refused";
     /// Payments: a payment was approved.
     pub const PAYMENT_APPROVED: &str = "payment.approved";
     /// Payments: a payment was declined.
@@ -37,10 +46,11 @@ pub mod topics {
     pub const STOCK_RELEASED: &str = "stock.released";
 
     /// Every topic, in flow order.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 10] = [
         ORDER_PLACED,
         ORDER_PAID,
         ORDER_CANCELLED,
+        ORDER_PAYMENT_REFUSED,
         PAYMENT_APPROVED,
         PAYMENT_DECLINED,
         PAYMENT_REFUNDED,
@@ -72,15 +82,30 @@ pub mod rfc3339 {
             .map(|t| t.with_timezone(&Utc))
             .map_err(serde::de::Error::custom)
     }
+
+    /// The JSON Schema of a timestamp: a string in the `date-time` format (RFC 3339).
+    #[cfg(feature = "schema")]
+    #[must_use]
+    pub fn schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": "string", "format": "date-time" })
+    }
 }
 
 /// Exact decimal amounts as JSON numbers (never strings, never `f64`).
 pub mod amount {
     pub use rust_decimal::serde::arbitrary_precision::{deserialize, serialize};
+
+    /// The JSON Schema of an amount: a JSON number (read and written as an exact decimal).
+    #[cfg(feature = "schema")]
+    #[must_use]
+    pub fn schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": "number" })
+    }
 }
 
 /// A line of an order with its unit price (`order.placed`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PricedItem {
     /// The product (SKU).
@@ -89,11 +114,13 @@ pub struct PricedItem {
     pub quantity: u32,
     /// Unit price, exact decimal.
     #[serde(with = "amount")]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "amount::schema"))]
     pub price: Decimal,
 }
 
 /// A line of an order without price (`order.paid`, `stock.reserved`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ItemQuantity {
     /// The product (SKU).
@@ -104,6 +131,7 @@ pub struct ItemQuantity {
 
 /// Where an order is shipped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ShippingAddress {
     /// Street and number.
@@ -118,6 +146,7 @@ pub struct ShippingAddress {
 
 /// `order.placed`: Orders took an order; Payments should charge it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct OrderPlaced {
     /// The order.
@@ -128,6 +157,7 @@ pub struct OrderPlaced {
     pub items: Vec<PricedItem>,
     /// The sum of all lines.
     #[serde(with = "amount")]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "amount::schema"))]
     pub total_amount: Decimal,
     /// ISO 4217 code.
     pub currency: String,
@@ -135,11 +165,13 @@ pub struct OrderPlaced {
     pub shipping_address: ShippingAddress,
     /// When it was placed.
     #[serde(with = "rfc3339")]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "rfc3339::schema"))]
     pub timestamp: DateTime<Utc>,
 }
 
 /// `order.paid`: the order is paid; Stock should reserve its items.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct OrderPaid {
     /// The order.
@@ -148,6 +180,7 @@ pub struct OrderPaid {
     pub payment_id: String,
     /// The amount paid.
     #[serde(with = "amount")]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "amount::schema"))]
     pub amount: Decimal,
     /// ISO 4217 code.
     pub currency: String,
@@ -155,12 +188,14 @@ pub struct OrderPaid {
     pub items: Vec<ItemQuantity>,
     /// When it was paid.
     #[serde(with = "rfc3339")]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "rfc3339::schema"))]
     pub timestamp: DateTime<Utc>,
 }
 
 /// `order.cancelled`: the order is cancelled; Payments refunds `paymentId`, Stock releases
 /// `reservationId`, where present.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct OrderCancelled {
     /// The order.
@@ -177,11 +212,38 @@ pub struct OrderCancelled {
     pub reservation_id: Option<String>,
     /// When it was cancelled.
     #[serde(with = "rfc3339")]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "rfc3339::schema"))]
+    pub timestamp: DateTime<Utc>,
+}
+
+/// `order.payment_refused`: Orders refused a payment (a second, different `paymentId`
+/// for a paid order, an approval for a cancelled order, a wrong amount); Payments should
+/// refund it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct OrderPaymentRefused {
+    /// The order.
+    pub order_id: Uuid,
+    /// The refused payment.
+    pub payment_id: String,
+    /// The amount that payment charged, as Payments announced it.
+    #[serde(with = "amount")]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "amount::schema"))]
+    pub amount: Decimal,
+    /// ISO 4217 code, as Payments announced it.
+    pub currency: String,
+    /// Why Orders refused it.
+    pub reason: String,
+    /// When it was refused.
+    #[serde(with = "rfc3339")]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "rfc3339::schema"))]
     pub timestamp: DateTime<Utc>,
 }
 
 /// `payment.approved`: Payments charged the order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentApproved {
     /// The order.
@@ -190,16 +252,19 @@ pub struct PaymentApproved {
     pub payment_id: String,
     /// The amount charged.
     #[serde(with = "amount")]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "amount::schema"))]
     pub approved_amount: Decimal,
     /// ISO 4217 code.
     pub currency: String,
     /// When it was approved.
     #[serde(with = "rfc3339")]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "rfc3339::schema"))]
     pub timestamp: DateTime<Utc>,
 }
 
 /// `payment.declined`: Payments refused to charge the order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentDeclined {
     /// The order.
@@ -208,11 +273,13 @@ pub struct PaymentDeclined {
     pub reason: String,
     /// When it was declined.
     #[serde(with = "rfc3339")]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "rfc3339::schema"))]
     pub timestamp: DateTime<Utc>,
 }
 
 /// `payment.refunded`: Payments gave the money back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentRefunded {
     /// The order.
@@ -221,16 +288,19 @@ pub struct PaymentRefunded {
     pub payment_id: String,
     /// The amount refunded.
     #[serde(with = "amount")]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "amount::schema"))]
     pub amount: Decimal,
     /// ISO 4217 code.
     pub currency: String,
     /// When it was refunded.
     #[serde(with = "rfc3339")]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "rfc3339::schema"))]
     pub timestamp: DateTime<Utc>,
 }
 
 /// `stock.reserved`: Stock set the order's items aside.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct StockReserved {
     /// The order.
@@ -241,11 +311,13 @@ pub struct StockReserved {
     pub items: Vec<ItemQuantity>,
     /// When it was reserved.
     #[serde(with = "rfc3339")]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "rfc3339::schema"))]
     pub timestamp: DateTime<Utc>,
 }
 
 /// `stock.reservation_failed`: Stock could not reserve (out of stock).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct StockReservationFailed {
     /// The order.
@@ -254,11 +326,13 @@ pub struct StockReservationFailed {
     pub reason: String,
     /// When it failed.
     #[serde(with = "rfc3339")]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "rfc3339::schema"))]
     pub timestamp: DateTime<Utc>,
 }
 
 /// `stock.released`: Stock gave a reservation back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct StockReleased {
     /// The order.
@@ -267,5 +341,6 @@ pub struct StockReleased {
     pub reservation_id: String,
     /// When it was released.
     #[serde(with = "rfc3339")]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "rfc3339::schema"))]
     pub timestamp: DateTime<Utc>,
 }

@@ -16,9 +16,9 @@ use std::fmt::Debug;
 
 use chrono::{DateTime, TimeZone, Utc};
 use contracts::{
-    ItemQuantity, OrderCancelled, OrderPaid, OrderPlaced, PaymentApproved, PaymentDeclined,
-    PaymentRefunded, PricedItem, ShippingAddress, StockReleased, StockReservationFailed,
-    StockReserved, topics,
+    ItemQuantity, OrderCancelled, OrderPaid, OrderPaymentRefused, OrderPlaced, PaymentApproved,
+    PaymentDeclined, PaymentRefunded, PricedItem, ShippingAddress, StockReleased,
+    StockReservationFailed, StockReserved, topics,
 };
 use messaging::Envelope;
 use rust_decimal::Decimal;
@@ -72,6 +72,36 @@ fn a_reaction_envelope_names_the_message_that_caused_it() {
     .unwrap();
 
     insta::assert_snapshot!(redacted(&pretty(&envelope)));
+}
+
+#[test]
+fn an_order_payment_refused_names_the_refused_payment_its_amount_and_why() {
+    let json = serde_json::to_string(&order_payment_refused()).unwrap();
+
+    assert_eq!(
+        json,
+        format!(
+            r#"{{"orderId":"{ORDER_ID}","paymentId":"{PAYMENT_ID}","amount":50.20,"currency":"EUR","reason":"a second payment for a paid order","timestamp":"{TIMESTAMP}"}}"#
+        )
+    );
+    let read: OrderPaymentRefused = serde_json::from_str(&json).unwrap();
+    assert_eq!(read, order_payment_refused());
+}
+
+// ---------------------------------------------------------------------------------------
+// Schemas
+
+#[test]
+fn every_sample_payload_has_the_shape_its_schema_describes() {
+    for topic in topics::ALL {
+        let schema = contracts::schema::payload(topic)
+            .unwrap_or_else(|| panic!("no schema for topic {topic}"));
+        let written: Value = serde_json::from_str(&sample_json(topic)).unwrap();
+
+        let mismatches = shape_mismatches(&schema, &written, topic);
+
+        assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -140,6 +170,9 @@ fn every_payload_is_read_with_unknown_fields_ignored() {
             topics::ORDER_PLACED => reads_despite_unknown_fields(topic, order_placed()),
             topics::ORDER_PAID => reads_despite_unknown_fields(topic, order_paid()),
             topics::ORDER_CANCELLED => reads_despite_unknown_fields(topic, order_cancelled()),
+            topics::ORDER_PAYMENT_REFUSED => {
+                reads_despite_unknown_fields(topic, order_payment_refused());
+            }
             topics::PAYMENT_APPROVED => reads_despite_unknown_fields(topic, payment_approved()),
             topics::PAYMENT_DECLINED => reads_despite_unknown_fields(topic, payment_declined()),
             topics::PAYMENT_REFUNDED => reads_despite_unknown_fields(topic, payment_refunded()),
@@ -238,6 +271,7 @@ fn sample_json(topic: &str) -> String {
         topics::ORDER_PLACED => pretty(&order_placed()),
         topics::ORDER_PAID => pretty(&order_paid()),
         topics::ORDER_CANCELLED => pretty(&order_cancelled()),
+        topics::ORDER_PAYMENT_REFUSED => pretty(&order_payment_refused()),
         topics::PAYMENT_APPROVED => pretty(&payment_approved()),
         topics::PAYMENT_DECLINED => pretty(&payment_declined()),
         topics::PAYMENT_REFUNDED => pretty(&payment_refunded()),
@@ -296,6 +330,67 @@ fn add_unknown_fields(value: &mut Value) {
         Value::Array(items) => items.iter_mut().for_each(add_unknown_fields),
         _ => {}
     }
+}
+
+/// Where `value` does not have the shape `schema` describes: a JSON type other than the
+/// schema's `type`, a written field the schema does not name, a required field missing.
+/// (The subset of JSON Schema the contract uses; enough to see that the types write what
+/// their schemas say.)
+fn shape_mismatches(schema: &Value, value: &Value, path: &str) -> Vec<String> {
+    let json_type = match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_u64() || n.is_i64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    };
+    let allowed: Vec<&str> = match &schema["type"] {
+        Value::String(one) => vec![one.as_str()],
+        Value::Array(many) => many.iter().filter_map(Value::as_str).collect(),
+        _ => vec![],
+    };
+    // Every integer is a number too; an amount of 50 is written as an integer.
+    let fits =
+        allowed.contains(&json_type) || (json_type == "integer" && allowed.contains(&"number"));
+    if !fits {
+        return vec![format!(
+            "{path}: written as {json_type}, schema says {allowed:?}"
+        )];
+    }
+    let mut mismatches = Vec::new();
+    match value {
+        Value::Object(fields) => {
+            for (name, field) in fields {
+                match schema["properties"].get(name) {
+                    Some(field_schema) => mismatches.extend(shape_mismatches(
+                        field_schema,
+                        field,
+                        &format!("{path}.{name}"),
+                    )),
+                    None => mismatches.push(format!("{path}.{name}: written, not in the schema")),
+                }
+            }
+            let required = schema["required"].as_array().cloned().unwrap_or_default();
+            for name in required.iter().filter_map(Value::as_str) {
+                if !fields.contains_key(name) {
+                    mismatches.push(format!("{path}.{name}: required, not written"));
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (index, item) in items.iter().enumerate() {
+                mismatches.extend(shape_mismatches(
+                    &schema["items"],
+                    item,
+                    &format!("{path}[{index}]"),
+                ));
+            }
+        }
+        _ => {}
+    }
+    mismatches
 }
 
 fn at() -> DateTime<Utc> {
@@ -369,6 +464,17 @@ fn order_cancelled() -> OrderCancelled {
         previous_status: "StockReserved".into(),
         payment_id: Some(PAYMENT_ID.into()),
         reservation_id: Some(RESERVATION_ID.into()),
+        timestamp: at(),
+    }
+}
+
+fn order_payment_refused() -> OrderPaymentRefused {
+    OrderPaymentRefused {
+        order_id: ORDER_ID,
+        payment_id: PAYMENT_ID.into(),
+        amount: dec!(50.20),
+        currency: "EUR".into(),
+        reason: "a second payment for a paid order".into(),
         timestamp: at(),
     }
 }
