@@ -6,8 +6,8 @@
 //! first failing step. Every child process is killed and reaped when its step ends, even
 //! when the step fails.
 //!
-//! Dependencies are anyhow, serde_json and `contracts` (with its `schema` feature, for
-//! `schemas`), so the task runner itself builds in seconds; arguments are parsed by hand.
+//! Dependencies are anyhow, serde_json, cargo_metadata (for `deps`) and `contracts`
+//! (with its `schema` feature, for `schemas`); arguments are parsed by hand.
 
 mod deps;
 mod schemas;
@@ -56,7 +56,7 @@ const TASKS: &[Task] = &[
     Task {
         name: "deps",
         args: "",
-        about: "check the crate dependency direction of DESIGN.md §3",
+        about: "check the crate dependency direction of docs/design.md §3",
         run: deps_task,
     },
     Task {
@@ -260,18 +260,18 @@ fn bench(root: &Path, args: &[String]) -> Result<()> {
     )
 }
 
-/// `cargo xtask deps`: prints the table of DESIGN.md §3 with a verdict per crate.
+/// `cargo xtask deps`: prints the table of docs/design.md §3 with a verdict per crate.
 fn deps_task(root: &Path, _: &[String]) -> Result<()> {
     let report = deps::check_workspace(root).context("dependency direction check")?;
     print!("{}", report.render());
     if !report.holds() {
         bail!(
-            "{} violation(s) of the dependency direction (DESIGN.md §3); first: {}",
+            "{} violation(s) of the dependency direction (docs/design.md §3); first: {}",
             report.violations.len(),
             report.violations.first().map_or("", String::as_str)
         );
     }
-    println!("dependency direction: ok (DESIGN.md §3)");
+    println!("dependency direction: ok (docs/design.md §3)");
     Ok(())
 }
 

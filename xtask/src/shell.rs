@@ -2,10 +2,8 @@
 //! that kills and reaps every child this program starts, also when a step fails or panics.
 
 use std::ffi::OsString;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::thread;
+use std::process::{Child, Command};
 
 use anyhow::{Context, Result, bail};
 
@@ -91,49 +89,6 @@ pub fn run(command: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// Runs a command and returns its standard output; its standard error is kept and shown
-/// only if the command fails.
-///
-/// # Errors
-/// When the command cannot be started, its output cannot be read or is not UTF-8, or it
-/// exits unsuccessfully.
-pub fn read_stdout(command: &mut Command) -> Result<String> {
-    let shown = display(command);
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let child = command
-        .spawn()
-        .with_context(|| format!("could not start `{shown}`"))?;
-    let mut guard = ChildGuard { child };
-
-    // Drain stderr on its own thread so neither pipe can fill up and block the child.
-    let stderr_reader = guard.child.stderr.take().map(|mut stderr| {
-        thread::spawn(move || {
-            let mut text = String::new();
-            let _ = stderr.read_to_string(&mut text);
-            text
-        })
-    });
-    let mut stdout = String::new();
-    if let Some(mut pipe) = guard.child.stdout.take() {
-        pipe.read_to_string(&mut stdout)
-            .with_context(|| format!("could not read the output of `{shown}`"))?;
-    }
-    let stderr = stderr_reader
-        .and_then(|reader| reader.join().ok())
-        .unwrap_or_default();
-    let status = guard
-        .child
-        .wait()
-        .with_context(|| format!("could not wait for `{shown}`"))?;
-    if !status.success() {
-        bail!("`{shown}` failed ({status}):\n{}", stderr.trim_end());
-    }
-    Ok(stdout)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,7 +122,7 @@ mod tests {
 
     #[test]
     fn a_failing_command_is_an_error_that_names_it() {
-        let error = read_stdout(cargo_command(&repo_root().unwrap()).arg("no-such-subcommand"))
+        let error = run(cargo_command(&repo_root().unwrap()).arg("no-such-subcommand"))
             .unwrap_err()
             .to_string();
         assert!(
