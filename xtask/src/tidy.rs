@@ -7,6 +7,11 @@
 //! * No test is switched off or expects a panic, and nothing sleeps to wait for a flow
 //!   (practice 9): no `#[ignore`, `#[should_panic` or `thread::sleep` in any `.rs` file.
 //!   This file is the one exception, because it has to spell them out.
+//! * Tests and scenarios do not poll (practice 9): no `sleep(` or `sleep_until(` in a
+//!   file under a `tests` folder or a `scenarios` module, where a short sleep in a loop
+//!   stands in for the change notifications that exist. A deliberate pause (pacing a load,
+//!   holding a state for a while) says so on its line or the line above with
+//!   `// tidy: allow(sleep) — <reason>` (in the comment block right above also counts).
 
 use std::fmt;
 use std::fs;
@@ -34,6 +39,18 @@ pub const FORBIDDEN: &[(&str, &str)] = &[
         "std::thread::sleep: await a condition with a deadline instead (STYLE.md practice 9)",
     ),
 ];
+
+/// The marker that allows one deliberate sleep in a test or scenario, followed by its
+/// reason.
+pub const ALLOW_SLEEP: &str = "tidy: allow(sleep)";
+
+/// Whether a file (relative, `/`-separated) is test or scenario code, where sleeping is
+/// polling unless marked with [`ALLOW_SLEEP`].
+#[must_use]
+pub fn is_test_or_scenario(name: &str) -> bool {
+    name.split('/')
+        .any(|part| matches!(part, "tests" | "scenarios" | "scenarios.rs"))
+}
 
 /// One broken rule at one place.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +148,30 @@ pub fn check_file(name: &str, text: &str, search_forbidden: bool) -> Vec<Finding
                 .to_owned(),
         }),
     }
+    if search_forbidden && is_test_or_scenario(name) {
+        let lines: Vec<&str> = text.lines().collect();
+        for (index, line) in lines.iter().enumerate() {
+            let sleeps = line.contains("sleep(") || line.contains("sleep_until(");
+            // The marker may sit on the line itself or in the comment block right above.
+            let allowed = line.contains(ALLOW_SLEEP)
+                || lines[..index]
+                    .iter()
+                    .rev()
+                    .take_while(|above| above.trim_start().starts_with("//"))
+                    .any(|above| above.contains(ALLOW_SLEEP));
+            if sleeps && !allowed && !line.trim_start().starts_with("//") {
+                findings.push(Finding {
+                    file: name.to_owned(),
+                    line: index + 1,
+                    message: format!(
+                        "a sleep in a test or scenario: await a change notification or a \
+                         condition with a deadline instead, or mark a deliberate pause with \
+                         `// {ALLOW_SLEEP} — <reason>` (STYLE.md practice 9)"
+                    ),
+                });
+            }
+        }
+    }
     if search_forbidden {
         for (index, line) in text.lines().enumerate() {
             for (needle, why) in FORBIDDEN {
@@ -195,6 +236,32 @@ mod tests {
         assert!(found[0].starts_with("crates/x/src/lib.rs:3: a test is switched off"));
         assert!(found[1].starts_with("crates/x/src/lib.rs:5: a test expects a panic"));
         assert!(found[2].starts_with("crates/x/src/lib.rs:6: std::thread::sleep"));
+    }
+
+    #[test]
+    fn a_sleep_in_a_test_or_scenario_fails_unless_marked_with_a_reason() {
+        let polling = "//! Doc.\nloop {\n    tokio::time::sleep(ms(1)).await;\n}\n";
+        for name in [
+            "crates/app/tests/http.rs",
+            "tests/tests/e2e.rs",
+            "crates/app/src/scenarios/cancel.rs",
+            "crates/app/src/scenarios.rs",
+        ] {
+            let found = check_file(name, polling, true);
+            assert_eq!(found.len(), 1, "{name}: {found:#?}");
+            assert_eq!(found[0].line, 3);
+            assert!(found[0].message.contains("a sleep in a test or scenario"));
+        }
+        let marked_above =
+            "//! Doc.\n// tidy: allow(sleep) — paces the load\nsleep(ms(5)).await;\n";
+        let marked_in_block = "//! Doc.\n// tidy: allow(sleep) — a child process\n// gives no signal.\nsleep(ms(5)).await;\n";
+        assert!(check_file("crates/app/tests/crash.rs", marked_in_block, true).is_empty());
+        let marked_inline =
+            "//! Doc.\nsleep_until(stop).await; // tidy: allow(sleep) — load runs 3 s\n";
+        assert!(check_file("crates/app/tests/crash.rs", marked_above, true).is_empty());
+        assert!(check_file("crates/app/tests/crash.rs", marked_inline, true).is_empty());
+        // Production code may wait on a timer (a relay's poll interval, a backoff).
+        assert!(check_file("crates/orders-app/src/relay.rs", polling, true).is_empty());
     }
 
     #[test]

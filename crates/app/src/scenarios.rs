@@ -583,6 +583,7 @@ async fn stock_reserved_for_unpaid_order(stores: Stores) -> ScenarioReport {
                 .push("the forged stock.reserved was never handled".to_owned());
             break;
         }
+        // tidy: allow(sleep) — TODO: await the order's change notification instead.
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     resume(&mut report, system.resume_payments().await);

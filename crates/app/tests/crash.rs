@@ -77,8 +77,8 @@ async fn wait_ready(client: &reqwest::Client, base: &str) {
             Instant::now() < deadline,
             "server at {base} not ready within 30 s"
         );
-        // A child process gives no signal when it listens: its readiness is polled,
-        // with the deadline above.
+        // tidy: allow(sleep) — a child process gives no signal when it listens: its
+        // readiness is polled, with the deadline above.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -134,8 +134,8 @@ async fn load(
             }
             None => {
                 ledger.lock().expect("lock").uncertain.insert(key);
-                // The server is down: back off a little before the next order, as a real
-                // client does (this is load, not a wait for the flow).
+                // tidy: allow(sleep) — the server is down: back off a little before the
+                // next order, as a real client does (this is load, not a wait for the flow).
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
@@ -177,7 +177,7 @@ async fn crash_test(store_url: &str, inspect: impl AsyncFnOnce(Vec<OrderId>)) {
                 ))
             })
             .collect();
-        // The kill moment itself: a random point in the load (the behaviour under test).
+        // tidy: allow(sleep) — the kill moment: a random point in the load.
         tokio::time::sleep_until(tokio::time::Instant::from_std(stop)).await;
         // SIGKILL while requests, handlers and the relay are in flight.
         server.child.kill().expect("kill");
