@@ -20,6 +20,20 @@ use uuid::Uuid;
 
 use crate::PaymentDecision;
 
+/// The namespace of the name-based (v5) payment ids: fixed forever, so that every
+/// Payments process, before and after a restart, derives the same id for one order.
+const PAYMENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x5c2e_8a41_7d0b_4f6e_9a13_c4d7_e2b8_0f51);
+
+/// The `paymentId` Payments gives the charge of `order_id`: a name-based UUID (v5) of the
+/// order id. Deterministic, so a redelivered or repeated `order.placed` gets the same
+/// `paymentId` from any Payments process, even one that restarted with an empty ledger
+/// or forgot the order after the idempotency window: Orders sees a duplicate, never a
+/// second payment.
+#[must_use]
+pub fn payment_id_for(order_id: Uuid) -> String {
+    Uuid::new_v5(&PAYMENT_ID_NAMESPACE, order_id.as_bytes()).to_string()
+}
+
 /// How many shards the per-order records are spread over.
 const SHARDS: usize = 64;
 
@@ -162,7 +176,7 @@ impl Ledger {
                 None => {
                     let approval = PaymentApproved {
                         order_id: order.order_id,
-                        payment_id: Uuid::new_v4().to_string(),
+                        payment_id: payment_id_for(order.order_id),
                         approved_amount: order.total_amount,
                         currency: order.currency.clone(),
                         timestamp: now,

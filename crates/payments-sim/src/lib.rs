@@ -7,7 +7,8 @@
 //!   and has not refunded it yet.
 //!
 //! It is an idempotent producer: a redelivered `order.placed` gets the same answer again
-//! (the same `paymentId`), and a repeated `order.cancelled` never refunds twice.
+//! (the same `paymentId`, derived from the order id, so a restarted or a second instance
+//! answers with it too), and a repeated `order.cancelled` never refunds twice.
 //! [`PaymentsConfig`] makes it slow, stingy or chatty (duplicate replies) for tests and
 //! demos; [`PaymentsHandle`] counts what it did.
 //!
@@ -29,4 +30,5 @@ mod ledger;
 mod service;
 
 pub use config::{PaymentDecision, PaymentsConfig};
+pub use ledger::payment_id_for;
 pub use service::{CONSUMER_GROUP, PaymentsHandle, PaymentsService};

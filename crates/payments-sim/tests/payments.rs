@@ -176,6 +176,53 @@ async fn a_redelivered_order_placed_gets_the_same_payment_id_and_is_charged_once
 }
 
 #[tokio::test]
+async fn a_restarted_payments_and_a_second_instance_answer_with_the_same_payment_id() {
+    let world = World::start(PaymentsConfig::default()).await;
+    let placed = order_placed(dec!(10));
+    let request = envelope(topics::ORDER_PLACED, placed.order_id, &placed);
+    world.publish_envelope(request.clone()).await;
+    world.settle().await;
+
+    // Restart: the same group on the same bus, with an empty ledger.
+    let World {
+        bus,
+        observer,
+        payments,
+        _observing,
+    } = world;
+    payments.stop().await;
+    let restarted = PaymentsService::start(Arc::new(bus.clone()), PaymentsConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(restarted.payment_for(placed.order_id), None, "empty ledger");
+    bus.publish(request.clone()).await.unwrap();
+    assert!(bus.wait_idle(DEADLINE).await);
+    // A second instance, on a bus of its own: it never heard of the order.
+    let second = World::start(PaymentsConfig::default()).await;
+    second.publish_envelope(request).await;
+    second.settle().await;
+
+    let mut answers: Vec<PaymentApproved> = observer.payloads(topics::PAYMENT_APPROVED);
+    answers.extend(
+        second
+            .observer
+            .payloads::<PaymentApproved>(topics::PAYMENT_APPROVED),
+    );
+    assert_eq!(answers.len(), 3, "{answers:?}");
+    let expected = payments_sim::payment_id_for(placed.order_id);
+    assert!(
+        answers.iter().all(|a| a.payment_id == expected),
+        "one paymentId for the order: {answers:?}"
+    );
+    assert_eq!(restarted.payment_for(placed.order_id), Some(expected));
+    assert_ne!(
+        payments_sim::payment_id_for(Uuid::new_v4()),
+        payments_sim::payment_id_for(placed.order_id),
+        "another order, another paymentId"
+    );
+}
+
+#[tokio::test]
 async fn a_paid_order_is_refunded_exactly_once_even_when_the_cancellation_comes_twice() {
     let world = World::start(PaymentsConfig::default()).await;
     let placed = order_placed(dec!(42.50));

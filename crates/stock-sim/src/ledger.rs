@@ -20,6 +20,20 @@ use uuid::Uuid;
 
 use crate::StockConfig;
 
+/// The namespace of the name-based (v5) reservation ids: fixed forever, so that every
+/// Stock process, before and after a restart, derives the same id for one order.
+const RESERVATION_ID_NAMESPACE: Uuid = Uuid::from_u128(0x9b47_03de_61a2_4c85_b7f0_2e9d_58c1_a634);
+
+/// The `reservationId` Stock gives the reservation of `order_id`: a name-based UUID (v5)
+/// of the order id. Deterministic, so a redelivered or repeated `order.paid` gets the same
+/// `reservationId` from any Stock process, even one that restarted with an empty ledger
+/// or forgot the order after the idempotency window: Orders sees a duplicate, never a
+/// second reservation.
+#[must_use]
+pub fn reservation_id_for(order_id: Uuid) -> String {
+    Uuid::new_v5(&RESERVATION_ID_NAMESPACE, order_id.as_bytes()).to_string()
+}
+
 /// How many shards the per-order records are spread over.
 const SHARDS: usize = 64;
 
@@ -156,7 +170,7 @@ impl Ledger {
                 None => {
                     let message = StockReserved {
                         order_id: order.order_id,
-                        reservation_id: Uuid::new_v4().to_string(),
+                        reservation_id: reservation_id_for(order.order_id),
                         items: order.items.clone(),
                         timestamp: now,
                     };

@@ -7,7 +7,8 @@
 //!   for the order that it has not released yet.
 //!
 //! It is an idempotent producer: a redelivered `order.paid` gets the same answer again
-//! (the same `reservationId`), and a repeated `order.cancelled` never releases twice.
+//! (the same `reservationId`, derived from the order id, so a restarted or a second instance
+//! answers with it too), and a repeated `order.cancelled` never releases twice.
 //! [`StockConfig`] makes it slow, short of products or chatty (duplicate replies) for tests
 //! and demos; [`StockHandle`] counts what it did.
 //!
@@ -29,4 +30,5 @@ mod ledger;
 mod service;
 
 pub use config::StockConfig;
+pub use ledger::reservation_id_for;
 pub use service::{CONSUMER_GROUP, StockHandle, StockService};

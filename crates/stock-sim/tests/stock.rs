@@ -151,6 +151,57 @@ async fn a_redelivered_order_paid_gets_the_same_reservation_id_and_is_reserved_o
 }
 
 #[tokio::test]
+async fn a_restarted_stock_and_a_second_instance_answer_with_the_same_reservation_id() {
+    let world = World::start(StockConfig::default()).await;
+    let paid = order_paid(&[("sku-1", 1)]);
+    let request = envelope(topics::ORDER_PAID, paid.order_id, &paid);
+    world.publish_envelope(request.clone()).await;
+    world.settle().await;
+
+    // Restart: the same group on the same bus, with an empty ledger.
+    let World {
+        bus,
+        observer,
+        stock,
+        _observing,
+    } = world;
+    stock.stop().await;
+    let restarted = StockService::start(Arc::new(bus.clone()), StockConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        restarted.reservation_for(paid.order_id),
+        None,
+        "empty ledger"
+    );
+    bus.publish(request.clone()).await.unwrap();
+    assert!(bus.wait_idle(DEADLINE).await);
+    // A second instance, on a bus of its own: it never heard of the order.
+    let second = World::start(StockConfig::default()).await;
+    second.publish_envelope(request).await;
+    second.settle().await;
+
+    let mut answers: Vec<StockReserved> = observer.payloads(topics::STOCK_RESERVED);
+    answers.extend(
+        second
+            .observer
+            .payloads::<StockReserved>(topics::STOCK_RESERVED),
+    );
+    assert_eq!(answers.len(), 3, "{answers:?}");
+    let expected = stock_sim::reservation_id_for(paid.order_id);
+    assert!(
+        answers.iter().all(|a| a.reservation_id == expected),
+        "one reservationId for the order: {answers:?}"
+    );
+    assert_eq!(restarted.reservation_for(paid.order_id), Some(expected));
+    assert_ne!(
+        stock_sim::reservation_id_for(Uuid::new_v4()),
+        stock_sim::reservation_id_for(paid.order_id),
+        "another order, another reservationId"
+    );
+}
+
+#[tokio::test]
 async fn a_reservation_is_released_exactly_once_even_when_the_cancellation_comes_twice() {
     let world = World::start(StockConfig::default()).await;
     let paid = order_paid(&[("sku-1", 1)]);
