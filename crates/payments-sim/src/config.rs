@@ -25,9 +25,9 @@ pub struct PaymentsConfig {
     /// Which orders are charged.
     pub decision: PaymentDecision,
     /// Simulated processing time: the handler waits this long before it answers any
-    /// message (`order.placed` and `order.cancelled`), so a demo can cancel an order while
-    /// its payment is "in progress". Real time, to within microseconds; a test cannot
-    /// pause it.
+    /// message (`order.placed`, `order.cancelled`, `order.payment_refused`), so a demo
+    /// can cancel an order while its payment is "in progress". Real time, to within
+    /// microseconds; a test cannot pause it.
     pub delay: Duration,
     /// Publish every answer twice: two envelopes with different `messageId`s and the
     /// identical payload (the same `paymentId`), as an at-least-once producer that retried

@@ -6,7 +6,7 @@
 //!
 //! The ledger makes Payments an idempotent producer: an order is decided once and a
 //! repeated question gets the recorded answer (the same `paymentId`), and a payment is
-//! refunded at most once, whatever the cancellation message says.
+//! refunded at most once, whatever the cancellation or refusal messages say.
 
 use std::{
     collections::HashMap,
@@ -14,7 +14,10 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use contracts::{OrderCancelled, OrderPlaced, PaymentApproved, PaymentDeclined, PaymentRefunded};
+use contracts::{
+    OrderCancelled, OrderPaymentRefused, OrderPlaced, PaymentApproved, PaymentDeclined,
+    PaymentRefunded,
+};
 use parking_lot::{Mutex, MutexGuard};
 use uuid::Uuid;
 
@@ -78,6 +81,10 @@ enum Record {
 struct Payment {
     /// The approval as first published, re-sent verbatim when asked again.
     approval: PaymentApproved,
+    /// Whether this ledger charged it. `false` for a payment of this order's
+    /// deterministic `paymentId` that another Payments process (or this one, before it
+    /// lost its ledger) charged, and this one refunded on `order.payment_refused`.
+    charged_here: bool,
     /// The refund, once issued.
     refund: Option<Refund>,
 }
@@ -108,9 +115,9 @@ pub(crate) enum PlacedAnswer {
     AlreadyRefunded { payment_id: String },
 }
 
-/// The answer to an `order.cancelled`.
+/// The answer to an `order.cancelled` or an `order.payment_refused`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum CancelledAnswer {
+pub(crate) enum RefundAnswer {
     /// Publish `payment.refunded`. `first` is false when the refund was issued before but
     /// its announcement did not reach the bus.
     Refund {
@@ -121,6 +128,9 @@ pub(crate) enum CancelledAnswer {
     AlreadyRefunded { payment_id: String },
     /// Publish nothing: Payments never charged this order.
     NothingCharged,
+    /// Publish nothing: the refused payment is not the one Payments charged for this
+    /// order (`ours`), so Payments has nothing of it to give back; its own stays.
+    NotOurs { ours: String },
 }
 
 impl Ledger {
@@ -185,6 +195,7 @@ impl Ledger {
                         order.order_id,
                         Box::new(Record::Approved(Payment {
                             approval: approval.clone(),
+                            charged_here: true,
                             refund: None,
                         })),
                     );
@@ -205,40 +216,86 @@ impl Ledger {
         &self,
         cancelled: &OrderCancelled,
         now: DateTime<Utc>,
-    ) -> CancelledAnswer {
+    ) -> RefundAnswer {
         let mut orders = self.shard(cancelled.order_id);
         match orders.get_mut(&cancelled.order_id).map(Box::as_mut) {
-            Some(Record::Approved(payment)) => match &payment.refund {
-                Some(refund) if refund.announced => CancelledAnswer::AlreadyRefunded {
-                    payment_id: refund.message.payment_id.clone(),
-                },
-                Some(refund) => CancelledAnswer::Refund {
-                    message: refund.message.clone(),
-                    first: false,
-                },
-                None => {
-                    let message = PaymentRefunded {
-                        order_id: cancelled.order_id,
-                        payment_id: payment.approval.payment_id.clone(),
-                        amount: payment.approval.approved_amount,
-                        currency: payment.approval.currency.clone(),
-                        timestamp: now,
-                    };
-                    payment.refund = Some(Refund {
-                        message: message.clone(),
-                        announced: false,
-                    });
-                    self.refunded.fetch_add(1, Ordering::Relaxed);
-                    CancelledAnswer::Refund {
-                        message,
-                        first: true,
-                    }
-                }
-            },
-            Some(Record::Declined(_) | Record::CancelledUnpaid) => CancelledAnswer::NothingCharged,
+            Some(Record::Approved(payment)) => self.refund_once(payment, now),
+            Some(Record::Declined(_) | Record::CancelledUnpaid) => RefundAnswer::NothingCharged,
             None => {
                 orders.insert(cancelled.order_id, Box::new(Record::CancelledUnpaid));
-                CancelledAnswer::NothingCharged
+                RefundAnswer::NothingCharged
+            }
+        }
+    }
+
+    /// Refunds the payment Orders refused, once. Only the named payment: a refusal of a
+    /// payment Payments did not make leaves its own charge alone. A payment of this
+    /// order's deterministic `paymentId` that this ledger does not hold was charged by
+    /// another Payments process, or by this one before it lost its ledger: it is refunded
+    /// for the amount the refusal names, and remembered as refunded.
+    pub(crate) fn on_refused(
+        &self,
+        refused: &OrderPaymentRefused,
+        now: DateTime<Utc>,
+    ) -> RefundAnswer {
+        let mut orders = self.shard(refused.order_id);
+        match orders.get_mut(&refused.order_id).map(Box::as_mut) {
+            Some(Record::Approved(payment))
+                if payment.approval.payment_id == refused.payment_id =>
+            {
+                self.refund_once(payment, now)
+            }
+            Some(Record::Approved(payment)) => RefundAnswer::NotOurs {
+                ours: payment.approval.payment_id.clone(),
+            },
+            _ if refused.payment_id == payment_id_for(refused.order_id) => {
+                let mut payment = Payment {
+                    approval: PaymentApproved {
+                        order_id: refused.order_id,
+                        payment_id: refused.payment_id.clone(),
+                        approved_amount: refused.amount,
+                        currency: refused.currency.clone(),
+                        timestamp: refused.timestamp,
+                    },
+                    charged_here: false,
+                    refund: None,
+                };
+                let answer = self.refund_once(&mut payment, now);
+                orders.insert(refused.order_id, Box::new(Record::Approved(payment)));
+                answer
+            }
+            _ => RefundAnswer::NothingCharged,
+        }
+    }
+
+    /// Refunds `payment` unless it was refunded before; then re-sends the refund whose
+    /// announcement did not reach the bus, or answers that it was announced.
+    fn refund_once(&self, payment: &mut Payment, now: DateTime<Utc>) -> RefundAnswer {
+        match &payment.refund {
+            Some(refund) if refund.announced => RefundAnswer::AlreadyRefunded {
+                payment_id: refund.message.payment_id.clone(),
+            },
+            Some(refund) => RefundAnswer::Refund {
+                message: refund.message.clone(),
+                first: false,
+            },
+            None => {
+                let message = PaymentRefunded {
+                    order_id: payment.approval.order_id,
+                    payment_id: payment.approval.payment_id.clone(),
+                    amount: payment.approval.approved_amount,
+                    currency: payment.approval.currency.clone(),
+                    timestamp: now,
+                };
+                payment.refund = Some(Refund {
+                    message: message.clone(),
+                    announced: false,
+                });
+                self.refunded.fetch_add(1, Ordering::Relaxed);
+                RefundAnswer::Refund {
+                    message,
+                    first: true,
+                }
             }
         }
     }
@@ -276,10 +333,24 @@ impl Ledger {
         }
     }
 
+    /// The charges this ledger made for `order_id` less the refunds it issued for it:
+    /// 1 while charged, 0 when never charged or charged and refunded, -1 when it refunded
+    /// a payment another Payments process charged.
+    pub(crate) fn net_charges_for(&self, order_id: Uuid) -> i64 {
+        match self.shard(order_id).get(&order_id).map(Box::as_ref) {
+            Some(Record::Approved(payment)) => {
+                i64::from(payment.charged_here) - i64::from(payment.refund.is_some())
+            }
+            _ => 0,
+        }
+    }
+
     /// The `paymentId` approved for `order_id`, if any.
     pub(crate) fn payment_for(&self, order_id: Uuid) -> Option<String> {
         match self.shard(order_id).get(&order_id).map(Box::as_ref) {
-            Some(Record::Approved(payment)) => Some(payment.approval.payment_id.clone()),
+            Some(Record::Approved(payment)) if payment.charged_here => {
+                Some(payment.approval.payment_id.clone())
+            }
             _ => None,
         }
     }

@@ -4,11 +4,14 @@
 //! * `order.placed` → decide by [`PaymentDecision`] → `payment.approved` or
 //!   `payment.declined`;
 //! * `order.cancelled` → `payment.refunded` when, by its own records, it charged the order
-//!   and has not refunded it yet.
+//!   and has not refunded it yet;
+//! * `order.payment_refused` → `payment.refunded` of the payment Orders refused, unless it
+//!   was refunded already.
 //!
 //! It is an idempotent producer: a redelivered `order.placed` gets the same answer again
 //! (the same `paymentId`, derived from the order id, so a restarted or a second instance
-//! answers with it too), and a repeated `order.cancelled` never refunds twice.
+//! answers with it too), and a payment is refunded at most once, however often
+//! `order.cancelled` or `order.payment_refused` ask.
 //! [`PaymentsConfig`] makes it slow, stingy or chatty (duplicate replies) for tests and
 //! demos; [`PaymentsHandle`] counts what it did.
 //!

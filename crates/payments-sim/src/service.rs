@@ -1,5 +1,5 @@
-//! The running Payments service: the consumer group `payments` on `order.placed` and
-//! `order.cancelled`, its message handler, and the handle the caller keeps to inspect and
+//! The running Payments service: the consumer group `payments` on `order.placed`,
+//! `order.cancelled` and `order.payment_refused`, its message handler, and the handle the caller keeps to inspect and
 //! stop it.
 
 use std::sync::Arc;
@@ -7,7 +7,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::Utc;
 use contracts::{
-    OrderCancelled, OrderPlaced, PaymentApproved, PaymentDeclined, PaymentRefunded, topics,
+    OrderCancelled, OrderPaymentRefused, OrderPlaced, PaymentApproved, PaymentDeclined,
+    PaymentRefunded, topics,
 };
 use messaging::{
     BusError, Envelope, HandlerError, MessageBus, MessageHandler, Subscription, SubscriptionHandle,
@@ -16,11 +17,11 @@ use uuid::Uuid;
 
 use crate::{
     PaymentsConfig,
-    ledger::{CancelledAnswer, Ledger, PlacedAnswer},
+    ledger::{Ledger, PlacedAnswer, RefundAnswer},
 };
 
-/// The consumer group Payments subscribes as. One subscription covers both topics, so
-/// the messages of one order (one correlation id) reach it in order.
+/// The consumer group Payments subscribes as. One subscription covers its three topics,
+/// so the messages of one order (one correlation id) reach it in order.
 pub const CONSUMER_GROUP: &str = "payments";
 
 /// The simulated Payments context. Start it with [`PaymentsService::start`]; it runs until
@@ -44,8 +45,9 @@ impl std::fmt::Debug for PaymentsService {
 }
 
 impl PaymentsService {
-    /// Subscribes the consumer group [`CONSUMER_GROUP`] to `order.placed` and
-    /// `order.cancelled` on `bus`, and answers on the same bus.
+    /// Subscribes the consumer group [`CONSUMER_GROUP`] to `order.placed`,
+    /// `order.cancelled` and `order.payment_refused` on `bus`, and answers on the same
+    /// bus.
     ///
     /// # Errors
     /// The bus's [`BusError`] when the subscription fails, e.g.
@@ -66,7 +68,8 @@ impl PaymentsService {
         let subscription = Subscription::new(CONSUMER_GROUP)
             .concurrency(concurrency)
             .topic(topics::ORDER_PLACED)
-            .topic(topics::ORDER_CANCELLED);
+            .topic(topics::ORDER_CANCELLED)
+            .topic(topics::ORDER_PAYMENT_REFUSED);
         let subscription = bus.subscribe(subscription, service).await?;
         tracing::info!(subscriber = CONSUMER_GROUP, "payments simulator started");
         Ok(PaymentsHandle {
@@ -108,32 +111,31 @@ impl PaymentsService {
         incoming: &Envelope,
         cancelled: &OrderCancelled,
     ) -> Result<(), HandlerError> {
-        match self.ledger.on_cancelled(cancelled, Utc::now()) {
-            CancelledAnswer::Refund { message, first } => {
-                if let Some(theirs) = cancelled
-                    .payment_id
-                    .as_deref()
-                    .filter(|theirs| *theirs != message.payment_id)
-                {
-                    tracing::warn!(order_id = %message.order_id, their_payment_id = %theirs,
-                        payment_id = %message.payment_id,
-                        "order.cancelled names a payment Payments does not know: refunding its own");
-                }
+        let answer = self.ledger.on_cancelled(cancelled, Utc::now());
+        if let RefundAnswer::Refund { message, .. } = &answer
+            && let Some(theirs) = cancelled
+                .payment_id
+                .as_deref()
+                .filter(|theirs| *theirs != message.payment_id)
+        {
+            tracing::warn!(order_id = %message.order_id, their_payment_id = %theirs,
+                payment_id = %message.payment_id,
+                "order.cancelled names a payment Payments does not know: refunding its own");
+        }
+        match answer {
+            RefundAnswer::Refund { message, first } => {
                 tracing::info!(order_id = %message.order_id, payment_id = %message.payment_id,
                     amount = %message.amount, currency = %message.currency,
                     previous_status = %cancelled.previous_status,
                     decision = "refunded", repeated = !first, "payment refunded");
-                let order_id = message.order_id;
-                self.send(incoming, &Reply::Refunded(message)).await?;
-                self.ledger.refund_announced(order_id);
-                Ok(())
+                self.announce_refund(incoming, message).await
             }
-            CancelledAnswer::AlreadyRefunded { payment_id } => {
+            RefundAnswer::AlreadyRefunded { payment_id } => {
                 tracing::info!(order_id = %cancelled.order_id, payment_id = %payment_id,
                     decision = "ignored", "order.cancelled again: refunded already");
                 Ok(())
             }
-            CancelledAnswer::NothingCharged => {
+            RefundAnswer::NothingCharged | RefundAnswer::NotOurs { .. } => {
                 match &cancelled.payment_id {
                     Some(theirs) => tracing::warn!(order_id = %cancelled.order_id,
                         their_payment_id = %theirs, decision = "ignored",
@@ -145,6 +147,54 @@ impl PaymentsService {
                 Ok(())
             }
         }
+    }
+
+    /// Orders refused a payment (a second payment of a paid order, an approval of a
+    /// cancelled one, a wrong amount): refund it, at most once.
+    async fn on_payment_refused(
+        &self,
+        incoming: &Envelope,
+        refused: &OrderPaymentRefused,
+    ) -> Result<(), HandlerError> {
+        match self.ledger.on_refused(refused, Utc::now()) {
+            RefundAnswer::Refund { message, first } => {
+                tracing::info!(order_id = %message.order_id, payment_id = %message.payment_id,
+                    amount = %message.amount, currency = %message.currency,
+                    refusal = %refused.reason, decision = "refunded", repeated = !first,
+                    "payment refused by Orders: refunded");
+                self.announce_refund(incoming, message).await
+            }
+            RefundAnswer::AlreadyRefunded { payment_id } => {
+                tracing::info!(order_id = %refused.order_id, payment_id = %payment_id,
+                    decision = "ignored", "order.payment_refused: refunded already");
+                Ok(())
+            }
+            RefundAnswer::NotOurs { ours } => {
+                tracing::warn!(order_id = %refused.order_id, their_payment_id = %refused.payment_id,
+                    payment_id = %ours, decision = "ignored",
+                    "order.payment_refused names another payment than Payments made: nothing to refund");
+                Ok(())
+            }
+            RefundAnswer::NothingCharged => {
+                tracing::warn!(order_id = %refused.order_id, their_payment_id = %refused.payment_id,
+                    decision = "ignored",
+                    "order.payment_refused names a payment Payments never made: nothing to refund");
+                Ok(())
+            }
+        }
+    }
+
+    /// Publishes the refund, then notes that it reached the bus (until then a repeated
+    /// request re-sends the same refund, never a second one).
+    async fn announce_refund(
+        &self,
+        incoming: &Envelope,
+        message: PaymentRefunded,
+    ) -> Result<(), HandlerError> {
+        let order_id = message.order_id;
+        self.send(incoming, &Reply::Refunded(message)).await?;
+        self.ledger.refund_announced(order_id);
+        Ok(())
     }
 
     /// Takes the configured processing time (decoding comes first, so a bad payload
@@ -185,6 +235,11 @@ impl MessageHandler for PaymentsService {
                 let cancelled: OrderCancelled = envelope.decode()?;
                 self.simulate_processing().await;
                 self.on_order_cancelled(envelope, &cancelled).await
+            }
+            topics::ORDER_PAYMENT_REFUSED => {
+                let refused: OrderPaymentRefused = envelope.decode()?;
+                self.simulate_processing().await;
+                self.on_payment_refused(envelope, &refused).await
             }
             other => Err(HandlerError::permanent(format!(
                 "payments does not handle topic {other}"
@@ -252,6 +307,15 @@ impl PaymentsHandle {
     #[must_use]
     pub fn refunds_for(&self, order_id: Uuid) -> usize {
         self.ledger.refunds_for(order_id)
+    }
+
+    /// The charges Payments made for `order_id` less the refunds it issued for it: 1
+    /// while charged, 0 when never charged or charged and refunded, -1 when it refunded a
+    /// payment of the order that another Payments process charged (so the sum over every
+    /// instance is the order's net charge).
+    #[must_use]
+    pub fn net_charges_for(&self, order_id: Uuid) -> i64 {
+        self.ledger.net_charges_for(order_id)
     }
 
     /// The `paymentId` Payments approved for `order_id`, if it approved one.

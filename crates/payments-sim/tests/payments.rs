@@ -1,6 +1,6 @@
-//! The simulated Payments seen from the bus: what it answers to `order.placed` and
-//! `order.cancelled` under each configuration, and that it charges and refunds each order
-//! at most once however often it is asked.
+//! The simulated Payments seen from the bus: what it answers to `order.placed`,
+//! `order.cancelled` and `order.payment_refused` under each configuration, and that it
+//! charges and refunds each order at most once however often it is asked.
 #![allow(clippy::unwrap_used)]
 
 use std::{
@@ -14,8 +14,8 @@ use std::{
 use async_trait::async_trait;
 use chrono::{TimeZone, Utc};
 use contracts::{
-    OrderCancelled, OrderPlaced, PaymentApproved, PaymentDeclined, PaymentRefunded, PricedItem,
-    ShippingAddress, topics,
+    OrderCancelled, OrderPaymentRefused, OrderPlaced, PaymentApproved, PaymentDeclined,
+    PaymentRefunded, PricedItem, ShippingAddress, topics,
 };
 use messaging::{
     BusError, Envelope, HandlerError, InMemoryBus, MessageBus, MessageHandler, Subscription,
@@ -372,6 +372,104 @@ async fn a_refund_whose_announcement_failed_is_announced_on_redelivery_and_issue
 }
 
 #[tokio::test]
+async fn a_refused_payment_is_refunded_once_however_often_it_is_refused_or_cancelled() {
+    let world = World::start(PaymentsConfig::default()).await;
+    let placed = order_placed(dec!(25));
+    world
+        .publish(topics::ORDER_PLACED, placed.order_id, &placed)
+        .await;
+    world.settle().await;
+    assert_eq!(world.payments.net_charges_for(placed.order_id), 1);
+    let payment_id = world.payments.payment_for(placed.order_id).unwrap();
+    let refused = payment_refused(placed.order_id, &payment_id, dec!(25));
+
+    // Orders refused it twice (a duplicate approval), and the order was cancelled too.
+    let envelope = envelope(topics::ORDER_PAYMENT_REFUSED, placed.order_id, &refused);
+    world.publish_envelope(envelope.clone()).await;
+    world.publish_envelope(envelope).await;
+    world
+        .publish(topics::ORDER_PAYMENT_REFUSED, placed.order_id, &refused)
+        .await;
+    let cancelled = order_cancelled(placed.order_id, "Paid", Some(&payment_id));
+    world
+        .publish(topics::ORDER_CANCELLED, placed.order_id, &cancelled)
+        .await;
+    world.settle().await;
+
+    let refunds: Vec<PaymentRefunded> = world.observer.payloads(topics::PAYMENT_REFUNDED);
+    assert_eq!(refunds.len(), 1, "one refund: {refunds:?}");
+    assert_eq!(refunds[0].payment_id, payment_id);
+    assert_eq!(refunds[0].amount, dec!(25));
+    assert_eq!(world.payments.refunded_count(), 1);
+    assert_eq!(world.payments.net_charges_for(placed.order_id), 0);
+    assert!(world.bus.dead_letters().is_empty());
+}
+
+#[tokio::test]
+async fn a_refusal_of_another_payment_leaves_the_own_charge_alone() {
+    let world = World::start(PaymentsConfig::default()).await;
+    let placed = order_placed(dec!(25));
+    world
+        .publish(topics::ORDER_PLACED, placed.order_id, &placed)
+        .await;
+    let foreign = payment_refused(placed.order_id, "a-payment-from-elsewhere", dec!(25));
+    world
+        .publish(topics::ORDER_PAYMENT_REFUSED, placed.order_id, &foreign)
+        .await;
+    // And a refusal for an order Payments never heard of, naming a foreign payment.
+    let stranger = Uuid::new_v4();
+    let unknown = payment_refused(stranger, "another-foreign-payment", dec!(1));
+    world
+        .publish(topics::ORDER_PAYMENT_REFUSED, stranger, &unknown)
+        .await;
+    world.settle().await;
+
+    assert!(world.observer.on(topics::PAYMENT_REFUNDED).is_empty());
+    assert_eq!(world.payments.net_charges_for(placed.order_id), 1);
+    assert_eq!(world.payments.net_charges_for(stranger), 0);
+    assert_eq!(world.payments.refunded_count(), 0);
+}
+
+#[tokio::test]
+async fn a_payment_charged_before_a_restart_is_refunded_when_orders_refuses_it() {
+    // The first instance charged the order; a restarted one (empty ledger) receives the
+    // refusal: the paymentId is the order's own, so it refunds it, once.
+    let first = World::start(PaymentsConfig::default()).await;
+    let placed = order_placed(dec!(12.34));
+    first
+        .publish(topics::ORDER_PLACED, placed.order_id, &placed)
+        .await;
+    first.settle().await;
+    let restarted = World::start(PaymentsConfig::default()).await;
+    let payment_id = payments_sim::payment_id_for(placed.order_id);
+    let refused = payment_refused(placed.order_id, &payment_id, dec!(12.34));
+
+    restarted
+        .publish(topics::ORDER_PAYMENT_REFUSED, placed.order_id, &refused)
+        .await;
+    restarted
+        .publish(topics::ORDER_PAYMENT_REFUSED, placed.order_id, &refused)
+        .await;
+    // A redelivered order.placed does not charge the refunded payment again.
+    restarted
+        .publish(topics::ORDER_PLACED, placed.order_id, &placed)
+        .await;
+    restarted.settle().await;
+
+    let refunds: Vec<PaymentRefunded> = restarted.observer.payloads(topics::PAYMENT_REFUNDED);
+    assert_eq!(refunds.len(), 1, "{refunds:?}");
+    assert_eq!(refunds[0].payment_id, payment_id);
+    assert_eq!(refunds[0].amount, dec!(12.34));
+    assert!(restarted.observer.on(topics::PAYMENT_APPROVED).is_empty());
+    assert_eq!(
+        first.payments.net_charges_for(placed.order_id)
+            + restarted.payments.net_charges_for(placed.order_id),
+        0,
+        "charged by one instance, refunded by the other"
+    );
+}
+
+#[tokio::test]
 async fn a_payload_that_does_not_decode_is_dead_lettered_without_an_answer() {
     let world = World::start(PaymentsConfig::default()).await;
     let order_id = Uuid::new_v4();
@@ -607,6 +705,17 @@ fn order_placed(total: Decimal) -> OrderPlaced {
             country: "PT".into(),
         },
         timestamp: Utc.with_ymd_and_hms(2026, 1, 5, 10, 0, 0).unwrap(),
+    }
+}
+
+fn payment_refused(order_id: Uuid, payment_id: &str, amount: Decimal) -> OrderPaymentRefused {
+    OrderPaymentRefused {
+        order_id,
+        payment_id: payment_id.into(),
+        amount,
+        currency: "EUR".into(),
+        reason: "cannot confirm payment of an order that is Cancelled".into(),
+        timestamp: Utc.with_ymd_and_hms(2026, 1, 5, 10, 6, 0).unwrap(),
     }
 }
 
