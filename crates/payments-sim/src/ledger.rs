@@ -2,18 +2,19 @@
 //! bus, no clock (the caller passes `now`), so every rule is decided under its order's
 //! shard lock and the answer is published after the lock is released. All state of one
 //! order lives in one shard; sharding bounds the stall of any one table resize and lets
-//! handlers of different orders run without contending for one lock.
+//! handlers of different orders run without contending for one lock. An order not asked
+//! about for longer than the idempotency window is forgotten (see [`crate::retention`]).
 //!
 //! The ledger makes Payments an idempotent producer: an order is decided once and a
 //! repeated question gets the recorded answer (the same `paymentId`), and a payment is
 //! refunded at most once, whatever the cancellation or refusal messages say.
 
 use std::{
-    collections::HashMap,
     sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
 };
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use contracts::{
     OrderCancelled, OrderPaymentRefused, OrderPlaced, PaymentApproved, PaymentDeclined,
     PaymentRefunded,
@@ -21,7 +22,7 @@ use contracts::{
 use parking_lot::{Mutex, MutexGuard};
 use uuid::Uuid;
 
-use crate::PaymentDecision;
+use crate::{PaymentDecision, retention::Shard};
 
 /// The namespace of the name-based (v5) payment ids: fixed forever, so that every
 /// Payments process, before and after a restart, derives the same id for one order.
@@ -40,30 +41,21 @@ pub fn payment_id_for(order_id: Uuid) -> String {
 /// How many shards the per-order records are spread over.
 const SHARDS: usize = 64;
 
-/// The records of the orders whose id falls in one shard. Records are boxed so the table
-/// entries stay small and a resize copies little.
-type Shard = HashMap<Uuid, Box<Record>>;
-
-/// Every order Payments has heard of, and how many decisions of each kind it took.
+/// Every order Payments has heard of within the idempotency window, and how many
+/// decisions of each kind it took.
 #[derive(Debug)]
 pub(crate) struct Ledger {
     /// The orders, sharded by order id; see [`Ledger::shard`].
-    shards: Box<[Mutex<Shard>]>,
+    shards: Box<[Mutex<Shard<Record>>]>,
+    /// How long an order is remembered after it was last asked about.
+    window: TimeDelta,
+    /// The next shard to sweep for expired orders, besides the one being decided on.
+    sweep: AtomicUsize,
     /// Counters, incremented while the deciding shard lock is held.
     approved: AtomicUsize,
     declined: AtomicUsize,
     refunded: AtomicUsize,
-}
-
-impl Default for Ledger {
-    fn default() -> Self {
-        Self {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            approved: AtomicUsize::new(0),
-            declined: AtomicUsize::new(0),
-            refunded: AtomicUsize::new(0),
-        }
-    }
+    forgotten: AtomicUsize,
 }
 
 /// What Payments knows about one order.
@@ -134,6 +126,19 @@ pub(crate) enum RefundAnswer {
 }
 
 impl Ledger {
+    /// An empty ledger that forgets an order `window` after it was last asked about.
+    pub(crate) fn new(window: Duration) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            window: TimeDelta::from_std(window).unwrap_or(TimeDelta::MAX),
+            sweep: AtomicUsize::new(0),
+            approved: AtomicUsize::new(0),
+            declined: AtomicUsize::new(0),
+            refunded: AtomicUsize::new(0),
+            forgotten: AtomicUsize::new(0),
+        }
+    }
+
     /// Decides `order` once; afterwards returns the recorded answer.
     pub(crate) fn on_placed(
         &self,
@@ -141,8 +146,8 @@ impl Ledger {
         decision: &PaymentDecision,
         now: DateTime<Utc>,
     ) -> PlacedAnswer {
-        let mut orders = self.shard(order.order_id);
-        match orders.get_mut(&order.order_id).map(Box::as_mut) {
+        let mut orders = self.shard_at(order.order_id, now);
+        match orders.get_mut(&order.order_id) {
             Some(Record::Approved(payment)) => match &payment.refund {
                 Some(_) => PlacedAnswer::AlreadyRefunded {
                     payment_id: payment.approval.payment_id.clone(),
@@ -176,7 +181,7 @@ impl Ledger {
                         reason,
                         timestamp: now,
                     };
-                    orders.insert(order.order_id, Box::new(Record::Declined(message.clone())));
+                    orders.insert(order.order_id, Record::Declined(message.clone()), now);
                     self.declined.fetch_add(1, Ordering::Relaxed);
                     PlacedAnswer::Decline {
                         message,
@@ -193,11 +198,12 @@ impl Ledger {
                     };
                     orders.insert(
                         order.order_id,
-                        Box::new(Record::Approved(Payment {
+                        Record::Approved(Payment {
                             approval: approval.clone(),
                             charged_here: true,
                             refund: None,
-                        })),
+                        }),
+                        now,
                     );
                     self.approved.fetch_add(1, Ordering::Relaxed);
                     PlacedAnswer::Approve {
@@ -217,12 +223,12 @@ impl Ledger {
         cancelled: &OrderCancelled,
         now: DateTime<Utc>,
     ) -> RefundAnswer {
-        let mut orders = self.shard(cancelled.order_id);
-        match orders.get_mut(&cancelled.order_id).map(Box::as_mut) {
+        let mut orders = self.shard_at(cancelled.order_id, now);
+        match orders.get_mut(&cancelled.order_id) {
             Some(Record::Approved(payment)) => self.refund_once(payment, now),
             Some(Record::Declined(_) | Record::CancelledUnpaid) => RefundAnswer::NothingCharged,
             None => {
-                orders.insert(cancelled.order_id, Box::new(Record::CancelledUnpaid));
+                orders.insert(cancelled.order_id, Record::CancelledUnpaid, now);
                 RefundAnswer::NothingCharged
             }
         }
@@ -238,8 +244,8 @@ impl Ledger {
         refused: &OrderPaymentRefused,
         now: DateTime<Utc>,
     ) -> RefundAnswer {
-        let mut orders = self.shard(refused.order_id);
-        match orders.get_mut(&refused.order_id).map(Box::as_mut) {
+        let mut orders = self.shard_at(refused.order_id, now);
+        match orders.get_mut(&refused.order_id) {
             Some(Record::Approved(payment))
                 if payment.approval.payment_id == refused.payment_id =>
             {
@@ -261,7 +267,7 @@ impl Ledger {
                     refund: None,
                 };
                 let answer = self.refund_once(&mut payment, now);
-                orders.insert(refused.order_id, Box::new(Record::Approved(payment)));
+                orders.insert(refused.order_id, Record::Approved(payment), now);
                 answer
             }
             _ => RefundAnswer::NothingCharged,
@@ -305,7 +311,7 @@ impl Ledger {
         if let Some(Record::Approved(Payment {
             refund: Some(refund),
             ..
-        })) = self.shard(order_id).get_mut(&order_id).map(Box::as_mut)
+        })) = self.shard(order_id).get_mut(&order_id)
         {
             refund.announced = true;
         }
@@ -325,7 +331,7 @@ impl Ledger {
 
     /// The refunds issued for `order_id`: 0 or 1.
     pub(crate) fn refunds_for(&self, order_id: Uuid) -> usize {
-        match self.shard(order_id).get(&order_id).map(Box::as_ref) {
+        match self.shard(order_id).get(&order_id) {
             Some(Record::Approved(Payment {
                 refund: Some(_), ..
             })) => 1,
@@ -337,7 +343,7 @@ impl Ledger {
     /// 1 while charged, 0 when never charged or charged and refunded, -1 when it refunded
     /// a payment another Payments process charged.
     pub(crate) fn net_charges_for(&self, order_id: Uuid) -> i64 {
-        match self.shard(order_id).get(&order_id).map(Box::as_ref) {
+        match self.shard(order_id).get(&order_id) {
             Some(Record::Approved(payment)) => {
                 i64::from(payment.charged_here) - i64::from(payment.refund.is_some())
             }
@@ -347,7 +353,7 @@ impl Ledger {
 
     /// The `paymentId` approved for `order_id`, if any.
     pub(crate) fn payment_for(&self, order_id: Uuid) -> Option<String> {
-        match self.shard(order_id).get(&order_id).map(Box::as_ref) {
+        match self.shard(order_id).get(&order_id) {
             Some(Record::Approved(payment)) if payment.charged_here => {
                 Some(payment.approval.payment_id.clone())
             }
@@ -355,14 +361,60 @@ impl Ledger {
         }
     }
 
+    /// Forgets every order not asked about since `now` less the window; returns how
+    /// many.
+    pub(crate) fn prune(&self, now: DateTime<Utc>) -> usize {
+        let Some(cutoff) = now.checked_sub_signed(self.window) else {
+            return 0;
+        };
+        let forgotten = self.shards.iter().map(|s| s.lock().prune(cutoff)).sum();
+        self.forgotten.fetch_add(forgotten, Ordering::Relaxed);
+        forgotten
+    }
+
+    /// How many orders are remembered.
+    pub(crate) fn remembered(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    /// How many orders were forgotten after the window.
+    pub(crate) fn forgotten_count(&self) -> usize {
+        self.forgotten.load(Ordering::Relaxed)
+    }
+
+    /// Locks the shard holding `order_id` to decide about it `now`: first forgets the
+    /// expired orders of that shard and of one other (in turn, so a shard that no message
+    /// reaches still forgets), then notes that `order_id` was asked about.
+    fn shard_at(&self, order_id: Uuid, now: DateTime<Utc>) -> MutexGuard<'_, Shard<Record>> {
+        let index = Self::index(order_id);
+        let cutoff = now.checked_sub_signed(self.window);
+        if let Some(cutoff) = cutoff {
+            let other = self.sweep.fetch_add(1, Ordering::Relaxed) % SHARDS;
+            if other != index {
+                let forgotten = self.shards[other].lock().prune(cutoff);
+                self.forgotten.fetch_add(forgotten, Ordering::Relaxed);
+            }
+        }
+        let mut shard = self.shard(order_id);
+        if let Some(cutoff) = cutoff {
+            let forgotten = shard.prune(cutoff);
+            self.forgotten.fetch_add(forgotten, Ordering::Relaxed);
+        }
+        shard.touch(order_id, now);
+        shard
+    }
+
     /// Locks the shard holding `order_id`. Every record of one order lives in that
     /// shard, so holding its lock is enough to decide anything about the order.
-    fn shard(&self, order_id: Uuid) -> MutexGuard<'_, Shard> {
-        // Order ids end in random bits (v7, or v4 from elsewhere): the low bits spread
-        // orders evenly.
-        let index = (order_id.as_u128() % SHARDS as u128) as usize;
+    fn shard(&self, order_id: Uuid) -> MutexGuard<'_, Shard<Record>> {
         // Not poisoned by a panic elsewhere: every update is a handful of assignments
         // with no await, so a panic in another handler cannot leave a record half-done.
-        self.shards[index].lock()
+        self.shards[Self::index(order_id)].lock()
+    }
+
+    fn index(order_id: Uuid) -> usize {
+        // Order ids end in random bits (v7, or v4 from elsewhere): the low bits spread
+        // orders evenly.
+        (order_id.as_u128() % SHARDS as u128) as usize
     }
 }

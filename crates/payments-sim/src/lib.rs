@@ -12,6 +12,8 @@
 //! (the same `paymentId`, derived from the order id, so a restarted or a second instance
 //! answers with it too), and a payment is refunded at most once, however often
 //! `order.cancelled` or `order.payment_refused` ask.
+//! It forgets an order once it was not asked about for its idempotency window, so its
+//! memory stays flat under sustained load.
 //! [`PaymentsConfig`] makes it slow, stingy or chatty (duplicate replies) for tests and
 //! demos; [`PaymentsHandle`] counts what it did.
 //!
@@ -30,8 +32,10 @@
 
 mod config;
 mod ledger;
+mod retention;
 mod service;
 
-pub use config::{PaymentDecision, PaymentsConfig};
+pub use config::{DEFAULT_IDEMPOTENCY_WINDOW, PaymentDecision, PaymentsConfig};
 pub use ledger::payment_id_for;
+pub use retention::{Clock, SystemClock};
 pub use service::{CONSUMER_GROUP, PaymentsHandle, PaymentsService};

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::Utc;
 use contracts::{
     OrderCancelled, OrderPaymentRefused, OrderPlaced, PaymentApproved, PaymentDeclined,
     PaymentRefunded, topics,
@@ -16,7 +15,7 @@ use messaging::{
 use uuid::Uuid;
 
 use crate::{
-    PaymentsConfig,
+    Clock, PaymentsConfig, SystemClock,
     ledger::{Ledger, PlacedAnswer, RefundAnswer},
 };
 
@@ -33,6 +32,8 @@ pub struct PaymentsService {
     config: PaymentsConfig,
     /// Shared with the handle, which reads the counters.
     ledger: Arc<Ledger>,
+    /// When answers happen, and when remembered orders expire.
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for PaymentsService {
@@ -56,14 +57,28 @@ impl PaymentsService {
         bus: Arc<dyn MessageBus>,
         config: PaymentsConfig,
     ) -> Result<PaymentsHandle, BusError> {
+        Self::start_with_clock(bus, config, Arc::new(SystemClock)).await
+    }
+
+    /// [`PaymentsService::start`] telling the time by `clock` (tests cross the
+    /// idempotency window with a clock of their own, without waiting).
+    ///
+    /// # Errors
+    /// As [`PaymentsService::start`].
+    pub async fn start_with_clock(
+        bus: Arc<dyn MessageBus>,
+        config: PaymentsConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<PaymentsHandle, BusError> {
         // The simulated processing delay is spent inside the handler: give the group
         // enough lanes that orders wait for their own delay, not for each other's.
         let concurrency = if config.delay.is_zero() { 4 } else { 256 };
-        let ledger = Arc::new(Ledger::default());
+        let ledger = Arc::new(Ledger::new(config.idempotency_window));
         let service = Arc::new(Self {
             bus: bus.clone(),
             config,
             ledger: ledger.clone(),
+            clock: clock.clone(),
         });
         let subscription = Subscription::new(CONSUMER_GROUP)
             .concurrency(concurrency)
@@ -74,6 +89,7 @@ impl PaymentsService {
         tracing::info!(subscriber = CONSUMER_GROUP, "payments simulator started");
         Ok(PaymentsHandle {
             ledger,
+            clock,
             subscription,
         })
     }
@@ -85,7 +101,7 @@ impl PaymentsService {
     ) -> Result<(), HandlerError> {
         match self
             .ledger
-            .on_placed(order, &self.config.decision, Utc::now())
+            .on_placed(order, &self.config.decision, self.clock.now())
         {
             PlacedAnswer::Approve { message, first } => {
                 tracing::info!(order_id = %message.order_id, payment_id = %message.payment_id,
@@ -111,7 +127,7 @@ impl PaymentsService {
         incoming: &Envelope,
         cancelled: &OrderCancelled,
     ) -> Result<(), HandlerError> {
-        let answer = self.ledger.on_cancelled(cancelled, Utc::now());
+        let answer = self.ledger.on_cancelled(cancelled, self.clock.now());
         if let RefundAnswer::Refund { message, .. } = &answer
             && let Some(theirs) = cancelled
                 .payment_id
@@ -156,7 +172,7 @@ impl PaymentsService {
         incoming: &Envelope,
         refused: &OrderPaymentRefused,
     ) -> Result<(), HandlerError> {
-        match self.ledger.on_refused(refused, Utc::now()) {
+        match self.ledger.on_refused(refused, self.clock.now()) {
             RefundAnswer::Refund { message, first } => {
                 tracing::info!(order_id = %message.order_id, payment_id = %message.payment_id,
                     amount = %message.amount, currency = %message.currency,
@@ -213,7 +229,7 @@ impl PaymentsService {
     async fn send(&self, incoming: &Envelope, reply: &Reply) -> Result<(), HandlerError> {
         let copies = if self.config.duplicate_replies { 2 } else { 1 };
         for _ in 0..copies {
-            let envelope = reply.envelope(incoming)?;
+            let envelope = reply.envelope(incoming, self.clock.now())?;
             self.bus.publish(envelope).await.map_err(|e| {
                 HandlerError::retryable(format!("cannot publish {}: {e}", reply.topic()))
             })?;
@@ -265,8 +281,11 @@ impl Reply {
     }
 
     /// A new envelope (fresh `messageId`) around the payload, caused by `incoming`.
-    fn envelope(&self, incoming: &Envelope) -> Result<Envelope, HandlerError> {
-        let now = Utc::now();
+    fn envelope(
+        &self,
+        incoming: &Envelope,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Envelope, HandlerError> {
         match self {
             Self::Approved(payload) => incoming.reply(self.topic(), now, payload),
             Self::Declined(payload) => incoming.reply(self.topic(), now, payload),
@@ -278,10 +297,19 @@ impl Reply {
 
 /// The caller's handle on a running Payments: counters for tests and demos, and
 /// [`PaymentsHandle::stop`]. Dropping it also stops the subscription.
-#[derive(Debug)]
 pub struct PaymentsHandle {
     ledger: Arc<Ledger>,
+    clock: Arc<dyn Clock>,
     subscription: SubscriptionHandle,
+}
+
+impl std::fmt::Debug for PaymentsHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PaymentsHandle")
+            .field("ledger", &self.ledger)
+            .field("subscription", &self.subscription)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PaymentsHandle {
@@ -322,6 +350,26 @@ impl PaymentsHandle {
     #[must_use]
     pub fn payment_for(&self, order_id: Uuid) -> Option<String> {
         self.ledger.payment_for(order_id)
+    }
+
+    /// Orders remembered right now: those asked about within the idempotency window
+    /// (and expired ones not swept yet).
+    #[must_use]
+    pub fn remembered_orders(&self) -> usize {
+        self.ledger.remembered()
+    }
+
+    /// Orders forgotten so far because they were not asked about for the window.
+    #[must_use]
+    pub fn forgotten_count(&self) -> usize {
+        self.ledger.forgotten_count()
+    }
+
+    /// Forgets now every order not asked about for the idempotency window, and returns
+    /// how many. Handling messages does this as it goes, a shard or two per message; this
+    /// sweeps them all.
+    pub fn prune(&self) -> usize {
+        self.ledger.prune(self.clock.now())
     }
 
     /// Unsubscribes, after the message in hand is answered. Messages still queued stay

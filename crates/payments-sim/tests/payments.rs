@@ -470,6 +470,84 @@ async fn a_payment_charged_before_a_restart_is_refunded_when_orders_refuses_it()
 }
 
 #[tokio::test]
+async fn an_order_forgotten_after_the_window_is_answered_again_with_the_same_payment_id() {
+    let clock = Arc::new(TestClock::default());
+    let world = World::start_with_clock(
+        PaymentsConfig::default().idempotency_window(Duration::from_secs(600)),
+        clock.clone(),
+    )
+    .await;
+    let placed = order_placed(dec!(10));
+    world
+        .publish(topics::ORDER_PLACED, placed.order_id, &placed)
+        .await;
+    world.settle().await;
+    let payment_id = world.payments.payment_for(placed.order_id).unwrap();
+
+    clock.advance(Duration::from_secs(599));
+    assert_eq!(world.payments.prune(), 0, "still within the window");
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(world.payments.prune(), 1);
+    assert_eq!(world.payments.remembered_orders(), 0);
+    assert_eq!(world.payments.payment_for(placed.order_id), None);
+
+    world
+        .publish(topics::ORDER_PLACED, placed.order_id, &placed)
+        .await;
+    world.settle().await;
+    let approved: Vec<PaymentApproved> = world.observer.payloads(topics::PAYMENT_APPROVED);
+    assert_eq!(approved.len(), 2);
+    assert!(
+        approved.iter().all(|a| a.payment_id == payment_id),
+        "{approved:?}"
+    );
+    assert_eq!(world.payments.forgotten_count(), 1);
+}
+
+#[tokio::test]
+async fn the_ledger_stays_flat_under_sustained_load() {
+    // 60 minutes of 20 orders a minute, each order also cancelled, with a 10-minute
+    // window: what is remembered levels off near 10 minutes' worth, without a sweep
+    // from outside, instead of growing with every order.
+    const PER_MINUTE: usize = 20;
+    let clock = Arc::new(TestClock::default());
+    let world = World::start_with_clock(
+        PaymentsConfig::default().idempotency_window(Duration::from_secs(600)),
+        clock.clone(),
+    )
+    .await;
+    let mut most = 0;
+    for minute in 0..60 {
+        for _ in 0..PER_MINUTE {
+            let placed = order_placed(dec!(10));
+            world
+                .publish(topics::ORDER_PLACED, placed.order_id, &placed)
+                .await;
+            let cancelled = order_cancelled(placed.order_id, "Paid", None);
+            world
+                .publish(topics::ORDER_CANCELLED, placed.order_id, &cancelled)
+                .await;
+        }
+        world.settle().await;
+        if minute >= 15 {
+            most = most.max(world.payments.remembered_orders());
+        }
+        clock.advance(Duration::from_secs(60));
+    }
+
+    // The window, the minute in progress, and the few minutes a shard may wait for its
+    // turn in the sweep.
+    let bound = (10 + 1 + 4) * PER_MINUTE;
+    assert!(
+        most <= bound,
+        "remembered up to {most} orders, bound {bound}"
+    );
+    assert!(world.payments.forgotten_count() >= 60 * PER_MINUTE - bound);
+    assert_eq!(world.payments.approved_count(), 60 * PER_MINUTE);
+    assert_eq!(world.payments.refunded_count(), 60 * PER_MINUTE);
+}
+
+#[tokio::test]
 async fn a_payload_that_does_not_decode_is_dead_lettered_without_an_answer() {
     let world = World::start(PaymentsConfig::default()).await;
     let order_id = Uuid::new_v4();
@@ -535,9 +613,13 @@ struct World {
 
 impl World {
     async fn start(config: PaymentsConfig) -> Self {
+        Self::start_with_clock(config, Arc::new(payments_sim::SystemClock)).await
+    }
+
+    async fn start_with_clock(config: PaymentsConfig, clock: Arc<dyn payments_sim::Clock>) -> Self {
         let bus = InMemoryBus::default();
         let (observer, observing) = Observer::attach(&bus).await;
-        let payments = PaymentsService::start(Arc::new(bus.clone()), config)
+        let payments = PaymentsService::start_with_clock(Arc::new(bus.clone()), config, clock)
             .await
             .unwrap();
         Self {
@@ -570,6 +652,29 @@ impl World {
             self.bus.wait_idle(DEADLINE).await,
             "the bus did not settle within {DEADLINE:?}"
         );
+    }
+}
+
+/// A clock that moves only when told to.
+struct TestClock(Mutex<chrono::DateTime<Utc>>);
+
+impl Default for TestClock {
+    fn default() -> Self {
+        Self(Mutex::new(
+            Utc.with_ymd_and_hms(2026, 1, 5, 10, 0, 0).unwrap(),
+        ))
+    }
+}
+
+impl TestClock {
+    fn advance(&self, by: Duration) {
+        *self.0.lock().unwrap() += chrono::TimeDelta::from_std(by).unwrap();
+    }
+}
+
+impl payments_sim::Clock for TestClock {
+    fn now(&self) -> chrono::DateTime<Utc> {
+        *self.0.lock().unwrap()
     }
 }
 
