@@ -4,6 +4,8 @@
 //!
 //! Every message is acknowledged unless the store fails (then it is retried): a
 //! rejected message will never succeed on retry, so it is recorded, logged and acked.
+//! A refused `payment.approved` is also answered with `order.payment_refused`, in the
+//! same commit as its inbox record, so Payments refunds what Orders did not ask for.
 
 use async_trait::async_trait;
 use contracts::topics;
@@ -50,15 +52,19 @@ impl OrdersMessageHandler {
             topics::PAYMENT_APPROVED => {
                 let p: contracts::PaymentApproved = envelope.decode()?;
                 let order_id = OrderId::from_uuid(p.order_id);
-                let parsed = PaymentId::new(p.payment_id).and_then(|id| {
+                let parsed = PaymentId::new(p.payment_id.clone()).and_then(|id| {
                     let currency = Currency::new(&p.currency)?;
                     Ok((id, Money::new(p.approved_amount, currency)?))
                 });
                 match parsed {
                     Ok((payment_id, amount)) => {
-                        s.apply_message(ORDERS_SUBSCRIBER, envelope, order_id, |order, now| {
-                            order.confirm_payment(payment_id.clone(), amount, now)
-                        })
+                        s.apply_payment_approval(
+                            ORDERS_SUBSCRIBER,
+                            envelope,
+                            &p,
+                            &payment_id,
+                            amount,
+                        )
                         .await
                     }
                     Err(e) => {

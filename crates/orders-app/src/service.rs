@@ -383,3 +383,5 @@ impl Verdict {
 fn retryable(e: StoreError) -> HandlerError {
     HandlerError::retryable(e.to_string())
 }
+
+mod approval;

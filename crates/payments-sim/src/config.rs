@@ -18,22 +18,42 @@ pub enum PaymentDecision {
     DeclineAbove(Decimal),
 }
 
-/// Settings of the simulated Payments. The default approves everything, at once, and
-/// answers each message once.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// How long Payments remembers an order after it was last asked about, unless configured
+/// otherwise: as long as Orders' default payment deadline, after which Orders stops
+/// waiting for Payments (a later approval is refused and refunded).
+pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// Settings of the simulated Payments. The default approves everything, at once, answers
+/// each message once, and remembers an order for [`DEFAULT_IDEMPOTENCY_WINDOW`].
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PaymentsConfig {
     /// Which orders are charged.
     pub decision: PaymentDecision,
     /// Simulated processing time: the handler waits this long before it answers any
-    /// message (`order.placed` and `order.cancelled`), so a demo can cancel an order while
-    /// its payment is "in progress". Real time, to within microseconds; a test cannot
-    /// pause it.
+    /// message (`order.placed`, `order.cancelled`, `order.payment_refused`), so a demo
+    /// can cancel an order while its payment is "in progress". Real time, to within
+    /// microseconds; a test cannot pause it.
     pub delay: Duration,
     /// Publish every answer twice: two envelopes with different `messageId`s and the
     /// identical payload (the same `paymentId`), as an at-least-once producer that retried
     /// after a lost acknowledgement would. The message-id inbox cannot catch the second
     /// copy; it exercises the consumer's domain-level idempotency (the `paymentId`).
     pub duplicate_replies: bool,
+    /// How long an order is remembered after it was last asked about; then it is
+    /// forgotten, so memory stays flat under sustained load. An order asked about again
+    /// afterwards is decided anew, with the same `paymentId` (derived from the order id).
+    pub idempotency_window: Duration,
+}
+
+impl Default for PaymentsConfig {
+    fn default() -> Self {
+        Self {
+            decision: PaymentDecision::default(),
+            delay: Duration::ZERO,
+            duplicate_replies: false,
+            idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
+        }
+    }
 }
 
 impl PaymentsConfig {
@@ -55,6 +75,13 @@ impl PaymentsConfig {
     #[must_use]
     pub fn duplicate_replies(mut self, duplicate: bool) -> Self {
         self.duplicate_replies = duplicate;
+        self
+    }
+
+    /// Sets how long an order is remembered after it was last asked about.
+    #[must_use]
+    pub fn idempotency_window(mut self, window: Duration) -> Self {
+        self.idempotency_window = window;
         self
     }
 }
@@ -85,6 +112,7 @@ mod tests {
         assert_eq!(config.decision, PaymentDecision::ApproveAll);
         assert_eq!(config.delay, Duration::ZERO);
         assert!(!config.duplicate_replies);
+        assert_eq!(config.idempotency_window, DEFAULT_IDEMPOTENCY_WINDOW);
     }
 
     #[test]

@@ -4,10 +4,16 @@
 //! * `order.placed` → decide by [`PaymentDecision`] → `payment.approved` or
 //!   `payment.declined`;
 //! * `order.cancelled` → `payment.refunded` when, by its own records, it charged the order
-//!   and has not refunded it yet.
+//!   and has not refunded it yet;
+//! * `order.payment_refused` → `payment.refunded` of the payment Orders refused, unless it
+//!   was refunded already.
 //!
 //! It is an idempotent producer: a redelivered `order.placed` gets the same answer again
-//! (the same `paymentId`), and a repeated `order.cancelled` never refunds twice.
+//! (the same `paymentId`, derived from the order id, so a restarted or a second instance
+//! answers with it too), and a payment is refunded at most once, however often
+//! `order.cancelled` or `order.payment_refused` ask.
+//! It forgets an order once it was not asked about for its idempotency window, so its
+//! memory stays flat under sustained load.
 //! [`PaymentsConfig`] makes it slow, stingy or chatty (duplicate replies) for tests and
 //! demos; [`PaymentsHandle`] counts what it did.
 //!
@@ -26,7 +32,10 @@
 
 mod config;
 mod ledger;
+mod retention;
 mod service;
 
-pub use config::{PaymentDecision, PaymentsConfig};
+pub use config::{DEFAULT_IDEMPOTENCY_WINDOW, PaymentDecision, PaymentsConfig};
+pub use ledger::payment_id_for;
+pub use retention::{Clock, SystemClock};
 pub use service::{CONSUMER_GROUP, PaymentsHandle, PaymentsService};

@@ -1,6 +1,6 @@
-//! The simulated Payments seen from the bus: what it answers to `order.placed` and
-//! `order.cancelled` under each configuration, and that it charges and refunds each order
-//! at most once however often it is asked.
+//! The simulated Payments seen from the bus: what it answers to `order.placed`,
+//! `order.cancelled` and `order.payment_refused` under each configuration, and that it
+//! charges and refunds each order at most once however often it is asked.
 #![allow(clippy::unwrap_used)]
 
 use std::{
@@ -14,8 +14,8 @@ use std::{
 use async_trait::async_trait;
 use chrono::{TimeZone, Utc};
 use contracts::{
-    OrderCancelled, OrderPlaced, PaymentApproved, PaymentDeclined, PaymentRefunded, PricedItem,
-    ShippingAddress, topics,
+    OrderCancelled, OrderPaymentRefused, OrderPlaced, PaymentApproved, PaymentDeclined,
+    PaymentRefunded, PricedItem, ShippingAddress, topics,
 };
 use messaging::{
     BusError, Envelope, HandlerError, InMemoryBus, MessageBus, MessageHandler, Subscription,
@@ -176,6 +176,53 @@ async fn a_redelivered_order_placed_gets_the_same_payment_id_and_is_charged_once
 }
 
 #[tokio::test]
+async fn a_restarted_payments_and_a_second_instance_answer_with_the_same_payment_id() {
+    let world = World::start(PaymentsConfig::default()).await;
+    let placed = order_placed(dec!(10));
+    let request = envelope(topics::ORDER_PLACED, placed.order_id, &placed);
+    world.publish_envelope(request.clone()).await;
+    world.settle().await;
+
+    // Restart: the same group on the same bus, with an empty ledger.
+    let World {
+        bus,
+        observer,
+        payments,
+        _observing,
+    } = world;
+    payments.stop().await;
+    let restarted = PaymentsService::start(Arc::new(bus.clone()), PaymentsConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(restarted.payment_for(placed.order_id), None, "empty ledger");
+    bus.publish(request.clone()).await.unwrap();
+    assert!(bus.wait_idle(DEADLINE).await);
+    // A second instance, on a bus of its own: it never heard of the order.
+    let second = World::start(PaymentsConfig::default()).await;
+    second.publish_envelope(request).await;
+    second.settle().await;
+
+    let mut answers: Vec<PaymentApproved> = observer.payloads(topics::PAYMENT_APPROVED);
+    answers.extend(
+        second
+            .observer
+            .payloads::<PaymentApproved>(topics::PAYMENT_APPROVED),
+    );
+    assert_eq!(answers.len(), 3, "{answers:?}");
+    let expected = payments_sim::payment_id_for(placed.order_id);
+    assert!(
+        answers.iter().all(|a| a.payment_id == expected),
+        "one paymentId for the order: {answers:?}"
+    );
+    assert_eq!(restarted.payment_for(placed.order_id), Some(expected));
+    assert_ne!(
+        payments_sim::payment_id_for(Uuid::new_v4()),
+        payments_sim::payment_id_for(placed.order_id),
+        "another order, another paymentId"
+    );
+}
+
+#[tokio::test]
 async fn a_paid_order_is_refunded_exactly_once_even_when_the_cancellation_comes_twice() {
     let world = World::start(PaymentsConfig::default()).await;
     let placed = order_placed(dec!(42.50));
@@ -325,6 +372,182 @@ async fn a_refund_whose_announcement_failed_is_announced_on_redelivery_and_issue
 }
 
 #[tokio::test]
+async fn a_refused_payment_is_refunded_once_however_often_it_is_refused_or_cancelled() {
+    let world = World::start(PaymentsConfig::default()).await;
+    let placed = order_placed(dec!(25));
+    world
+        .publish(topics::ORDER_PLACED, placed.order_id, &placed)
+        .await;
+    world.settle().await;
+    assert_eq!(world.payments.net_charges_for(placed.order_id), 1);
+    let payment_id = world.payments.payment_for(placed.order_id).unwrap();
+    let refused = payment_refused(placed.order_id, &payment_id, dec!(25));
+
+    // Orders refused it twice (a duplicate approval), and the order was cancelled too.
+    let envelope = envelope(topics::ORDER_PAYMENT_REFUSED, placed.order_id, &refused);
+    world.publish_envelope(envelope.clone()).await;
+    world.publish_envelope(envelope).await;
+    world
+        .publish(topics::ORDER_PAYMENT_REFUSED, placed.order_id, &refused)
+        .await;
+    let cancelled = order_cancelled(placed.order_id, "Paid", Some(&payment_id));
+    world
+        .publish(topics::ORDER_CANCELLED, placed.order_id, &cancelled)
+        .await;
+    world.settle().await;
+
+    let refunds: Vec<PaymentRefunded> = world.observer.payloads(topics::PAYMENT_REFUNDED);
+    assert_eq!(refunds.len(), 1, "one refund: {refunds:?}");
+    assert_eq!(refunds[0].payment_id, payment_id);
+    assert_eq!(refunds[0].amount, dec!(25));
+    assert_eq!(world.payments.refunded_count(), 1);
+    assert_eq!(world.payments.net_charges_for(placed.order_id), 0);
+    assert!(world.bus.dead_letters().is_empty());
+}
+
+#[tokio::test]
+async fn a_refusal_of_another_payment_leaves_the_own_charge_alone() {
+    let world = World::start(PaymentsConfig::default()).await;
+    let placed = order_placed(dec!(25));
+    world
+        .publish(topics::ORDER_PLACED, placed.order_id, &placed)
+        .await;
+    let foreign = payment_refused(placed.order_id, "a-payment-from-elsewhere", dec!(25));
+    world
+        .publish(topics::ORDER_PAYMENT_REFUSED, placed.order_id, &foreign)
+        .await;
+    // And a refusal for an order Payments never heard of, naming a foreign payment.
+    let stranger = Uuid::new_v4();
+    let unknown = payment_refused(stranger, "another-foreign-payment", dec!(1));
+    world
+        .publish(topics::ORDER_PAYMENT_REFUSED, stranger, &unknown)
+        .await;
+    world.settle().await;
+
+    assert!(world.observer.on(topics::PAYMENT_REFUNDED).is_empty());
+    assert_eq!(world.payments.net_charges_for(placed.order_id), 1);
+    assert_eq!(world.payments.net_charges_for(stranger), 0);
+    assert_eq!(world.payments.refunded_count(), 0);
+}
+
+#[tokio::test]
+async fn a_payment_charged_before_a_restart_is_refunded_when_orders_refuses_it() {
+    // The first instance charged the order; a restarted one (empty ledger) receives the
+    // refusal: the paymentId is the order's own, so it refunds it, once.
+    let first = World::start(PaymentsConfig::default()).await;
+    let placed = order_placed(dec!(12.34));
+    first
+        .publish(topics::ORDER_PLACED, placed.order_id, &placed)
+        .await;
+    first.settle().await;
+    let restarted = World::start(PaymentsConfig::default()).await;
+    let payment_id = payments_sim::payment_id_for(placed.order_id);
+    let refused = payment_refused(placed.order_id, &payment_id, dec!(12.34));
+
+    restarted
+        .publish(topics::ORDER_PAYMENT_REFUSED, placed.order_id, &refused)
+        .await;
+    restarted
+        .publish(topics::ORDER_PAYMENT_REFUSED, placed.order_id, &refused)
+        .await;
+    // A redelivered order.placed does not charge the refunded payment again.
+    restarted
+        .publish(topics::ORDER_PLACED, placed.order_id, &placed)
+        .await;
+    restarted.settle().await;
+
+    let refunds: Vec<PaymentRefunded> = restarted.observer.payloads(topics::PAYMENT_REFUNDED);
+    assert_eq!(refunds.len(), 1, "{refunds:?}");
+    assert_eq!(refunds[0].payment_id, payment_id);
+    assert_eq!(refunds[0].amount, dec!(12.34));
+    assert!(restarted.observer.on(topics::PAYMENT_APPROVED).is_empty());
+    assert_eq!(
+        first.payments.net_charges_for(placed.order_id)
+            + restarted.payments.net_charges_for(placed.order_id),
+        0,
+        "charged by one instance, refunded by the other"
+    );
+}
+
+#[tokio::test]
+async fn an_order_forgotten_after_the_window_is_answered_again_with_the_same_payment_id() {
+    let clock = Arc::new(TestClock::default());
+    let world = World::start_with_clock(
+        PaymentsConfig::default().idempotency_window(Duration::from_secs(600)),
+        clock.clone(),
+    )
+    .await;
+    let placed = order_placed(dec!(10));
+    world
+        .publish(topics::ORDER_PLACED, placed.order_id, &placed)
+        .await;
+    world.settle().await;
+    let payment_id = world.payments.payment_for(placed.order_id).unwrap();
+
+    clock.advance(Duration::from_secs(599));
+    assert_eq!(world.payments.prune(), 0, "still within the window");
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(world.payments.prune(), 1);
+    assert_eq!(world.payments.remembered_orders(), 0);
+    assert_eq!(world.payments.payment_for(placed.order_id), None);
+
+    world
+        .publish(topics::ORDER_PLACED, placed.order_id, &placed)
+        .await;
+    world.settle().await;
+    let approved: Vec<PaymentApproved> = world.observer.payloads(topics::PAYMENT_APPROVED);
+    assert_eq!(approved.len(), 2);
+    assert!(
+        approved.iter().all(|a| a.payment_id == payment_id),
+        "{approved:?}"
+    );
+    assert_eq!(world.payments.forgotten_count(), 1);
+}
+
+#[tokio::test]
+async fn the_ledger_stays_flat_under_sustained_load() {
+    // 60 minutes of 20 orders a minute, each order also cancelled, with a 10-minute
+    // window: what is remembered levels off near 10 minutes' worth, without a sweep
+    // from outside, instead of growing with every order.
+    const PER_MINUTE: usize = 20;
+    let clock = Arc::new(TestClock::default());
+    let world = World::start_with_clock(
+        PaymentsConfig::default().idempotency_window(Duration::from_secs(600)),
+        clock.clone(),
+    )
+    .await;
+    let mut most = 0;
+    for minute in 0..60 {
+        for _ in 0..PER_MINUTE {
+            let placed = order_placed(dec!(10));
+            world
+                .publish(topics::ORDER_PLACED, placed.order_id, &placed)
+                .await;
+            let cancelled = order_cancelled(placed.order_id, "Paid", None);
+            world
+                .publish(topics::ORDER_CANCELLED, placed.order_id, &cancelled)
+                .await;
+        }
+        world.settle().await;
+        if minute >= 15 {
+            most = most.max(world.payments.remembered_orders());
+        }
+        clock.advance(Duration::from_secs(60));
+    }
+
+    // The window, the minute in progress, and the few minutes a shard may wait for its
+    // turn in the sweep.
+    let bound = (10 + 1 + 4) * PER_MINUTE;
+    assert!(
+        most <= bound,
+        "remembered up to {most} orders, bound {bound}"
+    );
+    assert!(world.payments.forgotten_count() >= 60 * PER_MINUTE - bound);
+    assert_eq!(world.payments.approved_count(), 60 * PER_MINUTE);
+    assert_eq!(world.payments.refunded_count(), 60 * PER_MINUTE);
+}
+
+#[tokio::test]
 async fn a_payload_that_does_not_decode_is_dead_lettered_without_an_answer() {
     let world = World::start(PaymentsConfig::default()).await;
     let order_id = Uuid::new_v4();
@@ -390,9 +613,13 @@ struct World {
 
 impl World {
     async fn start(config: PaymentsConfig) -> Self {
+        Self::start_with_clock(config, Arc::new(payments_sim::SystemClock)).await
+    }
+
+    async fn start_with_clock(config: PaymentsConfig, clock: Arc<dyn payments_sim::Clock>) -> Self {
         let bus = InMemoryBus::default();
         let (observer, observing) = Observer::attach(&bus).await;
-        let payments = PaymentsService::start(Arc::new(bus.clone()), config)
+        let payments = PaymentsService::start_with_clock(Arc::new(bus.clone()), config, clock)
             .await
             .unwrap();
         Self {
@@ -425,6 +652,29 @@ impl World {
             self.bus.wait_idle(DEADLINE).await,
             "the bus did not settle within {DEADLINE:?}"
         );
+    }
+}
+
+/// A clock that moves only when told to.
+struct TestClock(Mutex<chrono::DateTime<Utc>>);
+
+impl Default for TestClock {
+    fn default() -> Self {
+        Self(Mutex::new(
+            Utc.with_ymd_and_hms(2026, 1, 5, 10, 0, 0).unwrap(),
+        ))
+    }
+}
+
+impl TestClock {
+    fn advance(&self, by: Duration) {
+        *self.0.lock().unwrap() += chrono::TimeDelta::from_std(by).unwrap();
+    }
+}
+
+impl payments_sim::Clock for TestClock {
+    fn now(&self) -> chrono::DateTime<Utc> {
+        *self.0.lock().unwrap()
     }
 }
 
@@ -560,6 +810,17 @@ fn order_placed(total: Decimal) -> OrderPlaced {
             country: "PT".into(),
         },
         timestamp: Utc.with_ymd_and_hms(2026, 1, 5, 10, 0, 0).unwrap(),
+    }
+}
+
+fn payment_refused(order_id: Uuid, payment_id: &str, amount: Decimal) -> OrderPaymentRefused {
+    OrderPaymentRefused {
+        order_id,
+        payment_id: payment_id.into(),
+        amount,
+        currency: "EUR".into(),
+        reason: "cannot confirm payment of an order that is Cancelled".into(),
+        timestamp: Utc.with_ymd_and_hms(2026, 1, 5, 10, 6, 0).unwrap(),
     }
 }
 

@@ -1,7 +1,8 @@
 //! Payments is a tolerant reader (docs/design.md §5), proven through the in-memory bus:
-//! for each topic it consumes (`order.placed`, `order.cancelled`) it answers a message
-//! whose envelope and payload carry fields it does not know, and it dead-letters a payload
-//! that lacks a required field with a reason naming that field (its wire name).
+//! for each topic it consumes (`order.placed`, `order.cancelled`,
+//! `order.payment_refused`) it answers a message whose envelope and payload carry fields
+//! it does not know, and it dead-letters a payload that lacks a required field with a
+//! reason naming that field (its wire name).
 //!
 //! Every message is hand-written JSON read with `Envelope::from_json`, as it arrives from
 //! a network bus or from a producer of a newer contract version.
@@ -150,6 +151,57 @@ async fn an_order_cancelled_without_previous_status_is_dead_lettered_naming_the_
 
     world.dead_letter_names("previousStatus").await;
     assert_eq!(world.payments.refunds_for(order), 0);
+}
+
+#[tokio::test]
+async fn an_order_payment_refused_with_unknown_fields_refunds_the_payment() {
+    let world = World::start().await;
+    let order = Uuid::new_v4();
+    world.publish(&placed_json(order, "")).await;
+    world.settles_without_dead_letters().await;
+    let payment = world.payments.payment_for(order).unwrap();
+
+    world
+        .publish(&envelope_json(
+            topics::ORDER_PAYMENT_REFUSED,
+            order,
+            UNKNOWN_ENVELOPE_FIELDS,
+            &format!(
+                r#"{{ "orderId": "{order}", "paymentId": "{payment}", "amount": 30.30,
+                     "currency": "EUR", "reason": "order already cancelled",
+                     "refusedBy": {{ "replica": 2 }}, "timestamp": "2026-01-05T10:05:00.000Z" }}"#
+            ),
+        ))
+        .await;
+
+    world.settles_without_dead_letters().await;
+    let refunded: Vec<PaymentRefunded> = world.answers(topics::PAYMENT_REFUNDED);
+    assert_eq!(refunded.len(), 1, "{refunded:?}");
+    assert_eq!(refunded[0].payment_id, payment);
+    assert_eq!(world.payments.net_charges_for(order), 0);
+}
+
+#[tokio::test]
+async fn an_order_payment_refused_without_payment_id_is_dead_lettered_naming_the_field() {
+    let world = World::start().await;
+    let order = Uuid::new_v4();
+    world.publish(&placed_json(order, "")).await;
+    world.settles_without_dead_letters().await;
+
+    world
+        .publish(&envelope_json(
+            topics::ORDER_PAYMENT_REFUSED,
+            order,
+            "",
+            &format!(
+                r#"{{ "orderId": "{order}", "amount": 30.30, "currency": "EUR",
+                     "reason": "order already cancelled", "timestamp": "2026-01-05T10:05:00.000Z" }}"#
+            ),
+        ))
+        .await;
+
+    world.dead_letter_names("paymentId").await;
+    assert_eq!(world.payments.net_charges_for(order), 1);
 }
 
 // ---------------------------------------------------------------------------------------

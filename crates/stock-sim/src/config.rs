@@ -5,9 +5,13 @@ use std::{collections::HashSet, time::Duration};
 
 use contracts::ItemQuantity;
 
-/// Settings of the simulated Stock. The default has every product, answers at once, and
-/// answers each message once.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// How long Stock remembers an order after it was last asked about, unless configured
+/// otherwise.
+pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// Settings of the simulated Stock. The default has every product, answers at once,
+/// answers each message once, and remembers an order for [`DEFAULT_IDEMPOTENCY_WINDOW`].
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StockConfig {
     /// Product ids (SKUs) that cannot be reserved, whatever the quantity.
     pub out_of_stock: HashSet<String>,
@@ -20,6 +24,22 @@ pub struct StockConfig {
     /// retried after a lost acknowledgement would. It exercises the consumer's
     /// domain-level idempotency (the `reservationId`), which a message-id inbox cannot.
     pub duplicate_replies: bool,
+    /// How long an order is remembered after it was last asked about; then it is
+    /// forgotten, so memory stays flat under sustained load. An order asked about again
+    /// afterwards is decided anew, with the same `reservationId` (derived from the order
+    /// id).
+    pub idempotency_window: Duration,
+}
+
+impl Default for StockConfig {
+    fn default() -> Self {
+        Self {
+            out_of_stock: HashSet::new(),
+            delay: Duration::ZERO,
+            duplicate_replies: false,
+            idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
+        }
+    }
 }
 
 impl StockConfig {
@@ -45,6 +65,13 @@ impl StockConfig {
     #[must_use]
     pub fn duplicate_replies(mut self, duplicate: bool) -> Self {
         self.duplicate_replies = duplicate;
+        self
+    }
+
+    /// Sets how long an order is remembered after it was last asked about.
+    #[must_use]
+    pub fn idempotency_window(mut self, window: Duration) -> Self {
+        self.idempotency_window = window;
         self
     }
 
@@ -79,6 +106,7 @@ mod tests {
         assert!(config.out_of_stock.is_empty());
         assert_eq!(config.delay, Duration::ZERO);
         assert!(!config.duplicate_replies);
+        assert_eq!(config.idempotency_window, DEFAULT_IDEMPOTENCY_WINDOW);
         assert_eq!(config.shortage(&[item("sku-1")]), None);
     }
 

@@ -9,44 +9,49 @@
 //! released at most once, whatever the cancellation message says.
 
 use std::{
-    collections::HashMap,
     sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
 };
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use contracts::{OrderCancelled, OrderPaid, StockReleased, StockReservationFailed, StockReserved};
 use parking_lot::{Mutex, MutexGuard};
 use uuid::Uuid;
 
-use crate::StockConfig;
+use crate::{StockConfig, retention::Shard};
+
+/// The namespace of the name-based (v5) reservation ids: fixed forever, so that every
+/// Stock process, before and after a restart, derives the same id for one order.
+const RESERVATION_ID_NAMESPACE: Uuid = Uuid::from_u128(0x9b47_03de_61a2_4c85_b7f0_2e9d_58c1_a634);
+
+/// The `reservationId` Stock gives the reservation of `order_id`: a name-based UUID (v5)
+/// of the order id. Deterministic, so a redelivered or repeated `order.paid` gets the same
+/// `reservationId` from any Stock process, even one that restarted with an empty ledger
+/// or forgot the order after the idempotency window: Orders sees a duplicate, never a
+/// second reservation.
+#[must_use]
+pub fn reservation_id_for(order_id: Uuid) -> String {
+    Uuid::new_v5(&RESERVATION_ID_NAMESPACE, order_id.as_bytes()).to_string()
+}
 
 /// How many shards the per-order records are spread over.
 const SHARDS: usize = 64;
 
-/// The records of the orders whose id falls in one shard. Records are boxed so the table
-/// entries stay small and a resize copies little.
-type Shard = HashMap<Uuid, Box<Record>>;
-
-/// Every order Stock has heard of, and how many decisions of each kind it took.
+/// Every order Stock has heard of within the idempotency window, and how many decisions
+/// of each kind it took.
 #[derive(Debug)]
 pub(crate) struct Ledger {
     /// The orders, sharded by order id; see [`Ledger::shard`].
-    shards: Box<[Mutex<Shard>]>,
+    shards: Box<[Mutex<Shard<Record>>]>,
+    /// How long an order is remembered after it was last asked about.
+    window: TimeDelta,
+    /// The next shard to sweep for expired orders, besides the one being decided on.
+    sweep: AtomicUsize,
     /// Counters, incremented while the deciding shard lock is held.
     reserved: AtomicUsize,
     failed: AtomicUsize,
     released: AtomicUsize,
-}
-
-impl Default for Ledger {
-    fn default() -> Self {
-        Self {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            reserved: AtomicUsize::new(0),
-            failed: AtomicUsize::new(0),
-            released: AtomicUsize::new(0),
-        }
-    }
+    forgotten: AtomicUsize,
 }
 
 /// What Stock knows about one order.
@@ -104,6 +109,19 @@ pub(crate) enum CancelledAnswer {
 }
 
 impl Ledger {
+    /// An empty ledger that forgets an order `window` after it was last asked about.
+    pub(crate) fn new(window: Duration) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            window: TimeDelta::from_std(window).unwrap_or(TimeDelta::MAX),
+            sweep: AtomicUsize::new(0),
+            reserved: AtomicUsize::new(0),
+            failed: AtomicUsize::new(0),
+            released: AtomicUsize::new(0),
+            forgotten: AtomicUsize::new(0),
+        }
+    }
+
     /// Decides `order` once; afterwards returns the recorded answer.
     pub(crate) fn on_paid(
         &self,
@@ -111,8 +129,8 @@ impl Ledger {
         config: &StockConfig,
         now: DateTime<Utc>,
     ) -> PaidAnswer {
-        let mut orders = self.shard(order.order_id);
-        match orders.get_mut(&order.order_id).map(Box::as_mut) {
+        let mut orders = self.shard_at(order.order_id, now);
+        match orders.get_mut(&order.order_id) {
             Some(Record::Reserved(reservation)) => match &reservation.release {
                 Some(release) => PaidAnswer::AlreadyReleased {
                     reservation_id: release.message.reservation_id.clone(),
@@ -146,7 +164,7 @@ impl Ledger {
                         reason,
                         timestamp: now,
                     };
-                    orders.insert(order.order_id, Box::new(Record::Failed(message.clone())));
+                    orders.insert(order.order_id, Record::Failed(message.clone()), now);
                     self.failed.fetch_add(1, Ordering::Relaxed);
                     PaidAnswer::Fail {
                         message,
@@ -156,16 +174,17 @@ impl Ledger {
                 None => {
                     let message = StockReserved {
                         order_id: order.order_id,
-                        reservation_id: Uuid::new_v4().to_string(),
+                        reservation_id: reservation_id_for(order.order_id),
                         items: order.items.clone(),
                         timestamp: now,
                     };
                     orders.insert(
                         order.order_id,
-                        Box::new(Record::Reserved(Reservation {
+                        Record::Reserved(Reservation {
                             reserved: message.clone(),
                             release: None,
-                        })),
+                        }),
+                        now,
                     );
                     self.reserved.fetch_add(1, Ordering::Relaxed);
                     PaidAnswer::Reserve {
@@ -185,8 +204,8 @@ impl Ledger {
         cancelled: &OrderCancelled,
         now: DateTime<Utc>,
     ) -> CancelledAnswer {
-        let mut orders = self.shard(cancelled.order_id);
-        match orders.get_mut(&cancelled.order_id).map(Box::as_mut) {
+        let mut orders = self.shard_at(cancelled.order_id, now);
+        match orders.get_mut(&cancelled.order_id) {
             Some(Record::Reserved(reservation)) => match &reservation.release {
                 Some(release) if release.announced => CancelledAnswer::AlreadyReleased {
                     reservation_id: release.message.reservation_id.clone(),
@@ -216,7 +235,7 @@ impl Ledger {
                 CancelledAnswer::NothingReserved
             }
             None => {
-                orders.insert(cancelled.order_id, Box::new(Record::CancelledUnreserved));
+                orders.insert(cancelled.order_id, Record::CancelledUnreserved, now);
                 CancelledAnswer::NothingReserved
             }
         }
@@ -227,7 +246,7 @@ impl Ledger {
         if let Some(Record::Reserved(Reservation {
             release: Some(release),
             ..
-        })) = self.shard(order_id).get_mut(&order_id).map(Box::as_mut)
+        })) = self.shard(order_id).get_mut(&order_id)
         {
             release.announced = true;
         }
@@ -247,7 +266,7 @@ impl Ledger {
 
     /// The releases done for `order_id`: 0 or 1.
     pub(crate) fn releases_for(&self, order_id: Uuid) -> usize {
-        match self.shard(order_id).get(&order_id).map(Box::as_ref) {
+        match self.shard(order_id).get(&order_id) {
             Some(Record::Reserved(Reservation {
                 release: Some(_), ..
             })) => 1,
@@ -257,7 +276,7 @@ impl Ledger {
 
     /// The `reservationId` made for `order_id`, if any.
     pub(crate) fn reservation_for(&self, order_id: Uuid) -> Option<String> {
-        match self.shard(order_id).get(&order_id).map(Box::as_ref) {
+        match self.shard(order_id).get(&order_id) {
             Some(Record::Reserved(reservation)) => {
                 Some(reservation.reserved.reservation_id.clone())
             }
@@ -265,14 +284,60 @@ impl Ledger {
         }
     }
 
+    /// Forgets every order not asked about since `now` less the window; returns how
+    /// many.
+    pub(crate) fn prune(&self, now: DateTime<Utc>) -> usize {
+        let Some(cutoff) = now.checked_sub_signed(self.window) else {
+            return 0;
+        };
+        let forgotten = self.shards.iter().map(|s| s.lock().prune(cutoff)).sum();
+        self.forgotten.fetch_add(forgotten, Ordering::Relaxed);
+        forgotten
+    }
+
+    /// How many orders are remembered.
+    pub(crate) fn remembered(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    /// How many orders were forgotten after the window.
+    pub(crate) fn forgotten_count(&self) -> usize {
+        self.forgotten.load(Ordering::Relaxed)
+    }
+
+    /// Locks the shard holding `order_id` to decide about it `now`: first forgets the
+    /// expired orders of that shard and of one other (in turn, so a shard that no message
+    /// reaches still forgets), then notes that `order_id` was asked about.
+    fn shard_at(&self, order_id: Uuid, now: DateTime<Utc>) -> MutexGuard<'_, Shard<Record>> {
+        let index = Self::index(order_id);
+        let cutoff = now.checked_sub_signed(self.window);
+        if let Some(cutoff) = cutoff {
+            let other = self.sweep.fetch_add(1, Ordering::Relaxed) % SHARDS;
+            if other != index {
+                let forgotten = self.shards[other].lock().prune(cutoff);
+                self.forgotten.fetch_add(forgotten, Ordering::Relaxed);
+            }
+        }
+        let mut shard = self.shard(order_id);
+        if let Some(cutoff) = cutoff {
+            let forgotten = shard.prune(cutoff);
+            self.forgotten.fetch_add(forgotten, Ordering::Relaxed);
+        }
+        shard.touch(order_id, now);
+        shard
+    }
+
     /// Locks the shard holding `order_id`. Every record of one order lives in that
     /// shard, so holding its lock is enough to decide anything about the order.
-    fn shard(&self, order_id: Uuid) -> MutexGuard<'_, Shard> {
-        // Order ids end in random bits (v7, or v4 from elsewhere): the low bits spread
-        // orders evenly.
-        let index = (order_id.as_u128() % SHARDS as u128) as usize;
+    fn shard(&self, order_id: Uuid) -> MutexGuard<'_, Shard<Record>> {
         // Not poisoned by a panic elsewhere: every update is a handful of assignments
         // with no await, so a panic in another handler cannot leave a record half-done.
-        self.shards[index].lock()
+        self.shards[Self::index(order_id)].lock()
+    }
+
+    fn index(order_id: Uuid) -> usize {
+        // Order ids end in random bits (v7, or v4 from elsewhere): the low bits spread
+        // orders evenly.
+        (order_id.as_u128() % SHARDS as u128) as usize
     }
 }

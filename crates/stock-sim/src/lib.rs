@@ -7,7 +7,10 @@
 //!   for the order that it has not released yet.
 //!
 //! It is an idempotent producer: a redelivered `order.paid` gets the same answer again
-//! (the same `reservationId`), and a repeated `order.cancelled` never releases twice.
+//! (the same `reservationId`, derived from the order id, so a restarted or a second instance
+//! answers with it too), and a repeated `order.cancelled` never releases twice.
+//! It forgets an order once it was not asked about for its idempotency window, so its
+//! memory stays flat under sustained load.
 //! [`StockConfig`] makes it slow, short of products or chatty (duplicate replies) for tests
 //! and demos; [`StockHandle`] counts what it did.
 //!
@@ -26,7 +29,10 @@
 
 mod config;
 mod ledger;
+mod retention;
 mod service;
 
-pub use config::StockConfig;
+pub use config::{DEFAULT_IDEMPOTENCY_WINDOW, StockConfig};
+pub use ledger::reservation_id_for;
+pub use retention::{Clock, SystemClock};
 pub use service::{CONSUMER_GROUP, StockHandle, StockService};

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::Utc;
 use contracts::{
     OrderCancelled, OrderPaid, StockReleased, StockReservationFailed, StockReserved, topics,
 };
@@ -15,7 +14,7 @@ use messaging::{
 use uuid::Uuid;
 
 use crate::{
-    StockConfig,
+    Clock, StockConfig, SystemClock,
     ledger::{CancelledAnswer, Ledger, PaidAnswer},
 };
 
@@ -32,6 +31,8 @@ pub struct StockService {
     config: StockConfig,
     /// Shared with the handle, which reads the counters.
     ledger: Arc<Ledger>,
+    /// When answers happen, and when remembered orders expire.
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for StockService {
@@ -54,14 +55,28 @@ impl StockService {
         bus: Arc<dyn MessageBus>,
         config: StockConfig,
     ) -> Result<StockHandle, BusError> {
+        Self::start_with_clock(bus, config, Arc::new(SystemClock)).await
+    }
+
+    /// [`StockService::start`] telling the time by `clock` (tests cross the idempotency
+    /// window with a clock of their own, without waiting).
+    ///
+    /// # Errors
+    /// As [`StockService::start`].
+    pub async fn start_with_clock(
+        bus: Arc<dyn MessageBus>,
+        config: StockConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<StockHandle, BusError> {
         // The simulated processing delay is spent inside the handler: give the group
         // enough lanes that orders wait for their own delay, not for each other's.
         let concurrency = if config.delay.is_zero() { 4 } else { 256 };
-        let ledger = Arc::new(Ledger::default());
+        let ledger = Arc::new(Ledger::new(config.idempotency_window));
         let service = Arc::new(Self {
             bus: bus.clone(),
             config,
             ledger: ledger.clone(),
+            clock: clock.clone(),
         });
         let subscription = Subscription::new(CONSUMER_GROUP)
             .concurrency(concurrency)
@@ -71,6 +86,7 @@ impl StockService {
         tracing::info!(subscriber = CONSUMER_GROUP, "stock simulator started");
         Ok(StockHandle {
             ledger,
+            clock,
             subscription,
         })
     }
@@ -80,7 +96,7 @@ impl StockService {
         incoming: &Envelope,
         order: &OrderPaid,
     ) -> Result<(), HandlerError> {
-        match self.ledger.on_paid(order, &self.config, Utc::now()) {
+        match self.ledger.on_paid(order, &self.config, self.clock.now()) {
             PaidAnswer::Reserve { message, first } => {
                 tracing::info!(order_id = %message.order_id, reservation_id = %message.reservation_id,
                     items = message.items.len(), decision = "reserved", repeated = !first,
@@ -106,7 +122,7 @@ impl StockService {
         incoming: &Envelope,
         cancelled: &OrderCancelled,
     ) -> Result<(), HandlerError> {
-        match self.ledger.on_cancelled(cancelled, Utc::now()) {
+        match self.ledger.on_cancelled(cancelled, self.clock.now()) {
             CancelledAnswer::Release { message, first } => {
                 if let Some(theirs) = cancelled
                     .reservation_id
@@ -160,7 +176,7 @@ impl StockService {
     async fn send(&self, incoming: &Envelope, reply: &Reply) -> Result<(), HandlerError> {
         let copies = if self.config.duplicate_replies { 2 } else { 1 };
         for _ in 0..copies {
-            let envelope = reply.envelope(incoming)?;
+            let envelope = reply.envelope(incoming, self.clock.now())?;
             self.bus.publish(envelope).await.map_err(|e| {
                 HandlerError::retryable(format!("cannot publish {}: {e}", reply.topic()))
             })?;
@@ -207,8 +223,11 @@ impl Reply {
     }
 
     /// A new envelope (fresh `messageId`) around the payload, caused by `incoming`.
-    fn envelope(&self, incoming: &Envelope) -> Result<Envelope, HandlerError> {
-        let now = Utc::now();
+    fn envelope(
+        &self,
+        incoming: &Envelope,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Envelope, HandlerError> {
         match self {
             Self::Reserved(payload) => incoming.reply(self.topic(), now, payload),
             Self::ReservationFailed(payload) => incoming.reply(self.topic(), now, payload),
@@ -220,10 +239,19 @@ impl Reply {
 
 /// The caller's handle on a running Stock: counters for tests and demos, and
 /// [`StockHandle::stop`]. Dropping it also stops the subscription.
-#[derive(Debug)]
 pub struct StockHandle {
     ledger: Arc<Ledger>,
+    clock: Arc<dyn Clock>,
     subscription: SubscriptionHandle,
+}
+
+impl std::fmt::Debug for StockHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StockHandle")
+            .field("ledger", &self.ledger)
+            .field("subscription", &self.subscription)
+            .finish_non_exhaustive()
+    }
 }
 
 impl StockHandle {
@@ -255,6 +283,26 @@ impl StockHandle {
     #[must_use]
     pub fn reservation_for(&self, order_id: Uuid) -> Option<String> {
         self.ledger.reservation_for(order_id)
+    }
+
+    /// Orders remembered right now: those asked about within the idempotency window
+    /// (and expired ones not swept yet).
+    #[must_use]
+    pub fn remembered_orders(&self) -> usize {
+        self.ledger.remembered()
+    }
+
+    /// Orders forgotten so far because they were not asked about for the window.
+    #[must_use]
+    pub fn forgotten_count(&self) -> usize {
+        self.ledger.forgotten_count()
+    }
+
+    /// Forgets now every order not asked about for the idempotency window, and returns
+    /// how many. Handling messages does this as it goes, a shard or two per message; this
+    /// sweeps them all.
+    pub fn prune(&self) -> usize {
+        self.ledger.prune(self.clock.now())
     }
 
     /// Unsubscribes, after the message in hand is answered. Messages still queued stay

@@ -151,6 +151,57 @@ async fn a_redelivered_order_paid_gets_the_same_reservation_id_and_is_reserved_o
 }
 
 #[tokio::test]
+async fn a_restarted_stock_and_a_second_instance_answer_with_the_same_reservation_id() {
+    let world = World::start(StockConfig::default()).await;
+    let paid = order_paid(&[("sku-1", 1)]);
+    let request = envelope(topics::ORDER_PAID, paid.order_id, &paid);
+    world.publish_envelope(request.clone()).await;
+    world.settle().await;
+
+    // Restart: the same group on the same bus, with an empty ledger.
+    let World {
+        bus,
+        observer,
+        stock,
+        _observing,
+    } = world;
+    stock.stop().await;
+    let restarted = StockService::start(Arc::new(bus.clone()), StockConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        restarted.reservation_for(paid.order_id),
+        None,
+        "empty ledger"
+    );
+    bus.publish(request.clone()).await.unwrap();
+    assert!(bus.wait_idle(DEADLINE).await);
+    // A second instance, on a bus of its own: it never heard of the order.
+    let second = World::start(StockConfig::default()).await;
+    second.publish_envelope(request).await;
+    second.settle().await;
+
+    let mut answers: Vec<StockReserved> = observer.payloads(topics::STOCK_RESERVED);
+    answers.extend(
+        second
+            .observer
+            .payloads::<StockReserved>(topics::STOCK_RESERVED),
+    );
+    assert_eq!(answers.len(), 3, "{answers:?}");
+    let expected = stock_sim::reservation_id_for(paid.order_id);
+    assert!(
+        answers.iter().all(|a| a.reservation_id == expected),
+        "one reservationId for the order: {answers:?}"
+    );
+    assert_eq!(restarted.reservation_for(paid.order_id), Some(expected));
+    assert_ne!(
+        stock_sim::reservation_id_for(Uuid::new_v4()),
+        stock_sim::reservation_id_for(paid.order_id),
+        "another order, another reservationId"
+    );
+}
+
+#[tokio::test]
 async fn a_reservation_is_released_exactly_once_even_when_the_cancellation_comes_twice() {
     let world = World::start(StockConfig::default()).await;
     let paid = order_paid(&[("sku-1", 1)]);
@@ -274,6 +325,84 @@ async fn a_release_whose_announcement_failed_is_announced_on_redelivery_and_done
 }
 
 #[tokio::test]
+async fn an_order_forgotten_after_the_window_is_answered_again_with_the_same_reservation_id() {
+    let clock = Arc::new(TestClock::default());
+    let world = World::start_with_clock(
+        StockConfig::default().idempotency_window(Duration::from_secs(600)),
+        clock.clone(),
+    )
+    .await;
+    let paid = order_paid(&[("sku-1", 1)]);
+    world
+        .publish(topics::ORDER_PAID, paid.order_id, &paid)
+        .await;
+    world.settle().await;
+    let reservation_id = world.stock.reservation_for(paid.order_id).unwrap();
+
+    clock.advance(Duration::from_secs(599));
+    assert_eq!(world.stock.prune(), 0, "still within the window");
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(world.stock.prune(), 1);
+    assert_eq!(world.stock.remembered_orders(), 0);
+    assert_eq!(world.stock.reservation_for(paid.order_id), None);
+
+    world
+        .publish(topics::ORDER_PAID, paid.order_id, &paid)
+        .await;
+    world.settle().await;
+    let reserved: Vec<StockReserved> = world.observer.payloads(topics::STOCK_RESERVED);
+    assert_eq!(reserved.len(), 2);
+    assert!(
+        reserved.iter().all(|r| r.reservation_id == reservation_id),
+        "{reserved:?}"
+    );
+    assert_eq!(world.stock.forgotten_count(), 1);
+}
+
+#[tokio::test]
+async fn the_ledger_stays_flat_under_sustained_load() {
+    // 60 minutes of 20 orders a minute, each order also cancelled, with a 10-minute
+    // window: what is remembered levels off near 10 minutes' worth, without a sweep
+    // from outside, instead of growing with every order.
+    const PER_MINUTE: usize = 20;
+    let clock = Arc::new(TestClock::default());
+    let world = World::start_with_clock(
+        StockConfig::default().idempotency_window(Duration::from_secs(600)),
+        clock.clone(),
+    )
+    .await;
+    let mut most = 0;
+    for minute in 0..60 {
+        for _ in 0..PER_MINUTE {
+            let paid = order_paid(&[("sku-1", 1)]);
+            world
+                .publish(topics::ORDER_PAID, paid.order_id, &paid)
+                .await;
+            let cancelled = order_cancelled(paid.order_id, "StockReserved", None);
+            world
+                .publish(topics::ORDER_CANCELLED, paid.order_id, &cancelled)
+                .await;
+        }
+        world.settle().await;
+        if minute >= 15 {
+            most = most.max(world.stock.remembered_orders());
+        }
+        clock.advance(Duration::from_secs(60));
+    }
+
+    // The window, the minute in progress, and the few minutes a shard may wait for its
+    // turn in the sweep.
+    let bound = (10 + 1 + 4) * PER_MINUTE;
+    assert!(
+        most <= bound,
+        "remembered up to {most} orders, bound {bound}"
+    );
+    assert!(world.stock.forgotten_count() >= 60 * PER_MINUTE - bound);
+    assert_eq!(world.stock.reserved_count(), 60 * PER_MINUTE);
+    assert_eq!(world.stock.released_count(), 60 * PER_MINUTE);
+}
+
+#[tokio::test]
 async fn a_payload_that_does_not_decode_is_dead_lettered_without_an_answer() {
     let world = World::start(StockConfig::default()).await;
     let order_id = Uuid::new_v4();
@@ -329,9 +458,13 @@ struct World {
 
 impl World {
     async fn start(config: StockConfig) -> Self {
+        Self::start_with_clock(config, Arc::new(stock_sim::SystemClock)).await
+    }
+
+    async fn start_with_clock(config: StockConfig, clock: Arc<dyn stock_sim::Clock>) -> Self {
         let bus = InMemoryBus::default();
         let (observer, observing) = Observer::attach(&bus).await;
-        let stock = StockService::start(Arc::new(bus.clone()), config)
+        let stock = StockService::start_with_clock(Arc::new(bus.clone()), config, clock)
             .await
             .unwrap();
         Self {
@@ -364,6 +497,29 @@ impl World {
             self.bus.wait_idle(DEADLINE).await,
             "the bus did not settle within {DEADLINE:?}"
         );
+    }
+}
+
+/// A clock that moves only when told to.
+struct TestClock(Mutex<chrono::DateTime<Utc>>);
+
+impl Default for TestClock {
+    fn default() -> Self {
+        Self(Mutex::new(
+            Utc.with_ymd_and_hms(2026, 1, 5, 10, 0, 0).unwrap(),
+        ))
+    }
+}
+
+impl TestClock {
+    fn advance(&self, by: Duration) {
+        *self.0.lock().unwrap() += chrono::TimeDelta::from_std(by).unwrap();
+    }
+}
+
+impl stock_sim::Clock for TestClock {
+    fn now(&self) -> chrono::DateTime<Utc> {
+        *self.0.lock().unwrap()
     }
 }
 

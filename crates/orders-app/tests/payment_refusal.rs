@@ -1,0 +1,454 @@
+//! A payment Orders refuses does not stay charged: the Orders handler commits the
+//! rejected inbox record of the `payment.approved` and an `order.payment_refused` for
+//! Payments in one commit, for a second, different `paymentId` on a paid order, an
+//! approval for a cancelled order and a wrong amount; a repeated `paymentId` stays a
+//! duplicate that refuses nothing; and a redelivered refused approval refuses nothing
+//! again.
+#![allow(clippy::expect_used, clippy::unwrap_used)] // tests: failing loudly is the point
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+};
+
+use async_trait::async_trait;
+use chrono::{TimeZone, Utc};
+use contracts::{OrderPaymentRefused, topics};
+use messaging::{Envelope, ErrorKind, MessageId};
+use orders_app::{
+    AddressInput, CancelOrder, Commit, HandlingOutcome, ItemInput, ManualClock, MessageRecord,
+    OrderStore, OrdersConfig, OrdersMessageHandler, OrdersService, PlaceOrder, PruneReport,
+    StoreError,
+};
+use orders_domain::{Order, OrderId, OrderStatus, PaymentId, Timestamp};
+use rust_decimal::Decimal;
+use uuid::Uuid;
+
+/// The order total of [`placed`]: 2 × 10.50 EUR.
+const TOTAL: Decimal = Decimal::from_parts(2100, 0, 0, false, 2);
+
+// ---------------------------------------------------------------------------------------
+// Refused payments are answered with order.payment_refused
+
+#[tokio::test]
+async fn an_approval_for_a_cancelled_order_is_refused_and_refunded_in_the_same_commit() {
+    let w = world();
+    let id = placed(&w).await;
+    cancel(&w, id).await;
+    let approval = approved(id, "pay-late", TOTAL, "EUR");
+
+    let outcome = w.handler.dispatch(&approval).await.unwrap();
+
+    assert!(
+        matches!(&outcome, HandlingOutcome::Rejected(why) if why.contains("Cancelled")),
+        "{outcome:?}"
+    );
+    let commit = w.store.last_commit();
+    assert!(commit.order.is_none(), "the order is unchanged");
+    let inbox = commit.inbox.expect("the approval is recorded");
+    assert_eq!(inbox.message_id, approval.message_id);
+    assert_eq!(inbox.outcome, outcome);
+    assert_eq!(commit.outbox.len(), 1, "{:?}", commit.outbox);
+    let refusal = &commit.outbox[0];
+    assert_eq!(refusal.topic, topics::ORDER_PAYMENT_REFUSED);
+    assert_eq!(refusal.correlation_id, id.to_string());
+    assert_eq!(refusal.causation_id, Some(approval.message_id));
+    let payload: OrderPaymentRefused = refusal.decode().unwrap();
+    assert_eq!(payload.order_id, id.as_uuid());
+    assert_eq!(payload.payment_id, "pay-late");
+    assert_eq!(payload.amount, TOTAL);
+    assert_eq!(payload.currency, "EUR");
+    assert!(payload.reason.contains("Cancelled"), "{}", payload.reason);
+    assert_eq!(w.status(id).await, OrderStatus::Cancelled);
+}
+
+#[tokio::test]
+async fn a_second_different_payment_for_a_paid_or_stock_reserved_order_is_refused() {
+    let w = world();
+    let id = placed(&w).await;
+    let first = approved(id, "pay-1", TOTAL, "EUR");
+    assert_eq!(
+        w.handler.dispatch(&first).await,
+        Ok(HandlingOutcome::Applied)
+    );
+
+    let second = approved(id, "pay-2", TOTAL, "EUR");
+    assert!(matches!(
+        w.handler.dispatch(&second).await,
+        Ok(HandlingOutcome::Rejected(_))
+    ));
+    let refused = w.store.refusals();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(
+        refused[0].payment_id, "pay-2",
+        "the second payment, not the first"
+    );
+
+    let reserved = reserved(id, "res-1");
+    assert_eq!(
+        w.handler.dispatch(&reserved).await,
+        Ok(HandlingOutcome::Applied)
+    );
+    let third = approved(id, "pay-3", TOTAL, "EUR");
+    assert!(matches!(
+        w.handler.dispatch(&third).await,
+        Ok(HandlingOutcome::Rejected(_))
+    ));
+    let refused = w.store.refusals();
+    assert_eq!(refused.len(), 2);
+    assert_eq!(refused[1].payment_id, "pay-3");
+    let order = w.service.order(id).await.unwrap();
+    assert_eq!(order.status(), OrderStatus::StockReserved);
+    assert_eq!(
+        order.payment_id().map(ToString::to_string).as_deref(),
+        Some("pay-1")
+    );
+}
+
+#[tokio::test]
+async fn an_approval_of_another_amount_is_refused_and_the_order_still_awaits_payment() {
+    let w = world();
+    let id = placed(&w).await;
+    let wrong = approved(id, "pay-1", Decimal::new(2000, 2), "EUR");
+
+    assert!(matches!(
+        w.handler.dispatch(&wrong).await,
+        Ok(HandlingOutcome::Rejected(ref why)) if why.contains("does not match")
+    ));
+
+    let refused = w.store.refusals();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(
+        refused[0].amount,
+        Decimal::new(2000, 2),
+        "as Payments announced it"
+    );
+    assert_eq!(w.status(id).await, OrderStatus::AwaitingPayment);
+}
+
+#[tokio::test]
+async fn a_repeated_payment_id_is_a_duplicate_and_never_refused_even_once_cancelled() {
+    let w = world();
+    let id = placed(&w).await;
+    assert_eq!(
+        w.handler
+            .dispatch(&approved(id, "pay-1", TOTAL, "EUR"))
+            .await,
+        Ok(HandlingOutcome::Applied)
+    );
+    // The same payment re-sent as a new message (a duplicate reply).
+    assert_eq!(
+        w.handler
+            .dispatch(&approved(id, "pay-1", TOTAL, "EUR"))
+            .await,
+        Ok(HandlingOutcome::Duplicate)
+    );
+    // Cancelled while Paid: order.cancelled refunds pay-1; a late copy refuses nothing.
+    cancel(&w, id).await;
+    assert_eq!(
+        w.handler
+            .dispatch(&approved(id, "pay-1", TOTAL, "EUR"))
+            .await,
+        Ok(HandlingOutcome::Duplicate)
+    );
+
+    assert!(w.store.refusals().is_empty(), "{:?}", w.store.refusals());
+}
+
+#[tokio::test]
+async fn a_redelivered_refused_approval_refuses_nothing_again() {
+    let w = world();
+    let id = placed(&w).await;
+    cancel(&w, id).await;
+    let approval = approved(id, "pay-late", TOTAL, "EUR");
+
+    assert!(matches!(
+        w.handler.dispatch(&approval).await,
+        Ok(HandlingOutcome::Rejected(_))
+    ));
+    assert_eq!(
+        w.handler.dispatch(&approval).await,
+        Ok(HandlingOutcome::Duplicate)
+    );
+
+    assert_eq!(w.store.refusals().len(), 1);
+}
+
+#[tokio::test]
+async fn a_refusal_keeps_its_message_id_when_produced_again() {
+    // Two stores (say, the commit was lost and the approval is handled again elsewhere):
+    // the same approval message yields the same refusal message id.
+    let approval_id = Uuid::new_v4();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let w = world();
+        let id = placed(&w).await;
+        cancel(&w, id).await;
+        let approval = Envelope {
+            message_id: approval_id,
+            ..approved(id, "pay-late", TOTAL, "EUR")
+        };
+        w.handler.dispatch(&approval).await.unwrap();
+        ids.push(w.store.last_commit().outbox[0].message_id);
+    }
+    assert_eq!(ids[0], ids[1]);
+    assert_ne!(ids[0], approval_id);
+}
+
+#[tokio::test]
+async fn a_store_that_fails_the_refusal_writes_nothing_and_the_redelivery_refuses_once() {
+    let w = world();
+    let id = placed(&w).await;
+    cancel(&w, id).await;
+    let approval = approved(id, "pay-late", TOTAL, "EUR");
+    *w.store.fail_next_commit.lock().unwrap() = true;
+
+    let error = w.handler.dispatch(&approval).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Retryable);
+    assert!(w.store.refusals().is_empty(), "all or nothing");
+
+    assert!(matches!(
+        w.handler.dispatch(&approval).await,
+        Ok(HandlingOutcome::Rejected(_))
+    ));
+    assert_eq!(w.store.refusals().len(), 1);
+}
+
+#[tokio::test]
+async fn a_payment_that_loses_the_race_to_another_is_refused_on_the_reload() {
+    // Two approvals of one order handled at once (two Orders replicas): pay-2 is decided
+    // on an AwaitingPayment order, but pay-1 commits first, so pay-2's commit conflicts;
+    // on the reload pay-2 is a second payment, refused with order.payment_refused.
+    let w = world();
+    let id = placed(&w).await;
+    let winner = approved(id, "pay-1", TOTAL, "EUR");
+    *w.store.before_next_order_commit.lock().unwrap() = Some(winner);
+    *w.store.concurrent_handler.lock().unwrap() = Some(w.handler.clone());
+
+    let loser = approved(id, "pay-2", TOTAL, "EUR");
+    assert!(matches!(
+        w.handler.dispatch(&loser).await,
+        Ok(HandlingOutcome::Rejected(_))
+    ));
+
+    let order = w.service.order(id).await.unwrap();
+    assert_eq!(
+        order.payment_id(),
+        Some(&PaymentId::new("pay-1").unwrap()),
+        "the winner paid"
+    );
+    let refused = w.store.refusals();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].payment_id, "pay-2");
+}
+
+#[tokio::test]
+async fn an_approval_for_an_unknown_order_is_rejected_without_a_refusal() {
+    let w = world();
+    let unknown = OrderId::random();
+
+    assert_eq!(
+        w.handler
+            .dispatch(&approved(unknown, "pay-1", TOTAL, "EUR"))
+            .await,
+        Ok(HandlingOutcome::Rejected("unknown order".into()))
+    );
+    assert!(w.store.refusals().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+
+/// Orders, inbox and every commit, in maps; a commit is all or nothing. Can be told to
+/// fail the next commit, or to let a concurrent handler commit first (a race).
+#[derive(Default)]
+struct RecordingStore {
+    orders: Mutex<HashMap<OrderId, Order>>,
+    inbox: Mutex<HashSet<MessageId>>,
+    commits: Mutex<Vec<Commit>>,
+    fail_next_commit: Mutex<bool>,
+    /// Handled by `concurrent_handler` just before the next commit that writes an order.
+    before_next_order_commit: Mutex<Option<Envelope>>,
+    concurrent_handler: Mutex<Option<OrdersMessageHandler>>,
+}
+
+impl RecordingStore {
+    fn last_commit(&self) -> Commit {
+        self.commits
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("a commit")
+    }
+
+    /// Every `order.payment_refused` committed, in order.
+    fn refusals(&self) -> Vec<OrderPaymentRefused> {
+        self.commits
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|c| c.outbox.iter())
+            .filter(|e| e.topic == topics::ORDER_PAYMENT_REFUSED)
+            .map(|e| e.decode().unwrap())
+            .collect()
+    }
+}
+
+#[async_trait]
+impl OrderStore for RecordingStore {
+    async fn load(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
+        Ok(self.orders.lock().unwrap().get(&id).cloned())
+    }
+    async fn is_handled(&self, _: &str, message_id: MessageId) -> Result<bool, StoreError> {
+        Ok(self.inbox.lock().unwrap().contains(&message_id))
+    }
+    async fn find_by_idempotency_key(&self, _: &str) -> Result<Option<OrderId>, StoreError> {
+        Ok(None)
+    }
+    async fn commit(&self, commit: Commit) -> Result<u64, StoreError> {
+        if commit.order.is_some() {
+            let first = self.before_next_order_commit.lock().unwrap().take();
+            if let Some(first) = first {
+                let handler = self.concurrent_handler.lock().unwrap().take().unwrap();
+                handler.dispatch(&first).await.unwrap();
+            }
+        }
+        if std::mem::take(&mut *self.fail_next_commit.lock().unwrap()) {
+            return Err(StoreError::Unavailable("down for the test".into()));
+        }
+        if let Some(order) = &commit.order {
+            let stored = self
+                .orders
+                .lock()
+                .unwrap()
+                .get(&order.id())
+                .map(Order::version);
+            let fresh = match order.version() {
+                0 => stored.is_none(),
+                v => stored == Some(v),
+            };
+            if !fresh {
+                return Err(StoreError::Conflict {
+                    order_id: order.id(),
+                    expected: order.version(),
+                });
+            }
+        }
+        if let Some(record) = &commit.inbox
+            && !self.inbox.lock().unwrap().insert(record.message_id)
+        {
+            return Err(StoreError::DuplicateMessage {
+                subscriber: record.subscriber.clone(),
+                message_id: record.message_id,
+            });
+        }
+        let mut version = 0;
+        if let Some(mut order) = commit.order.clone() {
+            version = order.version() + 1;
+            order.mark_saved(version);
+            self.orders.lock().unwrap().insert(order.id(), order);
+        }
+        self.commits.lock().unwrap().push(commit);
+        Ok(version)
+    }
+    async fn messages(&self, _: OrderId) -> Result<Vec<MessageRecord>, StoreError> {
+        Ok(vec![])
+    }
+    async fn prune(&self, _: Timestamp) -> Result<PruneReport, StoreError> {
+        Ok(PruneReport::default())
+    }
+}
+
+struct World {
+    store: Arc<RecordingStore>,
+    service: OrdersService,
+    handler: OrdersMessageHandler,
+}
+
+impl World {
+    async fn status(&self, id: OrderId) -> OrderStatus {
+        self.service.order(id).await.unwrap().status()
+    }
+}
+
+fn world() -> World {
+    let store = Arc::new(RecordingStore::default());
+    let clock = Arc::new(ManualClock::new(
+        Utc.with_ymd_and_hms(2026, 1, 5, 10, 0, 0).unwrap(),
+    ));
+    let service = OrdersService::new(store.clone(), clock, OrdersConfig::default());
+    World {
+        store,
+        handler: OrdersMessageHandler::new(service.clone()),
+        service,
+    }
+}
+
+async fn placed(w: &World) -> OrderId {
+    let command = PlaceOrder {
+        customer_id: "c-1".into(),
+        currency: "EUR".into(),
+        items: vec![ItemInput {
+            product_id: "book".into(),
+            quantity: 2,
+            price: Decimal::new(1050, 2),
+        }],
+        shipping_address: AddressInput {
+            street: "Main St 1".into(),
+            city: "Berlin".into(),
+            postal_code: "10115".into(),
+            country: "DE".into(),
+        },
+    };
+    w.service.place_order(command, None).await.unwrap().order_id
+}
+
+async fn cancel(w: &World, id: OrderId) {
+    let command = CancelOrder {
+        order_id: id,
+        reason: "customer changed their mind".into(),
+    };
+    w.service.cancel_order(command).await.unwrap();
+}
+
+fn approved(order: OrderId, payment: &str, amount: Decimal, currency: &str) -> Envelope {
+    let payload = contracts::PaymentApproved {
+        order_id: order.as_uuid(),
+        payment_id: payment.into(),
+        approved_amount: amount,
+        currency: currency.into(),
+        timestamp: Utc::now(),
+    };
+    envelope_about(topics::PAYMENT_APPROVED, order, &payload)
+}
+
+fn reserved(order: OrderId, reservation: &str) -> Envelope {
+    let payload = contracts::StockReserved {
+        order_id: order.as_uuid(),
+        reservation_id: reservation.into(),
+        items: vec![contracts::ItemQuantity {
+            product_id: "book".into(),
+            quantity: 2,
+        }],
+        timestamp: Utc::now(),
+    };
+    envelope_about(topics::STOCK_RESERVED, order, &payload)
+}
+
+/// A new message (fresh id) about `order`.
+fn envelope_about(
+    topic: &'static str,
+    order: OrderId,
+    payload: &impl serde::Serialize,
+) -> Envelope {
+    Envelope::new(
+        Uuid::new_v4(),
+        topic,
+        Utc::now(),
+        order.to_string(),
+        None,
+        payload,
+    )
+    .unwrap()
+}
