@@ -110,6 +110,22 @@ pub const RULES: &[Rule] = &[
         may_use: Ours::Any,
         must_not_use: &[],
     },
+    Rule {
+        krate: "bench",
+        layer: "second composition root (benchmarks)",
+        // The crates `app` wires, to wire them the same way in one process; never `app`
+        // itself: the HTTP rows run the built `app` binary as a process.
+        may_use: Ours::Only(&[
+            "orders-domain",
+            "contracts",
+            "messaging",
+            "orders-app",
+            "orders-store",
+            "payments-sim",
+            "stock-sim",
+        ]),
+        must_not_use: &[],
+    },
 ];
 
 /// Workspace members outside the layering: the end-to-end test package and this one.

@@ -50,7 +50,7 @@ const TASKS: &[Task] = &[
     Task {
         name: "bench",
         args: "[ARGS...]",
-        about: "cargo run --release -p app -- bench [ARGS...]",
+        about: "cargo build --release -p app -p bench, then bench --app-bin <target>/release/app [ARGS...]",
         run: bench,
     },
     Task {
@@ -251,13 +251,34 @@ fn e2e(root: &Path, _: &[String]) -> Result<()> {
     shell::run(&mut command)
 }
 
-/// `cargo xtask bench [ARGS...]`: the app's bench command in release mode.
+/// `cargo xtask bench [ARGS...]`: builds `app` and `bench` in release mode, then runs
+/// the bench binary with the built `app` as the server of its HTTP rows.
 fn bench(root: &Path, args: &[String]) -> Result<()> {
+    shell::run(shell::cargo_command(root).args([
+        "build",
+        "--release",
+        "-p",
+        "app",
+        "-p",
+        "bench",
+    ]))?;
+    let release = target_dir(root).join("release");
+    let exe = |name: &str| release.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     shell::run(
-        shell::cargo_command(root)
-            .args(["run", "--release", "-p", "app", "--", "bench"])
+        std::process::Command::new(exe("bench"))
+            .current_dir(root)
+            .arg("--app-bin")
+            .arg(exe("app"))
             .args(args),
     )
+}
+
+/// Where cargo puts its builds: `CARGO_TARGET_DIR` (relative to the repository root) when
+/// set, else `target/` in the repository root.
+fn target_dir(root: &Path) -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|dir| !dir.is_empty())
+        .map_or_else(|| root.join("target"), |dir| root.join(dir))
 }
 
 /// `cargo xtask deps`: prints the table of docs/design.md §3 with a verdict per crate.

@@ -1,10 +1,9 @@
 //! The composition root of the Orders system: wiring of ports to adapters, the demo
-//! scenarios, the benchmarks, and telemetry setup. The `app` binary (`main.rs`) is a
+//! scenarios, the service, and telemetry setup. The `app` binary (`main.rs`) is a
 //! thin command line over this library; the end-to-end tests use it too.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-pub mod bench;
 pub mod bench_io;
 pub mod changes;
 pub mod http;

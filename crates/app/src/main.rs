@@ -7,7 +7,6 @@
 //!   state in `./data/orders.db` (SQLite) unless `--store` says otherwise, Payments and
 //!   Stock in-process. It logs one line when it listens and stops gracefully on
 //!   SIGINT/SIGTERM; `--help` lists every flag and its environment variable.
-//! * `cargo xtask bench` (`app bench` in release) prints the benchmark table.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
@@ -41,8 +40,6 @@ struct Cli {
 enum Command {
     /// Run every scenario in one process and check its outcome.
     Demo,
-    /// Measure latency and throughput; print a Markdown table (use --release).
-    Bench(app::bench::BenchConfig),
     /// Run the Orders service: HTTP API, outbox relay, subscriber, in-process simulators.
     Serve(app::serve::ServeConfig),
 }
@@ -65,11 +62,6 @@ fn main() -> ExitCode {
             telemetry::init(cli.log_format, "warn");
             report_huge_pages(huge_pages);
             runtime.block_on(demo())
-        }
-        Command::Bench(config) => {
-            telemetry::init(cli.log_format, "error");
-            report_huge_pages(huge_pages);
-            runtime.block_on(bench(config))
         }
         Command::Serve(config) => {
             telemetry::init(cli.log_format, "info");
@@ -130,18 +122,5 @@ async fn demo() -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    }
-}
-
-async fn bench(config: app::bench::BenchConfig) -> ExitCode {
-    match app::bench::run(&config).await {
-        Ok(rows) => {
-            println!("{}", app::bench::render(&rows));
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("bench failed: {e:#}");
-            ExitCode::FAILURE
-        }
     }
 }

@@ -1,0 +1,294 @@
+//! The HTTP rows: keep-alive clients on loopback against the built `app` binary,
+//! started as `app serve` on a scratch SQLite file, each client on one HTTP/1.1
+//! connection of hyper's client: `POST /orders`, then blocking reads until StockReserved.
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+
+use crate::{
+    report::{Percentiles, Row},
+    scratch::Scratch,
+};
+
+/// An `app serve` child process, killed when dropped.
+struct ServerProcess {
+    child: Child,
+    base: String,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ServerProcess {
+    /// Starts `app serve` on a free loopback port and waits until `/readyz` answers 200.
+    async fn start(app: &Path, store: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = Command::new(app)
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--store",
+                store,
+            ])
+            .args(extra)
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("start {} serve", app.display()))?;
+        let mut server = Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        // The server is another process: poll its readiness until a deadline.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if server.ready().await {
+                return Ok(server);
+            }
+            if let Some(status) = server.child.try_wait()? {
+                anyhow::bail!("app serve exited before it was ready ({status})");
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "app serve did not become ready within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether `GET /readyz` answers 200 now.
+    async fn ready(&self) -> bool {
+        let Ok(mut connection) = LoadConnection::open(&self.base).await else {
+            return false;
+        };
+        matches!(
+            connection.send(hyper::Method::GET, "/readyz", None).await,
+            Ok((status, _, _)) if status.is_success()
+        )
+    }
+
+    fn peak_rss(&self) -> u64 {
+        crate::rss::peak_rss_of(self.child.id())
+    }
+}
+
+fn order_body(i: usize) -> serde_json::Value {
+    serde_json::json!({
+        "customerId": format!("bench-{i}"),
+        "currency": "EUR",
+        "items": [{"productId": format!("sku-{}", i % 100), "quantity": 2, "price": 19.99}],
+        "shippingAddress": {"street": "Hauptstrasse 1", "city": "Berlin", "postalCode": "10115", "country": "DE"}
+    })
+}
+
+/// What the load generator reads of an order: the fields it follows, nothing else, so
+/// its own share of the two cores stays small.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Seen {
+    order_id: String,
+    status: String,
+    version: u64,
+}
+
+/// One keep-alive HTTP/1.1 connection of the load generator, on hyper's client
+/// connection itself: the load generator shares the two cores with the server it
+/// measures, so it should cost as little as it can (no pool, no middleware layers).
+struct LoadConnection {
+    sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    /// `host:port`, for the `Host` header.
+    authority: String,
+}
+
+impl LoadConnection {
+    async fn open(base: &str) -> anyhow::Result<Self> {
+        let authority = base
+            .strip_prefix("http://")
+            .context("the load generator speaks plain http only")?
+            .to_owned();
+        let stream = tokio::net::TcpStream::connect(&authority).await?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                eprintln!("bench: load connection ended: {e}");
+            }
+        });
+        Ok(Self { sender, authority })
+    }
+
+    /// Sends one request and reads the whole answer. Returns the status, the moment the
+    /// answer's head arrived, and the body.
+    async fn send(
+        &mut self,
+        method: hyper::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<(hyper::StatusCode, Instant, bytes::Bytes)> {
+        use http_body_util::BodyExt;
+        self.sender.ready().await?;
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, &self.authority);
+        if body.is_some() {
+            request = request.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let request = request.body(http_body_util::Full::new(bytes::Bytes::from(
+            body.unwrap_or_default(),
+        )))?;
+        let response = self.sender.send_request(request).await?;
+        let arrived = Instant::now();
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok((status, arrived, body))
+    }
+}
+
+/// POST one order, then poll `GET /orders/{id}` until StockReserved. Each poll is a
+/// blocking read (`?afterVersion=V&waitMs=5000`): the server answers when the order
+/// changes, so a client makes about one GET per state change instead of a poll storm.
+/// Returns the time from the 201 to StockReserved seen.
+async fn http_flow(connection: &mut LoadConnection, i: usize) -> anyhow::Result<Duration> {
+    let body = serde_json::to_vec(&order_body(i))?;
+    let (status, created, answer) = connection
+        .send(hyper::Method::POST, "/orders", Some(body))
+        .await?;
+    anyhow::ensure!(status == 201, "POST /orders answered {status}");
+    let mut order: Seen = serde_json::from_slice(&answer)?;
+    let deadline = created + Duration::from_secs(60);
+    loop {
+        match order.status.as_str() {
+            "StockReserved" => return Ok(created.elapsed()),
+            "Cancelled" => anyhow::bail!("order {} was cancelled", order.order_id),
+            _ => {}
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "order {} not StockReserved within 60 s",
+            order.order_id
+        );
+        let path = format!(
+            "/orders/{}?afterVersion={}&waitMs=5000",
+            order.order_id, order.version
+        );
+        let (status, _, answer) = connection.send(hyper::Method::GET, &path, None).await?;
+        anyhow::ensure!(status == 200, "GET {path} answered {status}");
+        order = serde_json::from_slice(&answer)?;
+    }
+}
+
+async fn http_load(
+    base: &str,
+    clients: usize,
+    orders: usize,
+) -> anyhow::Result<(Duration, Vec<Duration>)> {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (base, next) = (base.to_owned(), next.clone());
+            tokio::spawn(async move {
+                let mut connection = LoadConnection::open(&base).await?;
+                let mut samples = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= orders {
+                        return Ok::<_, anyhow::Error>(samples);
+                    }
+                    samples.push(http_flow(&mut connection, i).await?);
+                }
+            })
+        })
+        .collect();
+    let mut samples = Vec::with_capacity(orders);
+    for task in tasks {
+        samples.extend(task.await??);
+    }
+    Ok((started.elapsed(), samples))
+}
+
+/// HTTP (a): 256 keep-alive clients against `app serve` (the binary at `app`) on a fresh SQLite file, no
+/// simulated delay: complete flows per second.
+///
+/// # Errors
+/// When the server does not start or a flow fails.
+pub async fn throughput(app: &Path, orders: usize) -> anyhow::Result<Row> {
+    eprintln!("bench: HTTP throughput ({orders} orders, 256 clients)…");
+    let scratch = Scratch::sqlite();
+    let server = ServerProcess::start(app, &scratch.url, &[]).await?;
+    let (elapsed, _) = http_load(&server.base, 256, orders).await?;
+    drop(server);
+    scratch.remove().await;
+    Ok(Row {
+        workload: "HTTP: 256 clients, POST /orders → StockReserved seen by blocking GET (SQLite)"
+            .to_owned(),
+        count: orders,
+        latency: None,
+        throughput: Some((orders as f64 / elapsed.as_secs_f64(), "flows/s")),
+        ratio: None,
+        note: "keep-alive clients on loopback, no simulated delay".to_owned(),
+    })
+}
+
+/// Orders after which HTTP (c) reads the server's peak RSS.
+const RSS_AFTER_ORDERS: usize = 2_000;
+
+/// HTTP (b) and (c): 64 clients, Payments and Stock taking 10 ms each: latency from the
+/// 201 to StockReserved seen over `orders` flows, and the server's peak RSS after the
+/// first 2,000 of them and at the end.
+///
+/// # Errors
+/// When the server does not start or a flow fails.
+pub async fn latency(app: &Path, orders: usize) -> anyhow::Result<Row> {
+    eprintln!("bench: HTTP latency ({orders} orders, 64 clients, Payments and Stock delay 10 ms)…");
+    let scratch = Scratch::sqlite();
+    let server = ServerProcess::start(
+        app,
+        &scratch.url,
+        &["--payments-delay-ms", "10", "--stock-delay-ms", "10"],
+    )
+    .await?;
+    let first = orders.min(RSS_AFTER_ORDERS);
+    let (mut elapsed, mut samples) = http_load(&server.base, 64, first).await?;
+    let peak_first = server.peak_rss();
+    if orders > first {
+        let (more_elapsed, more) = http_load(&server.base, 64, orders - first).await?;
+        elapsed += more_elapsed;
+        samples.extend(more);
+    }
+    let peak = server.peak_rss();
+    drop(server);
+    scratch.remove().await;
+    let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+    Ok(Row {
+        workload:
+            "HTTP: 64 clients, Payments + Stock 10 ms each, 201 → StockReserved seen by blocking GET (SQLite)"
+                .to_owned(),
+        count: orders,
+        latency: Percentiles::of(&samples),
+        throughput: Some((orders as f64 / elapsed.as_secs_f64(), "flows/s")),
+        ratio: None,
+        note: format!(
+            "server peak RSS {:.1} MiB after the first {first} orders, {:.1} MiB after all {orders}",
+            mib(peak_first),
+            mib(peak)
+        ),
+    })
+}
