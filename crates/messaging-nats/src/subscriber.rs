@@ -1,8 +1,9 @@
 //! One subscription: a puller per topic (its durable pull consumer), lanes keyed by
 //! correlation id, and a keep-alive that sends progress acks for every message held.
 //!
-//! * A puller takes an in-flight permit before it takes a message, so a subscription
-//!   holds at most `max_in_flight` messages in this process (queued or in hand).
+//! * A puller asks the server for as many messages as it has free in-flight permits,
+//!   so a subscription holds at most `max_in_flight` messages in this process (queued
+//!   or in hand).
 //! * Messages go to lane `hash(correlation id) % lanes`: one worker per lane handles
 //!   them in arrival order, so one flow's messages are handled in order within the
 //!   process while other flows go on in the other lanes.
@@ -14,8 +15,9 @@
 //! * Messages held get a progress ack every third of the ack wait, so a slow handler or
 //!   a long queue does not make the server redeliver; a process that dies stops sending
 //!   them, and the server redelivers after the ack wait.
-//! * On stop, pulling ends, each lane finishes its message in hand, and what is queued
-//!   is nak'ed at once, for the group's other processes or its return.
+//! * On stop, the open pull request is read to its end, each lane finishes its message
+//!   in hand, and what is queued or arrives meanwhile is nak'ed at once, for the group's
+//!   other processes or its return.
 
 use std::{
     collections::HashMap,
@@ -28,10 +30,7 @@ use std::{
     time::Duration,
 };
 
-use async_nats::jetstream::{
-    self, AckKind,
-    consumer::{PullConsumer, pull::MessagesErrorKind},
-};
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures_util::{FutureExt, StreamExt};
 use messaging::{
     BusError, Envelope, HandlerError, MessageHandler, Subscription, SubscriptionHandle,
@@ -173,8 +172,14 @@ fn lane_of(correlation_id: &str, lanes: usize) -> usize {
     usize::try_from(hasher.finish() % lanes.max(1) as u64).unwrap_or(0)
 }
 
-/// Pulls `topic`'s consumer into the lanes until stopped, reopening the pull (and
-/// re-creating the consumer) after errors.
+/// How long one pull request waits for messages. A stopping subscription waits for its
+/// open request to end, so no message is handed to a request nobody reads any more.
+const PULL_EXPIRES: Duration = Duration::from_secs(1);
+
+/// Pulls `topic`'s consumer into the lanes until stopped, re-creating the consumer
+/// after errors. Each request asks for as many messages as there are free in-flight
+/// permits, and is read to its end (at most [`PULL_EXPIRES`]): what arrives after the
+/// stop signal is nak'ed at once, for the group's other processes or its return.
 async fn pull(
     shared: Arc<Shared>,
     topic: String,
@@ -182,64 +187,73 @@ async fn pull(
     lanes: Vec<mpsc::UnboundedSender<Delivery>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let batch = shared.inner.config.max_in_flight.clamp(1, 256);
+    let most = shared.inner.config.max_in_flight.clamp(1, 256);
     let mut failures = 0u32;
     loop {
+        let first = tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            permit = shared.permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
         if stopping(&stop) {
             return;
         }
+        let mut permits = vec![first];
+        while permits.len() < most {
+            match shared.permits.clone().try_acquire_owned() {
+                Ok(permit) => permits.push(permit),
+                Err(_) => break,
+            }
+        }
+        let mut failed = false;
         match consumer
-            .stream()
-            .max_messages_per_batch(batch)
-            .expires(Duration::from_secs(5))
-            .heartbeat(Duration::from_secs(2))
+            .batch()
+            .max_messages(permits.len())
+            .expires(PULL_EXPIRES)
             .messages()
             .await
         {
-            Ok(mut messages) => loop {
-                let permit = tokio::select! {
-                    biased;
-                    _ = stop.changed() => return,
-                    permit = shared.permits.clone().acquire_owned() => match permit {
-                        Ok(permit) => permit,
-                        Err(_) => return,
-                    },
-                };
-                let next = tokio::select! {
-                    biased;
-                    _ = stop.changed() => return,
-                    next = messages.next() => next,
-                };
-                match next {
-                    Some(Ok(message)) => {
-                        failures = 0;
-                        shared.dispatch(message, permit, &lanes).await;
-                    }
-                    Some(Err(e)) if e.kind() == MessagesErrorKind::MissingHeartbeat => {
-                        tracing::debug!(subscriber = %shared.group, %topic, error = %e, "pull heartbeat missed");
-                    }
-                    Some(Err(e)) => {
-                        tracing::warn!(subscriber = %shared.group, %topic, error = %e, "pull failed; reopening");
-                        break;
-                    }
-                    None => {
-                        tracing::warn!(subscriber = %shared.group, %topic, "pull ended; reopening");
-                        break;
+            Ok(mut batch) => {
+                while let Some(next) = batch.next().await {
+                    match next {
+                        Ok(message) => {
+                            failures = 0;
+                            match permits.pop() {
+                                Some(permit) if !stopping(&stop) => {
+                                    shared.dispatch(message, permit, &lanes).await;
+                                }
+                                _ => nak(&shared.group, &message, None).await,
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(subscriber = %shared.group, %topic, error = %e, "pull failed");
+                            failed = true;
+                        }
                     }
                 }
-            },
+            }
             Err(e) => {
                 tracing::warn!(subscriber = %shared.group, %topic, error = %e, "cannot pull; retrying");
+                failed = true;
             }
         }
-        if pause(&mut stop, failures).await {
+        drop(permits);
+        if stopping(&stop) {
             return;
         }
-        failures = failures.saturating_add(1);
-        match shared.inner.ensure_consumer(&topic, &shared.group).await {
-            Ok(fresh) => consumer = fresh,
-            Err(e) => tracing::warn!(subscriber = %shared.group, %topic, error = %e,
-                "cannot re-create consumer; retrying"),
+        if failed {
+            if pause(&mut stop, failures).await {
+                return;
+            }
+            failures = failures.saturating_add(1);
+            match shared.inner.ensure_consumer(&topic, &shared.group).await {
+                Ok(fresh) => consumer = fresh,
+                Err(e) => tracing::warn!(subscriber = %shared.group, %topic, error = %e,
+                    "cannot re-create consumer; retrying"),
+            }
         }
     }
 }
