@@ -11,7 +11,9 @@
 //!   nak with the policy's backoff, until the server's delivery count reaches
 //!   `max_attempts`; `Permanent`, attempts exhausted, a panic past the last attempt, or
 //!   a body that is not an envelope → the dead-letter stream, then term. A handler
-//!   running past `max_handling_time` is cancelled and counts as a retryable failure.
+//!   running past `max_handling_time` is cancelled and counts as a retryable failure;
+//!   the process then pauses pulling, so the message goes to another process of the
+//!   group (see `Shared::step_back`).
 //! * Messages held get a progress ack every third of the ack wait, so a slow handler or
 //!   a long queue does not make the server redeliver; a process that dies stops sending
 //!   them, and the server redelivers after the ack wait.
@@ -51,6 +53,9 @@ struct Shared {
     held: Arc<Held>,
     next_id: AtomicU64,
     permits: Arc<Semaphore>,
+    /// No new pull requests before this instant: set when a handler ran out of time, so
+    /// its message goes to the group's other processes.
+    paused_until: Mutex<Option<tokio::time::Instant>>,
     /// Detaches the group when the last task lets go.
     _attachment: Attachment,
 }
@@ -117,6 +122,7 @@ pub(crate) async fn start(
         handler,
         held: Arc::new(Mutex::new(HashMap::new())),
         next_id: AtomicU64::new(0),
+        paused_until: Mutex::new(None),
         _attachment: attachment,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -190,6 +196,16 @@ async fn pull(
     let most = shared.inner.config.max_in_flight.clamp(1, 256);
     let mut failures = 0u32;
     loop {
+        let paused = *shared
+            .paused_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(until) = paused {
+            tokio::select! {
+                _ = stop.changed() => return,
+                () = tokio::time::sleep_until(until) => {},
+            }
+        }
         let first = tokio::select! {
             biased;
             _ = stop.changed() => return,
@@ -361,6 +377,24 @@ impl Shared {
         }
     }
 
+    /// After a handler ran out of time: this process asks for no messages until the
+    /// message, nak'ed with the returned delay, has been offered to the group's other
+    /// processes. The delay outlasts every pull request already open here, and the pause
+    /// outlasts the delay by one more request, so another process's request takes it; a
+    /// process alone in its group takes it back after the pause.
+    fn step_back(&self, backoff: Duration) -> Duration {
+        let delay = backoff.max(PULL_EXPIRES + Duration::from_millis(250));
+        let until = tokio::time::Instant::now() + delay + PULL_EXPIRES;
+        let mut paused = self
+            .paused_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *paused = Some(paused.map_or(until, |p| p.max(until)));
+        tracing::error!(subscriber = %self.group, ?delay,
+            "handler ran out of time: its message is offered to the group's other processes");
+        delay
+    }
+
     /// Runs the handler on `delivery` and carries out its verdict.
     async fn handle(&self, delivery: Delivery) {
         let attempts = attempts_of(&delivery.message);
@@ -372,12 +406,16 @@ impl Shared {
         let call = AssertUnwindSafe(self.handler.handle(envelope))
             .catch_unwind()
             .instrument(span.clone());
+        let mut timed_out = false;
         let outcome = match tokio::time::timeout(limit, call).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(HandlerError::retryable("handler panicked")),
-            Err(_) => Err(HandlerError::retryable(format!(
-                "handler did not finish within {limit:?}; cancelled"
-            ))),
+            Err(_) => {
+                timed_out = true;
+                Err(HandlerError::retryable(format!(
+                    "handler did not finish within {limit:?}; cancelled"
+                )))
+            }
         };
         let retry = self.inner.config.retry;
         match outcome {
@@ -388,7 +426,10 @@ impl Shared {
                 }
             }
             Err(error @ HandlerError::Retryable(_)) if attempts < retry.max_attempts.max(1) => {
-                let wait = retry.backoff(attempts);
+                let mut wait = retry.backoff(attempts);
+                if timed_out {
+                    wait = self.step_back(wait);
+                }
                 tracing::warn!(parent: &span, ?wait, error = %error, "handler failed, will retry");
                 nak(&self.group, &delivery.message, Some(wait)).await;
             }

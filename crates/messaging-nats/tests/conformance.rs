@@ -26,7 +26,7 @@ fn config(url: &str, prefix: &str) -> NatsBusConfig {
         .subject_prefix(prefix)
         .retry(RETRY)
         .ack_wait(Duration::from_secs(2))
-        .max_handling_time(Duration::from_millis(1300))
+        .max_handling_time(Duration::from_secs(1))
         .max_in_flight(8)
 }
 
