@@ -203,6 +203,54 @@ async fn conformance_suite_passes_with_a_small_backlog_and_backpressure() {
     conformance::run_all(bus, "small").await;
 }
 
+/// The extended checks on one in-memory bus. It has no second instance: a group lives
+/// inside one bus value, so the checks that need two processes sharing a group skip.
+struct InMemoryHarness {
+    bus: InMemoryBus,
+    retry: RetryPolicy,
+}
+
+#[async_trait]
+impl conformance::Harness for InMemoryHarness {
+    fn bus(&self) -> Arc<dyn MessageBus> {
+        Arc::new(self.bus.clone())
+    }
+
+    async fn instance(&self) -> Option<Arc<dyn MessageBus>> {
+        None
+    }
+
+    async fn dead_letters(&self, group: &str) -> Vec<messaging::DeadLetter> {
+        self.bus
+            .dead_letters()
+            .into_iter()
+            .filter(|d| d.subscriber == group)
+            .collect()
+    }
+
+    fn retry(&self) -> RetryPolicy {
+        self.retry
+    }
+
+    fn deduplicates(&self) -> bool {
+        false
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_conformance_suite_passes() {
+    let retry = RetryPolicy {
+        max_attempts: 4,
+        initial_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(400),
+    };
+    let harness = InMemoryHarness {
+        bus: bus(InMemoryBusConfig::default().retry(retry)),
+        retry,
+    };
+    conformance::run_extended(&harness, "ext").await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_full_backlog_makes_publish_wait_until_the_subscriber_drains() {
     let bus = bus(InMemoryBusConfig::default()

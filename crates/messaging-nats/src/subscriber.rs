@@ -1,0 +1,458 @@
+//! One subscription: a puller per topic (its durable pull consumer), lanes keyed by
+//! correlation id, and a keep-alive that sends progress acks for every message held.
+//!
+//! * A puller asks the server for as many messages as it has free in-flight permits,
+//!   so a subscription holds at most `max_in_flight` messages in this process (queued
+//!   or in hand).
+//! * Messages go to lane `hash(correlation id) % lanes`: one worker per lane handles
+//!   them in arrival order, so one flow's messages are handled in order within the
+//!   process while other flows go on in the other lanes.
+//! * The handler's verdict: `Ok` → double ack (the server confirms it); `Retryable` →
+//!   nak with the policy's backoff, until the server's delivery count reaches
+//!   `max_attempts`; `Permanent`, attempts exhausted, a panic past the last attempt, or
+//!   a body that is not an envelope → the dead-letter stream, then term. A handler
+//!   running past `max_handling_time` is cancelled and counts as a retryable failure;
+//!   the process then pauses pulling, so the message goes to another process of the
+//!   group (see `Shared::step_back`).
+//! * Messages held get a progress ack every third of the ack wait, so a slow handler or
+//!   a long queue does not make the server redeliver; a process that dies stops sending
+//!   them, and the server redelivers after the ack wait.
+//! * On stop, the open pull request is read to its end, each lane finishes its message
+//!   in hand, and what is queued or arrives meanwhile is nak'ed at once, for the group's
+//!   other processes or its return.
+
+use std::{
+    collections::HashMap,
+    hash::{DefaultHasher, Hash, Hasher},
+    panic::AssertUnwindSafe,
+    sync::{
+        Arc, Mutex, PoisonError, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use futures_util::{FutureExt, StreamExt};
+use messaging::{
+    BusError, Envelope, HandlerError, MessageHandler, Subscription, SubscriptionHandle,
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tracing::Instrument;
+
+use crate::{bus::Inner, dead_letter};
+
+/// Messages held by a subscription in this process, by local id, for progress acks.
+type Held = Mutex<HashMap<u64, jetstream::Message>>;
+
+/// What the tasks of one subscription share.
+struct Shared {
+    inner: Arc<Inner>,
+    group: String,
+    handler: Arc<dyn MessageHandler>,
+    held: Arc<Held>,
+    next_id: AtomicU64,
+    permits: Arc<Semaphore>,
+    /// No new pull requests before this instant: set when a handler ran out of time, so
+    /// its message goes to the group's other processes.
+    paused_until: Mutex<Option<tokio::time::Instant>>,
+    /// Detaches the group when the last task lets go.
+    _attachment: Attachment,
+}
+
+/// The group's place in the bus's attached set, given back on drop.
+struct Attachment {
+    inner: Arc<Inner>,
+    group: String,
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        self.inner.detach(&self.group);
+        tracing::debug!(subscriber = %self.group, "detached");
+    }
+}
+
+/// One message held by the process: un-held and its permit given back on drop.
+struct Delivery {
+    held: Arc<Held>,
+    id: u64,
+    message: jetstream::Message,
+    envelope: Envelope,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.id);
+    }
+}
+
+/// Starts the subscription: consumers created or updated first, then the tasks.
+pub(crate) async fn start(
+    inner: Arc<Inner>,
+    subscription: Subscription,
+    handler: Arc<dyn MessageHandler>,
+) -> Result<SubscriptionHandle, BusError> {
+    let group = subscription.name.clone();
+    if !inner.attach(&group) {
+        return Err(BusError::AlreadySubscribed(group));
+    }
+    let attachment = Attachment {
+        inner: inner.clone(),
+        group: group.clone(),
+    };
+    let mut consumers = Vec::with_capacity(subscription.topics.len());
+    for topic in &subscription.topics {
+        inner.ensure_stream(topic).await?;
+        consumers.push((topic.clone(), inner.ensure_consumer(topic, &group).await?));
+    }
+    let lanes = subscription
+        .concurrency
+        .unwrap_or(inner.config.lanes)
+        .max(1);
+    let period = (inner.config.ack_wait / 3).max(Duration::from_millis(30));
+    let shared = Arc::new(Shared {
+        permits: Arc::new(Semaphore::new(inner.config.max_in_flight.max(1))),
+        inner,
+        group: group.clone(),
+        handler,
+        held: Arc::new(Mutex::new(HashMap::new())),
+        next_id: AtomicU64::new(0),
+        paused_until: Mutex::new(None),
+        _attachment: attachment,
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut senders = Vec::with_capacity(lanes);
+    let mut tasks = Vec::with_capacity(lanes + consumers.len());
+    for _ in 0..lanes {
+        let (tx, rx) = mpsc::unbounded_channel();
+        senders.push(tx);
+        tasks.push(tokio::spawn(work(shared.clone(), rx, stop_rx.clone())));
+    }
+    for (topic, consumer) in consumers {
+        tasks.push(tokio::spawn(pull(
+            shared.clone(),
+            topic,
+            consumer,
+            senders.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    // Not awaited by unsubscribe: it ends by itself once the subscription's tasks are gone.
+    tokio::spawn(keep_alive(Arc::downgrade(&shared), period));
+    tracing::debug!(subscriber = %group, topics = ?subscription.topics, lanes, "subscribed");
+    Ok(SubscriptionHandle::new(group, stop_tx, tasks))
+}
+
+/// Whether the stop signal was raised (or its sender is gone).
+fn stopping(signal: &watch::Receiver<bool>) -> bool {
+    !matches!(signal.has_changed(), Ok(false)) || *signal.borrow()
+}
+
+/// Waits before a new try (doubling up to 2 s); true if stopped meanwhile.
+async fn pause(stop: &mut watch::Receiver<bool>, failures: u32) -> bool {
+    let wait = Duration::from_millis(50u64 << failures.min(6)).min(Duration::from_secs(2));
+    tokio::select! {
+        _ = stop.changed() => true,
+        () = tokio::time::sleep(wait) => false,
+    }
+}
+
+/// The server's delivery count of `message` (1 on the first delivery).
+fn attempts_of(message: &jetstream::Message) -> u32 {
+    message
+        .info()
+        .map(|info| u32::try_from(info.delivered).unwrap_or(u32::MAX))
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// The lane of a correlation id.
+fn lane_of(correlation_id: &str, lanes: usize) -> usize {
+    let mut hasher = DefaultHasher::new();
+    correlation_id.hash(&mut hasher);
+    usize::try_from(hasher.finish() % lanes.max(1) as u64).unwrap_or(0)
+}
+
+/// How long one pull request waits for messages. A stopping subscription waits for its
+/// open request to end, so no message is handed to a request nobody reads any more.
+const PULL_EXPIRES: Duration = Duration::from_secs(1);
+
+/// Pulls `topic`'s consumer into the lanes until stopped, re-creating the consumer
+/// after errors. Each request asks for as many messages as there are free in-flight
+/// permits, and is read to its end (at most [`PULL_EXPIRES`]): what arrives after the
+/// stop signal is nak'ed at once, for the group's other processes or its return.
+async fn pull(
+    shared: Arc<Shared>,
+    topic: String,
+    mut consumer: PullConsumer,
+    lanes: Vec<mpsc::UnboundedSender<Delivery>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let most = shared.inner.config.max_in_flight.clamp(1, 256);
+    let mut failures = 0u32;
+    loop {
+        let paused = *shared
+            .paused_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(until) = paused {
+            tokio::select! {
+                _ = stop.changed() => return,
+                () = tokio::time::sleep_until(until) => {},
+            }
+        }
+        let first = tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            permit = shared.permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
+        if stopping(&stop) {
+            return;
+        }
+        let mut permits = vec![first];
+        while permits.len() < most {
+            match shared.permits.clone().try_acquire_owned() {
+                Ok(permit) => permits.push(permit),
+                Err(_) => break,
+            }
+        }
+        let mut failed = false;
+        match consumer
+            .batch()
+            .max_messages(permits.len())
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await
+        {
+            Ok(mut batch) => {
+                while let Some(next) = batch.next().await {
+                    match next {
+                        Ok(message) => {
+                            failures = 0;
+                            match permits.pop() {
+                                Some(permit) if !stopping(&stop) => {
+                                    shared.dispatch(message, permit, &lanes).await;
+                                }
+                                _ => nak(&shared.group, &message, None).await,
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(subscriber = %shared.group, %topic, error = %e, "pull failed");
+                            failed = true;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(subscriber = %shared.group, %topic, error = %e, "cannot pull; retrying");
+                failed = true;
+            }
+        }
+        drop(permits);
+        if stopping(&stop) {
+            return;
+        }
+        if failed {
+            if pause(&mut stop, failures).await {
+                return;
+            }
+            failures = failures.saturating_add(1);
+            match shared.inner.ensure_consumer(&topic, &shared.group).await {
+                Ok(fresh) => consumer = fresh,
+                Err(e) => tracing::warn!(subscriber = %shared.group, %topic, error = %e,
+                    "cannot re-create consumer; retrying"),
+            }
+        }
+    }
+}
+
+/// Sends progress acks for every held message until the subscription is gone.
+async fn keep_alive(shared: Weak<Shared>, period: Duration) {
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval.tick().await;
+    loop {
+        interval.tick().await;
+        let held: Vec<jetstream::Message> = {
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            let held = shared.held.lock().unwrap_or_else(PoisonError::into_inner);
+            held.values().cloned().collect()
+        };
+        for message in held {
+            if let Err(e) = message.ack_with(AckKind::Progress).await {
+                tracing::debug!(error = %e, "progress ack failed");
+            }
+        }
+    }
+}
+
+/// Handles the lane's deliveries until stopped; then gives back what is queued.
+async fn work(
+    shared: Arc<Shared>,
+    mut rx: mpsc::UnboundedReceiver<Delivery>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        if stopping(&stop) {
+            break;
+        }
+        let delivery = tokio::select! {
+            biased;
+            delivery = rx.recv() => match delivery {
+                Some(delivery) => delivery,
+                None => break,
+            },
+            _ = stop.changed() => break,
+        };
+        shared.handle(delivery).await;
+    }
+    rx.close();
+    while let Ok(delivery) = rx.try_recv() {
+        nak(&shared.group, &delivery.message, None).await;
+    }
+}
+
+/// Naks `message`, to be redelivered after `delay` (at once for `None`).
+async fn nak(group: &str, message: &jetstream::Message, delay: Option<Duration>) {
+    if let Err(e) = message.ack_with(AckKind::Nak(delay)).await {
+        // Redelivered after the ack wait all the same.
+        tracing::warn!(subscriber = group, error = %e, "nak failed");
+    }
+}
+
+impl Shared {
+    /// Puts `message` in its lane; a body that is not an envelope is dead-lettered.
+    async fn dispatch(
+        &self,
+        message: jetstream::Message,
+        permit: OwnedSemaphorePermit,
+        lanes: &[mpsc::UnboundedSender<Delivery>],
+    ) {
+        let envelope = match Envelope::from_json(&message.payload) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                let attempts = attempts_of(&message);
+                let error = HandlerError::permanent(format!("not an envelope: {e}"));
+                if let Err(e) =
+                    dead_letter::send(&self.inner, &self.group, &message, None, attempts, &error)
+                        .await
+                {
+                    tracing::error!(subscriber = %self.group, error = %e, "cannot dead-letter; will retry");
+                    nak(
+                        &self.group,
+                        &message,
+                        Some(self.inner.config.retry.backoff(attempts)),
+                    )
+                    .await;
+                }
+                return;
+            }
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, message.clone());
+        let lane = lane_of(&envelope.correlation_id, lanes.len());
+        let delivery = Delivery {
+            held: self.held.clone(),
+            id,
+            message,
+            envelope,
+            _permit: permit,
+        };
+        if let Err(returned) = lanes[lane].send(delivery) {
+            // The lane has stopped: the message goes back at once.
+            nak(&self.group, &returned.0.message, None).await;
+        }
+    }
+
+    /// After a handler ran out of time: this process asks for no messages until the
+    /// message, nak'ed with the returned delay, has been offered to the group's other
+    /// processes. The delay outlasts every pull request already open here, and the pause
+    /// outlasts the delay by one more request, so another process's request takes it; a
+    /// process alone in its group takes it back after the pause.
+    fn step_back(&self, backoff: Duration) -> Duration {
+        let delay = backoff.max(PULL_EXPIRES + Duration::from_millis(250));
+        let until = tokio::time::Instant::now() + delay + PULL_EXPIRES;
+        let mut paused = self
+            .paused_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *paused = Some(paused.map_or(until, |p| p.max(until)));
+        tracing::error!(subscriber = %self.group, ?delay,
+            "handler ran out of time: its message is offered to the group's other processes");
+        delay
+    }
+
+    /// Runs the handler on `delivery` and carries out its verdict.
+    async fn handle(&self, delivery: Delivery) {
+        let attempts = attempts_of(&delivery.message);
+        let envelope = &delivery.envelope;
+        let span = tracing::info_span!("handle", subscriber = %self.group, topic = %envelope.topic,
+            message_id = %envelope.message_id, correlation_id = %envelope.correlation_id,
+            causation_id = ?envelope.causation_id, attempt = attempts);
+        let limit = self.inner.config.max_handling_time;
+        let call = AssertUnwindSafe(self.handler.handle(envelope))
+            .catch_unwind()
+            .instrument(span.clone());
+        let mut timed_out = false;
+        let outcome = match tokio::time::timeout(limit, call).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(HandlerError::retryable("handler panicked")),
+            Err(_) => {
+                timed_out = true;
+                Err(HandlerError::retryable(format!(
+                    "handler did not finish within {limit:?}; cancelled"
+                )))
+            }
+        };
+        let retry = self.inner.config.retry;
+        match outcome {
+            Ok(()) => {
+                if let Err(e) = delivery.message.double_ack().await {
+                    tracing::warn!(parent: &span, error = %e,
+                        "ack not confirmed by the server; the message may come again");
+                }
+            }
+            Err(error @ HandlerError::Retryable(_)) if attempts < retry.max_attempts.max(1) => {
+                let mut wait = retry.backoff(attempts);
+                if timed_out {
+                    wait = self.step_back(wait);
+                }
+                tracing::warn!(parent: &span, ?wait, error = %error, "handler failed, will retry");
+                nak(&self.group, &delivery.message, Some(wait)).await;
+            }
+            Err(error) => {
+                if let Err(e) = dead_letter::send(
+                    &self.inner,
+                    &self.group,
+                    &delivery.message,
+                    Some(envelope),
+                    attempts,
+                    &error,
+                )
+                .await
+                {
+                    tracing::error!(parent: &span, error = %e, "cannot dead-letter; will retry");
+                    nak(
+                        &self.group,
+                        &delivery.message,
+                        Some(retry.backoff(attempts)),
+                    )
+                    .await;
+                }
+            }
+        }
+    }
+}
