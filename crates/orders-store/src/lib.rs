@@ -24,9 +24,9 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-mod cache;
 mod memory;
 mod postgres;
+mod rows;
 #[cfg(feature = "scratch")]
 pub mod scratch;
 mod snapshot;

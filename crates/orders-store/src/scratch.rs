@@ -152,7 +152,8 @@ impl Drop for ScratchDatabase {
 pub struct ScratchSchema {
     admin_url: String,
     name: String,
-    options: PgConnectOptions,
+    /// Boxed: the options are large, and a scratch is moved around.
+    options: Box<PgConnectOptions>,
     removed: bool,
 }
 
@@ -163,8 +164,9 @@ impl ScratchSchema {
     /// When the URL is invalid, or the server cannot be reached or refuses.
     pub async fn create(admin_url: &str) -> Result<Self, sqlx::Error> {
         let name = unique_name("orders_scratch");
-        let options =
-            PgConnectOptions::from_str(admin_url)?.options([("search_path", name.as_str())]);
+        let options = Box::new(
+            PgConnectOptions::from_str(admin_url)?.options([("search_path", name.as_str())]),
+        );
         run_admin(admin_url, &format!("CREATE SCHEMA {name}")).await?;
         Ok(Self {
             admin_url: admin_url.to_owned(),
@@ -184,7 +186,7 @@ impl ScratchSchema {
     /// store connected with them creates its tables here.
     #[must_use]
     pub fn connect_options(&self) -> PgConnectOptions {
-        self.options.clone()
+        (*self.options).clone()
     }
 
     /// Drops the schema and everything in it.
