@@ -85,7 +85,7 @@ use self::{
     commit::{PreparedCommit, key_owner},
     readers::{ReaderWork, read_loop},
     relay::{FreshRows, RelayState},
-    writer::{Job, Writer, write_loop},
+    writer::{GroupWrite, Job, Writer, write_loop},
 };
 use crate::{rows::message_record, snapshot, sql::MESSAGES};
 
@@ -364,7 +364,7 @@ impl OrderStore for SqliteOrderStore {
         let prepared = Box::new(PreparedCommit::new(commit)?);
         let (answer, answered) = oneshot::channel();
         self.writer
-            .send(Job::Commit(prepared, answer))
+            .send(Job::Write(GroupWrite::Commit(prepared, answer)))
             .map_err(|_| closed())?;
         answered.await.map_err(|_| closed())?
     }

@@ -17,7 +17,10 @@ use orders_domain::Timestamp;
 use rusqlite::{Connection, params};
 use tokio::sync::{Notify, oneshot};
 
-use super::{SqliteOrderStore, closed, count, lock, sqlite_error, timestamp_text, writer::Job};
+use super::{
+    SqliteOrderStore, closed, count, lock, sqlite_error, timestamp_text,
+    writer::{GroupWrite, Job},
+};
 use crate::sql::{self, REQUEUE_STALLED, RelayTable, Relayed, publish_in_order};
 
 /// Committed outbox rows the writer hands to the relay at most; past it, the relay reads
@@ -77,11 +80,11 @@ impl SqliteOrderStore {
             .map_err(|e| StoreError::Corrupt(format!("cannot encode positions: {e}")))?;
         let (answer, answered) = oneshot::channel();
         self.writer
-            .send(Job::MarkSent {
+            .send(Job::Write(GroupWrite::MarkSent {
                 positions,
                 at: timestamp_text(Utc::now()),
                 answer,
-            })
+            }))
             .map_err(|_| closed())?;
         Ok(answered)
     }

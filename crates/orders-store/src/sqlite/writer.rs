@@ -27,6 +27,16 @@ pub(super) type WriterWork = Box<dyn FnOnce(&mut Connection) + Send + 'static>;
 
 /// What the writer thread does.
 pub(super) enum Job {
+    /// A write that joins a group transaction with the writes queued beside it.
+    Write(GroupWrite),
+    /// Anything else that needs the writing connection, alone.
+    Run(WriterWork),
+    /// Close the connection and stop.
+    Close(oneshot::Sender<()>),
+}
+
+/// A write that may share its transaction with others (see [`write_group`]).
+pub(super) enum GroupWrite {
     /// A commit, prepared; answered with the new version once committed.
     Commit(
         Box<PreparedCommit>,
@@ -38,17 +48,6 @@ pub(super) enum Job {
         at: String,
         answer: oneshot::Sender<Result<(), StoreError>>,
     },
-    /// Anything else that needs the writing connection.
-    Run(WriterWork),
-    /// Close the connection and stop.
-    Close(oneshot::Sender<()>),
-}
-
-impl Job {
-    /// Whether it joins a group transaction.
-    pub(super) fn groups(&self) -> bool {
-        matches!(self, Self::Commit(..) | Self::MarkSent { .. })
-    }
 }
 
 /// The writer thread: runs jobs in arrival order; commits and relay marks that queued up
@@ -74,11 +73,11 @@ pub(super) fn write_loop(mut conn: Connection, jobs: &Receiver<Job>, writer: &Wr
                 return;
             }
             Job::Run(work) => work(&mut conn),
-            first => {
+            Job::Write(first) => {
                 let mut group = vec![first];
                 while group.len() < MAX_GROUP {
                     match jobs.try_recv() {
-                        Ok(job) if job.groups() => group.push(job),
+                        Ok(Job::Write(write)) => group.push(write),
                         Ok(other) => {
                             next = Some(other);
                             break;
@@ -124,7 +123,7 @@ pub(super) struct Writer {
 /// usually), it is rolled back and each write is done alone, in its own transaction, so
 /// each gets its own answer and only the failing ones fail. Nobody hears "committed"
 /// before `COMMIT` returned.
-pub(super) fn write_group(conn: &mut Connection, writer: &Writer, group: Vec<Job>) -> bool {
+pub(super) fn write_group(conn: &mut Connection, writer: &Writer, group: Vec<GroupWrite>) -> bool {
     let cache = &*writer.cache;
     if group.len() > 1 {
         match write_together(conn, &group) {
@@ -132,15 +131,14 @@ pub(super) fn write_group(conn: &mut Connection, writer: &Writer, group: Vec<Job
                 let mut wrote_outbox = false;
                 for job in group {
                     match job {
-                        Job::Commit(mut commit, answer) => {
+                        GroupWrite::Commit(mut commit, answer) => {
                             wrote_outbox |= commit.has_outbox();
                             commit.hand_over(positions.next().unwrap_or_default(), &writer.fresh);
                             commit.answer(cache, answer, Ok(()));
                         }
-                        Job::MarkSent { answer, .. } => {
+                        GroupWrite::MarkSent { answer, .. } => {
                             let _ = answer.send(Ok(()));
                         }
-                        other => answer_failed(other, &not_a_group_write()),
                     }
                 }
                 return wrote_outbox;
@@ -154,14 +152,14 @@ pub(super) fn write_group(conn: &mut Connection, writer: &Writer, group: Vec<Job
     let mut wrote_outbox = false;
     for job in group {
         match job {
-            Job::Commit(mut commit, answer) => {
+            GroupWrite::Commit(mut commit, answer) => {
                 let result = in_transaction(conn, |conn| commit.write(conn)).map(|positions| {
                     wrote_outbox |= commit.has_outbox();
                     commit.hand_over(positions, &writer.fresh);
                 });
                 commit.answer(cache, answer, result);
             }
-            Job::MarkSent {
+            GroupWrite::MarkSent {
                 positions,
                 at,
                 answer,
@@ -170,7 +168,6 @@ pub(super) fn write_group(conn: &mut Connection, writer: &Writer, group: Vec<Job
                     mark_sent(conn, &positions, &at)
                 }));
             }
-            other => answer_failed(other, &not_a_group_write()),
         }
     }
     wrote_outbox
@@ -180,16 +177,15 @@ pub(super) fn write_group(conn: &mut Connection, writer: &Writer, group: Vec<Job
 /// (and the caller rolls back). Returns the outbox positions of each commit, in order.
 pub(super) fn write_together(
     conn: &Connection,
-    group: &[Job],
+    group: &[GroupWrite],
 ) -> Result<std::vec::IntoIter<Vec<i64>>, StoreError> {
     conn.execute_batch("BEGIN IMMEDIATE")
         .map_err(sqlite_error)?;
     let mut positions = Vec::with_capacity(group.len());
     for job in group {
         match job {
-            Job::Commit(commit, _) => positions.push(commit.write(conn)?),
-            Job::MarkSent { positions, at, .. } => mark_sent(conn, positions, at)?,
-            Job::Run(_) | Job::Close(_) => return Err(not_a_group_write()),
+            GroupWrite::Commit(commit, _) => positions.push(commit.write(conn)?),
+            GroupWrite::MarkSent { positions, at, .. } => mark_sent(conn, positions, at)?,
         }
     }
     conn.execute_batch("COMMIT").map_err(sqlite_error)?;
@@ -221,26 +217,5 @@ pub(super) fn roll_back(conn: &Connection) {
         && let Err(e) = conn.execute_batch("ROLLBACK")
     {
         tracing::warn!(error = %e, "rollback after a failed commit");
-    }
-}
-
-pub(super) fn not_a_group_write() -> StoreError {
-    StoreError::Unavailable("not a group write".to_owned())
-}
-
-/// Answers a write that cannot be done.
-pub(super) fn answer_failed(job: Job, error: &StoreError) {
-    match job {
-        Job::Commit(_, answer) => {
-            let _ = answer.send(Err(error.clone()));
-        }
-        Job::MarkSent { answer, .. } => {
-            let _ = answer.send(Err(error.clone()));
-        }
-        // The work's answer channel is dropped with it: its caller sees the store closed.
-        Job::Run(_) => {}
-        Job::Close(done) => {
-            let _ = done.send(());
-        }
     }
 }
