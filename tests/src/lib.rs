@@ -2,7 +2,11 @@
 //! Each suite is written once and run against every store (see `e2e/main.rs`).
 #![forbid(unsafe_code)]
 
-use app::{bench_io::Scratch, serve::OpenedStore, system::Stores};
+use app::{
+    serve::{OpenedStore, StoreSpec, open_store},
+    system::Stores,
+};
+use orders_store::scratch::{self, ScratchDatabase, ScratchFile};
 
 /// A store the suites can run against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,7 +25,14 @@ pub struct FreshStore {
     /// The ports to run a system on.
     pub stores: Stores,
     opened: Option<OpenedStore>,
-    scratch: Option<Scratch>,
+    scratch: Scratch,
+}
+
+/// The scratch file or database under a fresh store.
+enum Scratch {
+    None,
+    File(ScratchFile),
+    Database(ScratchDatabase),
 }
 
 impl FreshStore {
@@ -30,8 +41,14 @@ impl FreshStore {
         if let Some(opened) = self.opened {
             opened.close().await;
         }
-        if let Some(scratch) = self.scratch {
-            scratch.remove().await;
+        match self.scratch {
+            Scratch::None => {}
+            Scratch::File(file) => drop(file),
+            Scratch::Database(database) => {
+                if let Err(error) = database.remove().await {
+                    eprintln!("cannot drop a scratch database: {error}");
+                }
+            }
         }
     }
 }
@@ -47,17 +64,20 @@ impl StoreKind {
     /// # Errors
     /// When the store cannot be created.
     pub async fn fresh(self) -> anyhow::Result<Option<FreshStore>> {
-        let scratch = match self {
+        let (url, scratch) = match self {
             Self::Memory => {
                 return Ok(Some(FreshStore {
                     stores: Stores::in_memory(),
                     opened: None,
-                    scratch: None,
+                    scratch: Scratch::None,
                 }));
             }
-            Self::Sqlite => Scratch::sqlite(),
+            Self::Sqlite => {
+                let file = ScratchFile::new();
+                (file.url(), Scratch::File(file))
+            }
             Self::Postgres => {
-                let Ok(url) = std::env::var("ORDERS_TEST_POSTGRES_URL") else {
+                let Some(url) = scratch::postgres_admin_url() else {
                     assert!(
                         std::env::var_os("CI").is_none(),
                         "ORDERS_TEST_POSTGRES_URL must be set in CI (cargo xtask ci sets it)"
@@ -65,14 +85,15 @@ impl StoreKind {
                     println!("skipping PostgreSQL: ORDERS_TEST_POSTGRES_URL not set");
                     return Ok(None);
                 };
-                Scratch::postgres(&url).await?
+                let database = ScratchDatabase::create(&url).await?;
+                (database.url().to_owned(), Scratch::Database(database))
             }
         };
-        let opened = scratch.open().await?;
+        let opened = open_store(&url.parse::<StoreSpec>().map_err(anyhow::Error::msg)?).await?;
         Ok(Some(FreshStore {
             stores: opened.stores.clone(),
             opened: Some(opened),
-            scratch: Some(scratch),
+            scratch,
         }))
     }
 }

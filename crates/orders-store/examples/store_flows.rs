@@ -31,9 +31,11 @@ use orders_app::{
     OrdersService, Outbox, OutboxRelay, PlaceOrder, SystemClock,
     messaging::{BusError, Envelope, MessageBus, MessageHandler, Subscription, SubscriptionHandle},
 };
-use orders_store::{InMemoryOrderStore, PostgresOrderStore, SqliteOrderStore};
+use orders_store::{
+    InMemoryOrderStore, PostgresOrderStore, SqliteOrderStore,
+    scratch::{self, ScratchFile, ScratchSchema},
+};
 use rust_decimal::Decimal;
-use sqlx::{Connection, Executor, PgConnection, postgres::PgConnectOptions};
 
 /// Total time and count of one kind of store call.
 #[derive(Default)]
@@ -268,38 +270,22 @@ async fn main() {
             measure(store.clone(), store, flows, tasks).await;
         }
         "sqlite" => {
-            let path = std::env::temp_dir().join(format!(
-                "orders-store-bench-{}.db",
-                uuid::Uuid::new_v4().simple()
-            ));
-            let store = Arc::new(
-                SqliteOrderStore::connect(path.to_str().unwrap())
-                    .await
-                    .unwrap(),
-            );
+            let file = ScratchFile::new();
+            let store = Arc::new(SqliteOrderStore::connect(&file.url()).await.unwrap());
             measure(store.clone(), store.clone(), flows, tasks).await;
             store.close().await;
-            for suffix in ["", "-wal", "-shm"] {
-                let mut file = path.clone().into_os_string();
-                file.push(suffix);
-                let _ = std::fs::remove_file(file);
-            }
         }
         "postgres" => {
-            let url = std::env::var("ORDERS_TEST_POSTGRES_URL").expect(
-                "set ORDERS_TEST_POSTGRES_URL, e.g. postgres://postgres@127.0.0.1:5432/test",
-            );
-            let schema = format!("orders_bench_{}", uuid::Uuid::new_v4().simple());
-            let mut admin = PgConnection::connect(&url).await.unwrap();
-            admin
-                .execute(format!("CREATE SCHEMA {schema}").as_str())
-                .await
-                .unwrap();
+            let url = scratch::postgres_admin_url().unwrap_or_else(|| {
+                panic!(
+                    "set {}, e.g. postgres://postgres@127.0.0.1:5432/test",
+                    scratch::POSTGRES_URL_VAR
+                )
+            });
+            let schema = ScratchSchema::create(&url).await.unwrap();
             let connections: u32 =
                 std::env::var("ORDERS_BENCH_PG_CONNECTIONS").map_or(16, |n| n.parse().unwrap());
-            let mut options = PgConnectOptions::from_str(&url)
-                .unwrap()
-                .options([("search_path", schema.as_str())]);
+            let mut options = schema.connect_options();
             if std::env::var_os("ORDERS_BENCH_PG_ASYNC_COMMIT").is_some() {
                 // Diagnosis only: how much of a commit is the WAL flush.
                 options = options.options([("synchronous_commit", "off")]);
@@ -311,10 +297,7 @@ async fn main() {
             );
             measure(store.clone(), store.clone(), flows, tasks).await;
             store.close().await;
-            admin
-                .execute(format!("DROP SCHEMA {schema} CASCADE").as_str())
-                .await
-                .unwrap();
+            schema.remove().await.unwrap();
         }
         other => panic!("unknown backend {other}: memory, sqlite or postgres"),
     }

@@ -16,14 +16,19 @@
 //!   JSON; unsent until relayed, parked when the envelope cannot be decoded.
 //! * `inbox`: per subscriber, the messages handled, with their outcome.
 //!
+//! With the `scratch` feature, the `scratch` module makes throwaway databases for tests and
+//! benchmarks.
+//!
 //! A commit is one transaction: the inbox record, the idempotency key, the order (insert
 //! at version 0, or update at its expected version) and the outbox rows, or nothing.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-mod cache;
 mod memory;
 mod postgres;
+mod rows;
+#[cfg(feature = "scratch")]
+pub mod scratch;
 mod snapshot;
 mod sql;
 mod sqlite;

@@ -1,11 +1,16 @@
-//! What the SQLite and PostgreSQL adapters share: error mapping, the encoding of inbox
-//! outcomes and outbox rows, and the publishing half of the relay.
+//! What the SQLite and PostgreSQL adapters share: error mapping, the statements both
+//! run as they are (the message history, the requeue), and the relay's reading of the
+//! table. Row encoding is in [`crate::rows`].
+//!
+//! Shared statements name their parameters `$1`, `$2`…: PostgreSQL's placeholders, and
+//! in SQLite named parameters bound by position (a name used twice is one parameter).
+
+use std::future::Future;
 
 use orders_app::{
-    HandlingOutcome, StoreError,
-    messaging::{Envelope, MessageBus, MessageId},
+    StoreError,
+    messaging::{Envelope, MessageBus},
 };
-use orders_domain::OrderId;
 
 /// How a failed statement reads to the application: decoding problems mean the stored
 /// data is bad ([`StoreError::Corrupt`]); everything else (connection, pool, I/O,
@@ -27,61 +32,27 @@ pub(crate) fn migrate_error(error: sqlx::migrate::MigrateError) -> StoreError {
     StoreError::Unavailable(format!("cannot apply migrations: {error}"))
 }
 
-/// `(outcome, detail)` columns of an inbox row.
-pub(crate) fn outcome_columns(outcome: &HandlingOutcome) -> (&'static str, Option<&str>) {
-    match outcome {
-        HandlingOutcome::Rejected(reason) => (outcome.as_str(), Some(reason.as_str())),
-        HandlingOutcome::Applied | HandlingOutcome::Duplicate => (outcome.as_str(), None),
-    }
-}
+/// An order's message history, `$1` its id: inbox and outbox rows, in commit order (the
+/// inbox `seq` and the outbox `position` come from one counter), what a commit received
+/// before what it sent. Columns: `sent`, `seq`, `message_id`, `topic`, `outcome`,
+/// `detail`, `at` (see [`crate::rows::message_record`]).
+pub(crate) const MESSAGES: &str = "\
+    SELECT false AS sent, seq, message_id, topic, outcome, detail, handled_at AS at \
+    FROM inbox WHERE order_id = $1 \
+    UNION ALL \
+    SELECT true, position, message_id, topic, NULL, NULL, created_at \
+    FROM outbox WHERE order_id = $1 \
+    ORDER BY seq, sent, at, message_id";
 
-/// The outcome stored as `(outcome, detail)`.
-pub(crate) fn outcome_from_columns(
-    outcome: &str,
-    detail: Option<String>,
-) -> Result<HandlingOutcome, StoreError> {
-    match outcome {
-        "applied" => Ok(HandlingOutcome::Applied),
-        "duplicate" => Ok(HandlingOutcome::Duplicate),
-        "rejected" => Ok(HandlingOutcome::Rejected(detail.unwrap_or_default())),
-        other => Err(StoreError::Corrupt(format!(
-            "unknown inbox outcome {other:?}"
-        ))),
-    }
-}
-
-/// An outbox row to insert.
-pub(crate) struct NewOutboxRow {
-    pub message_id: MessageId,
-    /// The order the message is about: its correlation id, when that is an order id.
-    pub order_id: Option<OrderId>,
-    pub topic: String,
-    /// The whole envelope as JSON text: exactly what will be published.
-    pub envelope: String,
-    pub envelope_timestamp: orders_domain::Timestamp,
-}
-
-impl NewOutboxRow {
-    /// Encodes `envelope` for the outbox.
-    pub(crate) fn new(envelope: &Envelope) -> Result<Self, StoreError> {
-        let json = envelope.to_json().map_err(|e| {
-            StoreError::Corrupt(format!(
-                "cannot encode message {}: {e}",
-                envelope.message_id
-            ))
-        })?;
-        let envelope_text = String::from_utf8(json).map_err(|e| {
-            StoreError::Corrupt(format!("message {} is not UTF-8: {e}", envelope.message_id))
-        })?;
-        Ok(Self {
-            message_id: envelope.message_id,
-            order_id: envelope.correlation_id.parse().ok(),
-            topic: envelope.topic.to_string(),
-            envelope: envelope_text,
-            envelope_timestamp: envelope.timestamp,
-        })
-    }
-}
+/// The latest outbox row of every order still waiting on another context (`$1`: that
+/// last changed before it), if it was sent, becomes unsent again (see
+/// [`orders_app::Outbox::requeue_stalled`]).
+pub(crate) const REQUEUE_STALLED: &str = "\
+    UPDATE outbox SET sent_at = NULL \
+    WHERE sent_at IS NOT NULL AND parked_at IS NULL AND position IN ( \
+        SELECT (SELECT max(o.position) FROM outbox o WHERE o.order_id = d.id) \
+        FROM orders d \
+        WHERE d.status IN ('AwaitingPayment', 'Paid') AND d.updated_at < $1)";
 
 /// Unsent outbox rows as read by a relay, split into those to publish and those to park.
 #[derive(Default)]
@@ -126,28 +97,85 @@ pub(crate) async fn publish_in_order(rows: Vec<(i64, Envelope)>, bus: &dyn Messa
     published
 }
 
+/// The outbox table as a relay reads and marks it.
+pub(crate) trait RelayTable: Send {
+    /// What a statement fails with.
+    type Error: Send;
+
+    /// Up to `limit` unsent, unparked rows, `(position, envelope text)` in position order.
+    fn unsent(
+        &mut self,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<(i64, String)>, Self::Error>> + Send;
+
+    /// Parks `rows` (never empty): `(position, why)`.
+    fn park(
+        &mut self,
+        rows: Vec<(i64, String)>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Marks the rows at `positions` (never empty) sent.
+    fn mark_sent(
+        &mut self,
+        positions: &[i64],
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
+
+/// What [`relay_from_table`] did.
+pub(crate) struct Relayed {
+    /// Rows published and marked.
+    pub sent: usize,
+    /// Every unsent row was read: the table had fewer than asked for.
+    pub caught_up: bool,
+}
+
+/// Publishes up to `limit` unsent rows of `table` to `bus` in position order, parking
+/// the ones that do not decode and marking the published ones sent. Stops at the first
+/// refused publish, and after one batch unless parked rows made it short: then it reads
+/// on to fill it, so bad rows never hold back the good ones behind them.
+pub(crate) async fn relay_from_table<T: RelayTable>(
+    table: &mut T,
+    limit: usize,
+    bus: &dyn MessageBus,
+) -> Result<Relayed, T::Error> {
+    let mut sent = 0;
+    while sent < limit {
+        let want = limit - sent;
+        let rows = table.unsent(want).await?;
+        let caught_up = rows.len() < want;
+        let RelayBatch { publish, park } = RelayBatch::decode(rows);
+        let parked_some = !park.is_empty();
+        if parked_some {
+            table.park(park).await?;
+        }
+        let ready = publish.len();
+        let published = publish_in_order(publish, bus).await;
+        if !published.is_empty() {
+            table.mark_sent(&published).await?;
+        }
+        sent += published.len();
+        if published.len() < ready {
+            break;
+        }
+        if caught_up {
+            return Ok(Relayed {
+                sent,
+                caught_up: true,
+            });
+        }
+        if !parked_some {
+            break;
+        }
+    }
+    Ok(Relayed {
+        sent,
+        caught_up: false,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn outcomes_round_trip_through_their_columns() {
-        for outcome in [
-            HandlingOutcome::Applied,
-            HandlingOutcome::Duplicate,
-            HandlingOutcome::Rejected("second payment".to_owned()),
-        ] {
-            let (name, detail) = outcome_columns(&outcome);
-            assert_eq!(
-                outcome_from_columns(name, detail.map(str::to_owned)),
-                Ok(outcome.clone())
-            );
-        }
-        assert!(matches!(
-            outcome_from_columns("lost", None),
-            Err(StoreError::Corrupt(_))
-        ));
-    }
 
     #[test]
     fn undecodable_rows_are_set_aside_and_the_rest_kept_in_order() {

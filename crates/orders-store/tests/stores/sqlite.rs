@@ -6,7 +6,9 @@ use orders_store::SqliteOrderStore;
 use sqlx::{Connection, SqliteConnection};
 use uuid::Uuid;
 
-use crate::support::{RecordingBus, TempDb, at, handled, messages_of, new_order, place};
+use orders_store::scratch::ScratchFile;
+
+use crate::support::{RecordingBus, at, handled, messages_of, new_order, path_of, place};
 
 mod file {
     crate::conformance::suite!(crate::support::Backend::SqliteFile, durable);
@@ -18,8 +20,8 @@ mod in_memory {
 
 #[tokio::test]
 async fn data_survives_reopening_the_file() {
-    let file = TempDb::new();
-    let store = SqliteOrderStore::connect(file.path_str()).await.unwrap();
+    let file = ScratchFile::new();
+    let store = SqliteOrderStore::connect(path_of(&file)).await.unwrap();
     let mut order = new_order(at(0));
     let outbox = messages_of(&mut order, None);
     let record = handled(order.id(), "test.created", HandlingOutcome::Applied, at(0));
@@ -42,7 +44,7 @@ async fn data_survives_reopening_the_file() {
     store.close().await;
     drop(store);
 
-    let store = SqliteOrderStore::connect(&format!("sqlite:{}", file.path_str()))
+    let store = SqliteOrderStore::connect(&format!("sqlite:{}", path_of(&file)))
         .await
         .unwrap();
     assert_eq!(store.load(order.id()).await.unwrap(), Some(order.clone()));
@@ -62,17 +64,17 @@ async fn data_survives_reopening_the_file() {
 }
 
 /// A plain connection to the file, to look at it from outside the store.
-async fn inspect(file: &TempDb) -> SqliteConnection {
-    SqliteConnection::connect(&format!("sqlite:{}", file.path_str()))
+async fn inspect(file: &ScratchFile) -> SqliteConnection {
+    SqliteConnection::connect(&format!("sqlite:{}", path_of(file)))
         .await
         .unwrap()
 }
 
 #[tokio::test]
 async fn connecting_twice_applies_the_migrations_once() {
-    let file = TempDb::new();
-    let first = SqliteOrderStore::connect(file.path_str()).await.unwrap();
-    let second = SqliteOrderStore::connect(file.path_str()).await.unwrap();
+    let file = ScratchFile::new();
+    let first = SqliteOrderStore::connect(path_of(&file)).await.unwrap();
+    let second = SqliteOrderStore::connect(path_of(&file)).await.unwrap();
     let order = place(&first, at(0)).await;
     assert_eq!(second.load(order.id()).await.unwrap(), Some(order));
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
@@ -118,8 +120,8 @@ async fn a_bad_url_is_unavailable_not_a_panic() {
 #[tokio::test]
 async fn a_store_can_be_opened_on_a_spawned_task() {
     // The connect future must be `Send`, or the app could not open a store in a task.
-    let file = TempDb::new();
-    let path = file.path_str().to_owned();
+    let file = ScratchFile::new();
+    let path = path_of(&file).to_owned();
     let store = tokio::spawn(async move { SqliteOrderStore::connect(&path).await })
         .await
         .unwrap()
@@ -130,8 +132,8 @@ async fn a_store_can_be_opened_on_a_spawned_task() {
 #[tokio::test]
 async fn a_relay_between_every_commit_publishes_each_row_once_in_commit_order() {
     // The relay takes what the writer hands over, after its first read of the table.
-    let file = TempDb::new();
-    let store = SqliteOrderStore::connect(file.path_str()).await.unwrap();
+    let file = ScratchFile::new();
+    let store = SqliteOrderStore::connect(path_of(&file)).await.unwrap();
     let bus = RecordingBus::new();
     let mut placed = Vec::new();
     for i in 0..50 {
@@ -156,9 +158,9 @@ async fn a_relay_between_every_commit_publishes_each_row_once_in_commit_order() 
 
 #[tokio::test]
 async fn a_row_another_store_committed_to_the_file_is_relayed_by_the_next_table_read() {
-    let file = TempDb::new();
-    let relaying = SqliteOrderStore::connect(file.path_str()).await.unwrap();
-    let other = SqliteOrderStore::connect(file.path_str()).await.unwrap();
+    let file = ScratchFile::new();
+    let relaying = SqliteOrderStore::connect(path_of(&file)).await.unwrap();
+    let other = SqliteOrderStore::connect(path_of(&file)).await.unwrap();
     let bus = RecordingBus::new();
     assert_eq!(relaying.relay(10, bus.as_ref()).await.unwrap(), 0);
 
@@ -186,9 +188,9 @@ async fn a_row_another_store_committed_to_the_file_is_relayed_by_the_next_table_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_steady_concurrent_writes_the_wal_starts_over() {
-    let file = TempDb::new();
-    let store = std::sync::Arc::new(SqliteOrderStore::connect(file.path_str()).await.unwrap());
-    let wal = format!("{}-wal", file.path_str());
+    let file = ScratchFile::new();
+    let store = std::sync::Arc::new(SqliteOrderStore::connect(path_of(&file)).await.unwrap());
+    let wal = format!("{}-wal", path_of(&file));
     let writers: Vec<_> = (0..32)
         .map(|w| {
             let store = store.clone();
@@ -218,8 +220,8 @@ async fn under_steady_concurrent_writes_the_wal_starts_over() {
 
 #[tokio::test]
 async fn closing_marks_what_the_relay_published_so_a_restart_sends_nothing_twice() {
-    let file = TempDb::new();
-    let store = SqliteOrderStore::connect(file.path_str()).await.unwrap();
+    let file = ScratchFile::new();
+    let store = SqliteOrderStore::connect(path_of(&file)).await.unwrap();
     let bus = RecordingBus::new();
     assert_eq!(store.relay(10, bus.as_ref()).await.unwrap(), 0);
     for i in 0..3 {
@@ -230,7 +232,7 @@ async fn closing_marks_what_the_relay_published_so_a_restart_sends_nothing_twice
     store.close().await;
     drop(store);
 
-    let store = SqliteOrderStore::connect(file.path_str()).await.unwrap();
+    let store = SqliteOrderStore::connect(path_of(&file)).await.unwrap();
     assert_eq!(store.unsent().await.unwrap(), 0);
     assert_eq!(store.relay(10, bus.as_ref()).await.unwrap(), 0);
     assert_eq!(bus.published().len(), 3);

@@ -4,8 +4,6 @@
 
 use std::{
     future::Future,
-    path::PathBuf,
-    str::FromStr,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -22,9 +20,12 @@ use orders_domain::{
     Currency, CustomerId, Money, Order, OrderId, OrderItem, ProductId, Quantity, ShippingAddress,
     Timestamp,
 };
-use orders_store::{InMemoryOrderStore, PostgresOrderStore, SqliteOrderStore};
+use orders_store::{
+    InMemoryOrderStore, PostgresOrderStore, SqliteOrderStore,
+    scratch::{self, ScratchFile, ScratchSchema},
+};
 use rust_decimal::Decimal;
-use sqlx::{Connection, Executor, PgConnection, postgres::PgConnectOptions};
+use sqlx::{Connection, PgConnection, postgres::PgConnectOptions};
 use uuid::Uuid;
 
 /// How long a test waits for a condition before it fails.
@@ -116,8 +117,8 @@ where
             (fixture, Cleanup::Nothing)
         }
         Backend::SqliteFile => {
-            let file = TempDb::new();
-            let store = Arc::new(SqliteOrderStore::connect(file.path_str()).await.unwrap());
+            let file = ScratchFile::new();
+            let store = Arc::new(SqliteOrderStore::connect(path_of(&file)).await.unwrap());
             let fixture = Fixture {
                 store: store.clone(),
                 outbox: store.clone(),
@@ -159,7 +160,7 @@ where
 
 enum Cleanup {
     Nothing,
-    Sqlite(Arc<SqliteOrderStore>, TempDb),
+    Sqlite(Arc<SqliteOrderStore>, ScratchFile),
     Postgres(Arc<PostgresOrderStore>, PgSchema),
 }
 
@@ -179,46 +180,24 @@ impl Cleanup {
     }
 }
 
-/// A database file under the temp folder, with a unique name; removed (with its WAL and
-/// shared-memory files) on drop.
-pub struct TempDb {
-    path: PathBuf,
-}
-
-impl TempDb {
-    pub fn new() -> Self {
-        let name = format!("orders-store-test-{}.db", Uuid::new_v4().simple());
-        Self {
-            path: std::env::temp_dir().join(name),
-        }
-    }
-
-    pub fn path_str(&self) -> &str {
-        self.path.to_str().unwrap()
-    }
-}
-
-impl Drop for TempDb {
-    fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm"] {
-            let mut path = self.path.clone().into_os_string();
-            path.push(suffix);
-            let _ = std::fs::remove_file(path);
-        }
-    }
+/// The path of a scratch SQLite file, as text.
+pub fn path_of(file: &ScratchFile) -> &str {
+    file.path().to_str().unwrap()
 }
 
 /// The PostgreSQL server to test against, from `ORDERS_TEST_POSTGRES_URL`. Without it:
 /// a failure under CI (the adapter must not go untested there), else a skip.
 pub fn postgres_url() -> Option<String> {
-    match std::env::var("ORDERS_TEST_POSTGRES_URL") {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ if std::env::var_os("CI").is_some() => panic!(
-            "ORDERS_TEST_POSTGRES_URL is not set but CI is: the PostgreSQL adapter must be \
-             tested in CI (e.g. ORDERS_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test)"
+    match scratch::postgres_admin_url() {
+        Some(url) => Some(url),
+        None if std::env::var_os("CI").is_some() => panic!(
+            "{} is not set but CI is: the PostgreSQL adapter must be tested in CI \
+             (e.g. {}=postgres://postgres@127.0.0.1:5432/test)",
+            scratch::POSTGRES_URL_VAR,
+            scratch::POSTGRES_URL_VAR,
         ),
-        _ => {
-            eprintln!("skipping: ORDERS_TEST_POSTGRES_URL not set");
+        None => {
+            eprintln!("skipping: {} not set", scratch::POSTGRES_URL_VAR);
             None
         }
     }
@@ -248,29 +227,17 @@ where
 }
 
 /// A fresh schema for one test, dropped with everything in it at the end.
-pub struct PgSchema {
-    url: String,
-    name: String,
-}
+pub struct PgSchema(ScratchSchema);
 
 impl PgSchema {
     pub async fn create() -> Option<Self> {
         let url = postgres_url()?;
-        let name = format!("orders_test_{}", Uuid::new_v4().simple());
-        let mut admin = PgConnection::connect(&url).await.unwrap();
-        admin
-            .execute(format!("CREATE SCHEMA {name}").as_str())
-            .await
-            .unwrap();
-        admin.close().await.unwrap();
-        Some(Self { url, name })
+        Some(Self(ScratchSchema::create(&url).await.unwrap()))
     }
 
     /// Connection options with the search path set to this schema.
     pub fn options(&self) -> PgConnectOptions {
-        PgConnectOptions::from_str(&self.url)
-            .unwrap()
-            .options([("search_path", self.name.as_str())])
+        self.0.connect_options()
     }
 
     /// A plain connection to this schema, to look at it from outside the store.
@@ -286,12 +253,7 @@ impl PgSchema {
     }
 
     pub async fn drop(self) {
-        let mut admin = PgConnection::connect(&self.url).await.unwrap();
-        admin
-            .execute(format!("DROP SCHEMA {} CASCADE", self.name).as_str())
-            .await
-            .unwrap();
-        admin.close().await.unwrap();
+        self.0.remove().await.unwrap();
     }
 }
 
