@@ -18,6 +18,7 @@
 mod bus;
 mod config;
 mod dead_letter;
+mod lanes;
 mod names;
 mod subscriber;
 #[cfg(feature = "testing")]

@@ -4,9 +4,9 @@
 //! * A puller asks the server for as many messages as it has free in-flight permits,
 //!   so a subscription holds at most `max_in_flight` messages in this process (queued
 //!   or in hand).
-//! * Messages go to lane `hash(correlation id) % lanes`: one worker per lane handles
-//!   them in arrival order, so one flow's messages are handled in order within the
-//!   process while other flows go on in the other lanes.
+//! * A message goes to the lane holding its flow's earlier messages, else to an idle
+//!   lane ([`Lanes`]): one worker per lane handles them in arrival order, so one flow's
+//!   messages are handled in order within the process while other flows go on.
 //! * The handler's verdict: `Ok` → double ack (the server confirms it); `Retryable` →
 //!   nak with the policy's backoff, until the server's delivery count reaches
 //!   `max_attempts`; `Permanent`, attempts exhausted, a panic past the last attempt, or
@@ -23,7 +23,6 @@
 
 use std::{
     collections::HashMap,
-    hash::{DefaultHasher, Hash, Hasher},
     panic::AssertUnwindSafe,
     sync::{
         Arc, Mutex, PoisonError, Weak,
@@ -40,10 +39,14 @@ use messaging::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tracing::Instrument;
 
-use crate::{bus::Inner, dead_letter};
+use crate::{bus::Inner, dead_letter, lanes::Lanes};
 
-/// Messages held by a subscription in this process, by local id, for progress acks.
-type Held = Mutex<HashMap<u64, jetstream::Message>>;
+/// Messages held by a subscription in this process: by local id, for progress acks,
+/// and by flow, for the lane choice.
+struct Held {
+    messages: Mutex<HashMap<u64, jetstream::Message>>,
+    lanes: Mutex<Lanes>,
+}
 
 /// What the tasks of one subscription share.
 struct Shared {
@@ -85,9 +88,15 @@ struct Delivery {
 impl Drop for Delivery {
     fn drop(&mut self) {
         self.held
+            .messages
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&self.id);
+        self.held
+            .lanes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .release(&self.envelope.correlation_id);
     }
 }
 
@@ -120,7 +129,10 @@ pub(crate) async fn start(
         inner,
         group: group.clone(),
         handler,
-        held: Arc::new(Mutex::new(HashMap::new())),
+        held: Arc::new(Held {
+            messages: Mutex::new(HashMap::new()),
+            lanes: Mutex::new(Lanes::new(lanes)),
+        }),
         next_id: AtomicU64::new(0),
         paused_until: Mutex::new(None),
         _attachment: attachment,
@@ -169,13 +181,6 @@ fn attempts_of(message: &jetstream::Message) -> u32 {
         .map(|info| u32::try_from(info.delivered).unwrap_or(u32::MAX))
         .unwrap_or(1)
         .max(1)
-}
-
-/// The lane of a correlation id.
-fn lane_of(correlation_id: &str, lanes: usize) -> usize {
-    let mut hasher = DefaultHasher::new();
-    correlation_id.hash(&mut hasher);
-    usize::try_from(hasher.finish() % lanes.max(1) as u64).unwrap_or(0)
 }
 
 /// How long one pull request waits for messages. A stopping subscription waits for its
@@ -285,7 +290,11 @@ async fn keep_alive(shared: Weak<Shared>, period: Duration) {
             let Some(shared) = shared.upgrade() else {
                 return;
             };
-            let held = shared.held.lock().unwrap_or_else(PoisonError::into_inner);
+            let held = shared
+                .held
+                .messages
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             held.values().cloned().collect()
         };
         for message in held {
@@ -360,10 +369,17 @@ impl Shared {
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.held
+            .messages
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(id, message.clone());
-        let lane = lane_of(&envelope.correlation_id, lanes.len());
+        let lane = self
+            .held
+            .lanes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .assign(&envelope.correlation_id)
+            .min(lanes.len().saturating_sub(1));
         let delivery = Delivery {
             held: self.held.clone(),
             id,
