@@ -238,7 +238,10 @@ async fn pull(
             .await
         {
             Ok(mut batch) => {
-                while let Some(next) = batch.next().await {
+                // The server ends a request at its expiry; past that with a margin, the
+                // connection was lost with it and waiting longer only delays recovery.
+                let ends = tokio::time::Instant::now() + PULL_EXPIRES + Duration::from_secs(1);
+                while let Ok(Some(next)) = tokio::time::timeout_at(ends, batch.next()).await {
                     match next {
                         Ok(message) => {
                             failures = 0;
