@@ -1,6 +1,7 @@
 //! NATS-only delivery promises the conformance suite cannot see through the port: a
 //! handler slower than the ack wait keeps its message (progress acks), and a
-//! subscription holds at most `max_in_flight` messages.
+//! subscription holds at most `max_in_flight` messages, and the message of a process
+//! that dies mid-message is redelivered to another.
 
 use std::{
     sync::{
@@ -205,5 +206,86 @@ async fn a_subscription_holds_at_most_max_in_flight_messages() {
     );
     handler.gate.send_replace(true);
     handler.wait_done(count, Duration::from_secs(20)).await;
+    handle.unsubscribe().await;
+}
+
+/// Signals its first call, then never returns.
+struct StuckForever {
+    started: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+}
+
+#[async_trait]
+impl MessageHandler for StuckForever {
+    async fn handle(&self, _: &Envelope) -> Result<(), HandlerError> {
+        if let Some(started) = self.started.lock().ok().and_then(|mut s| s.take()) {
+            let _ = started.send(());
+        }
+        std::future::pending::<()>().await;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_message_of_a_process_that_dies_mid_message_goes_to_another() {
+    let Some(url) =
+        testing::test_url("the_message_of_a_process_that_dies_mid_message_goes_to_another")
+    else {
+        return;
+    };
+    let prefix = prefix("dies");
+    let _cleanup = Cleanup(url.clone(), prefix.clone());
+    let config = NatsBusConfig::new(url.as_str())
+        .subject_prefix(prefix.as_str())
+        .ack_wait(Duration::from_secs(1));
+    // The dying process: a runtime of its own, shut down with its handler mid-message.
+    let dying = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
+    let dying_config = config.clone();
+    dying.spawn(async move {
+        let bus = NatsBus::connect(dying_config)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let handler = Arc::new(StuckForever {
+            started: std::sync::Mutex::new(Some(started_tx)),
+        });
+        let handle = bus
+            .subscribe(Subscription::new("workers").topic("dies.work"), handler)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let _ = subscribed_tx.send(());
+        std::future::pending::<()>().await;
+        drop(handle);
+    });
+    let within = Duration::from_secs(10);
+    tokio::time::timeout(within, subscribed_rx)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let bus = NatsBus::connect(config)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    bus.publish(envelope("dies.work", "c", 0))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    tokio::time::timeout(within, started_rx)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    dying.shutdown_background();
+
+    let survivor = Counting::new(1, Duration::ZERO, true);
+    let handle = bus
+        .subscribe(
+            Subscription::new("workers").topic("dies.work"),
+            survivor.clone(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    survivor.wait_done(1, within).await;
     handle.unsubscribe().await;
 }
