@@ -414,6 +414,21 @@ impl Shared {
         delay
     }
 
+    /// The double ack: `+ACK` as a request, answered by the server once it has recorded
+    /// the ack. A request rides the client's one shared reply subscription, where
+    /// `Message::double_ack` opens a subscription per message.
+    async fn ack_confirmed(&self, message: &jetstream::Message) -> Result<(), String> {
+        let Some(reply) = message.reply.clone() else {
+            return Err("not a JetStream message: no reply subject".to_owned());
+        };
+        self.inner
+            .client
+            .request(reply, bytes::Bytes::from_static(b"+ACK"))
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
     /// Runs the handler on `delivery` and carries out its verdict.
     async fn handle(&self, delivery: Delivery) {
         let attempts = attempts_of(&delivery.message);
@@ -439,7 +454,7 @@ impl Shared {
         let retry = self.inner.config.retry;
         match outcome {
             Ok(()) => {
-                if let Err(e) = delivery.message.double_ack().await {
+                if let Err(e) = self.ack_confirmed(&delivery.message).await {
                     tracing::warn!(parent: &span, error = %e,
                         "ack not confirmed by the server; the message may come again");
                 }
