@@ -17,6 +17,8 @@
 //! * Messages held get a progress ack every third of the ack wait, so a slow handler or
 //!   a long queue does not make the server redeliver; a process that dies stops sending
 //!   them, and the server redelivers after the ack wait.
+//! * Attempts are the server's delivery count: every delivery counts, including one
+//!   given back unhandled when a subscription stops or a process steps back.
 //! * On stop, the open pull request is read to its end, each lane finishes its message
 //!   in hand, and what is queued or arrives meanwhile is nak'ed at once, for the group's
 //!   other processes or its return.
