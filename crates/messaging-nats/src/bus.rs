@@ -16,7 +16,7 @@ use async_nats::{
     jetstream::{
         self,
         consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
-        context::Publish,
+        context::{Publish, PublishErrorKind},
         stream::{self, RetentionPolicy, StorageType},
     },
 };
@@ -260,8 +260,20 @@ impl Inner {
             )
             .await
             .map_err(|e| transport(format_args!("publish to {subject}"), e))?
-            .await
-            .map_err(|e| transport(format_args!("publish to {subject} not confirmed"), e))?;
+            .await;
+        let ack = match ack {
+            Ok(ack) => ack,
+            Err(e) => {
+                if e.kind() == PublishErrorKind::StreamNotFound {
+                    // The server lost the stream (a new store): create it on the next try.
+                    self.streams.lock().await.remove(envelope.topic.as_ref());
+                }
+                return Err(transport(
+                    format_args!("publish to {subject} not confirmed"),
+                    e,
+                ));
+            }
+        };
         if ack.duplicate {
             tracing::debug!(message_id = %envelope.message_id, %subject,
                 "duplicate message id: the server kept the first copy");

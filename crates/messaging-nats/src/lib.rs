@@ -9,15 +9,21 @@
 //! Delivery: `Ok` is a double ack; `Retryable` a nak with exponential backoff;
 //! `Permanent` or the last attempt a copy on the dead-letter stream (headers
 //! [`GROUP_HEADER`], [`ATTEMPTS_HEADER`], [`REASON_HEADER`], [`KIND_HEADER`]) and a term.
-//! Progress acks keep slow handlers' messages; order per correlation id within a
-//! process; at most `max_in_flight` messages held per subscription. The client reconnects
-//! by itself; a publish while it is disconnected fails as retryable.
+//! Progress acks keep slow handlers' messages; a handler past `max_handling_time` is
+//! cancelled and its process steps back so another process of the group takes the
+//! message; a process that dies stops its progress acks, and the server redelivers after
+//! the ack wait. Order per correlation id within a process; at most `max_in_flight`
+//! messages held per subscription. The client reconnects by itself; a publish while it
+//! is disconnected fails as retryable.
+//!
+//! Tests: the module `testing` (feature `testing`) starts private servers and cleans up streams.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 mod bus;
 mod config;
 mod dead_letter;
+mod lanes;
 mod names;
 mod subscriber;
 #[cfg(feature = "testing")]

@@ -4,9 +4,9 @@
 //! * A puller asks the server for as many messages as it has free in-flight permits,
 //!   so a subscription holds at most `max_in_flight` messages in this process (queued
 //!   or in hand).
-//! * Messages go to lane `hash(correlation id) % lanes`: one worker per lane handles
-//!   them in arrival order, so one flow's messages are handled in order within the
-//!   process while other flows go on in the other lanes.
+//! * A message goes to the lane holding its flow's earlier messages, else to an idle
+//!   lane ([`Lanes`]): one worker per lane handles them in arrival order, so one flow's
+//!   messages are handled in order within the process while other flows go on.
 //! * The handler's verdict: `Ok` → double ack (the server confirms it); `Retryable` →
 //!   nak with the policy's backoff, until the server's delivery count reaches
 //!   `max_attempts`; `Permanent`, attempts exhausted, a panic past the last attempt, or
@@ -17,13 +17,14 @@
 //! * Messages held get a progress ack every third of the ack wait, so a slow handler or
 //!   a long queue does not make the server redeliver; a process that dies stops sending
 //!   them, and the server redelivers after the ack wait.
+//! * Attempts are the server's delivery count: every delivery counts, including one
+//!   given back unhandled when a subscription stops or a process steps back.
 //! * On stop, the open pull request is read to its end, each lane finishes its message
 //!   in hand, and what is queued or arrives meanwhile is nak'ed at once, for the group's
 //!   other processes or its return.
 
 use std::{
     collections::HashMap,
-    hash::{DefaultHasher, Hash, Hasher},
     panic::AssertUnwindSafe,
     sync::{
         Arc, Mutex, PoisonError, Weak,
@@ -40,10 +41,14 @@ use messaging::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tracing::Instrument;
 
-use crate::{bus::Inner, dead_letter};
+use crate::{bus::Inner, dead_letter, lanes::Lanes};
 
-/// Messages held by a subscription in this process, by local id, for progress acks.
-type Held = Mutex<HashMap<u64, jetstream::Message>>;
+/// Messages held by a subscription in this process: by local id, for progress acks,
+/// and by flow, for the lane choice.
+struct Held {
+    messages: Mutex<HashMap<u64, jetstream::Message>>,
+    lanes: Mutex<Lanes>,
+}
 
 /// What the tasks of one subscription share.
 struct Shared {
@@ -85,9 +90,15 @@ struct Delivery {
 impl Drop for Delivery {
     fn drop(&mut self) {
         self.held
+            .messages
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&self.id);
+        self.held
+            .lanes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .release(&self.envelope.correlation_id);
     }
 }
 
@@ -120,7 +131,10 @@ pub(crate) async fn start(
         inner,
         group: group.clone(),
         handler,
-        held: Arc::new(Mutex::new(HashMap::new())),
+        held: Arc::new(Held {
+            messages: Mutex::new(HashMap::new()),
+            lanes: Mutex::new(Lanes::new(lanes)),
+        }),
         next_id: AtomicU64::new(0),
         paused_until: Mutex::new(None),
         _attachment: attachment,
@@ -169,13 +183,6 @@ fn attempts_of(message: &jetstream::Message) -> u32 {
         .map(|info| u32::try_from(info.delivered).unwrap_or(u32::MAX))
         .unwrap_or(1)
         .max(1)
-}
-
-/// The lane of a correlation id.
-fn lane_of(correlation_id: &str, lanes: usize) -> usize {
-    let mut hasher = DefaultHasher::new();
-    correlation_id.hash(&mut hasher);
-    usize::try_from(hasher.finish() % lanes.max(1) as u64).unwrap_or(0)
 }
 
 /// How long one pull request waits for messages. A stopping subscription waits for its
@@ -233,7 +240,10 @@ async fn pull(
             .await
         {
             Ok(mut batch) => {
-                while let Some(next) = batch.next().await {
+                // The server ends a request at its expiry; past that with a margin, the
+                // connection was lost with it and waiting longer only delays recovery.
+                let ends = tokio::time::Instant::now() + PULL_EXPIRES + Duration::from_secs(1);
+                while let Ok(Some(next)) = tokio::time::timeout_at(ends, batch.next()).await {
                     match next {
                         Ok(message) => {
                             failures = 0;
@@ -285,7 +295,11 @@ async fn keep_alive(shared: Weak<Shared>, period: Duration) {
             let Some(shared) = shared.upgrade() else {
                 return;
             };
-            let held = shared.held.lock().unwrap_or_else(PoisonError::into_inner);
+            let held = shared
+                .held
+                .messages
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             held.values().cloned().collect()
         };
         for message in held {
@@ -360,10 +374,17 @@ impl Shared {
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.held
+            .messages
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(id, message.clone());
-        let lane = lane_of(&envelope.correlation_id, lanes.len());
+        let lane = self
+            .held
+            .lanes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .assign(&envelope.correlation_id)
+            .min(lanes.len().saturating_sub(1));
         let delivery = Delivery {
             held: self.held.clone(),
             id,
@@ -395,6 +416,21 @@ impl Shared {
         delay
     }
 
+    /// The double ack: `+ACK` as a request, answered by the server once it has recorded
+    /// the ack. A request rides the client's one shared reply subscription, where
+    /// `Message::double_ack` opens a subscription per message.
+    async fn ack_confirmed(&self, message: &jetstream::Message) -> Result<(), String> {
+        let Some(reply) = message.reply.clone() else {
+            return Err("not a JetStream message: no reply subject".to_owned());
+        };
+        self.inner
+            .client
+            .request(reply, bytes::Bytes::from_static(b"+ACK"))
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
     /// Runs the handler on `delivery` and carries out its verdict.
     async fn handle(&self, delivery: Delivery) {
         let attempts = attempts_of(&delivery.message);
@@ -420,7 +456,7 @@ impl Shared {
         let retry = self.inner.config.retry;
         match outcome {
             Ok(()) => {
-                if let Err(e) = delivery.message.double_ack().await {
+                if let Err(e) = self.ack_confirmed(&delivery.message).await {
                     tracing::warn!(parent: &span, error = %e,
                         "ack not confirmed by the server; the message may come again");
                 }

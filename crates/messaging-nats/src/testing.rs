@@ -32,6 +32,23 @@ pub fn test_url(test: &str) -> Option<String> {
     }
 }
 
+/// Whether the nats-server binary runs here. When it does not: false with the reason
+/// printed (a skip), or a panic when `CI` is set.
+#[must_use]
+pub fn server_available(test: &str) -> bool {
+    let binary = server_binary();
+    if Command::new(&binary).arg("--version").output().is_ok() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: {} cannot be run and CI is set",
+        binary.display()
+    );
+    eprintln!("{test}: skipped, {} cannot be run", binary.display());
+    false
+}
+
 /// The nats-server binary: `ORDERS_NATS_SERVER`, else Debian's `/usr/sbin/nats-server`,
 /// else `nats-server` on the `PATH`.
 #[must_use]
@@ -52,6 +69,7 @@ pub fn server_binary() -> PathBuf {
 #[derive(Debug)]
 pub struct NatsServer {
     child: Option<Child>,
+    jetstream: bool,
     port: u16,
     store: tempfile::TempDir,
 }
@@ -62,9 +80,22 @@ impl NatsServer {
     /// # Errors
     /// The I/O error when the binary cannot be started or does not answer within 10 s.
     pub async fn start() -> io::Result<Self> {
+        Self::start_with(true).await
+    }
+
+    /// Starts a server without JetStream (for the error a bus gives on it).
+    ///
+    /// # Errors
+    /// As [`NatsServer::start`].
+    pub async fn start_without_jetstream() -> io::Result<Self> {
+        Self::start_with(false).await
+    }
+
+    async fn start_with(jetstream: bool) -> io::Result<Self> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let mut server = Self {
             child: None,
+            jetstream,
             port,
             store: tempfile::tempdir()?,
         };
@@ -79,11 +110,13 @@ impl NatsServer {
     }
 
     async fn spawn(&mut self) -> io::Result<()> {
-        let child = Command::new(server_binary())
-            .args(["-js", "-a", "127.0.0.1", "-p"])
+        let mut command = Command::new(server_binary());
+        if self.jetstream {
+            command.arg("-js").arg("-sd").arg(self.store.path());
+        }
+        let child = command
+            .args(["-a", "127.0.0.1", "-p"])
             .arg(self.port.to_string())
-            .arg("-sd")
-            .arg(self.store.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;

@@ -127,4 +127,6 @@ async fn extended_conformance_suite_passes_on_nats() {
         prefix: prefix.clone(),
     };
     conformance::run_extended(&harness, &prefix).await;
+    // The refused message and the exhausted one, both dead-lettered through this bus.
+    assert_eq!(harness.bus.dead_letter_count(), 2);
 }
