@@ -2,19 +2,29 @@
 //! answers as soon as the order's version passes N (or after M ms), instead of making
 //! clients poll in a tight loop (a poll storm that starves the flow it waits for).
 //!
-//! [`WatchedStore`] decorates any [`OrderStore`]: after a successful commit of an order
-//! it wakes whoever waits on that order in [`OrderChanges`]. Only changes committed by
-//! this process are seen; a waiter that misses one still answers at its deadline.
+//! [`WatchedStore`] decorates any [`OrderStore`]: after a successful commit that touches
+//! an order (the order itself, or the inbox record of a message about it) it wakes
+//! whoever waits on that order in [`OrderChanges`]. Only changes committed by this
+//! process are seen; a waiter that misses one still answers at its deadline.
+//!
+//! [`RelayedOutbox`] decorates an [`Outbox`] the same way for the relay's passes, so
+//! whoever waits for the outbox to drain is woken instead of polling it.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, PoisonError},
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
 };
 
 use async_trait::async_trait;
-use messaging::MessageId;
-use orders_app::{Commit, MessageRecord, OrderStore, PruneReport, StoreError};
+use messaging::{MessageBus, MessageId};
+use orders_app::{Commit, MessageRecord, OrderStore, Outbox, PruneReport, StoreError};
 use orders_domain::{Order, OrderId, OrderStatus, Timestamp};
+use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 /// Who waits for which order.
@@ -26,7 +36,7 @@ pub struct OrderChanges {
 impl OrderChanges {
     /// Wakes every waiter of `id`.
     pub fn notify(&self, id: OrderId) {
-        let waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
+        let waiters = self.waiters.lock();
         if let Some(notify) = waiters.get(&id) {
             notify.notify_waiters();
         }
@@ -35,7 +45,7 @@ impl OrderChanges {
     /// A handle to wait on `id`; give it back with [`OrderChanges::release`].
     #[must_use]
     pub fn watch(&self, id: OrderId) -> Arc<Notify> {
-        let mut waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut waiters = self.waiters.lock();
         waiters.entry(id).or_default().clone()
     }
 
@@ -43,19 +53,51 @@ impl OrderChanges {
     /// holds only orders someone is waiting for.
     pub fn release(&self, id: OrderId, notify: Arc<Notify>) {
         drop(notify);
-        let mut waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut waiters = self.waiters.lock();
         if waiters.get(&id).is_some_and(|n| Arc::strong_count(n) == 1) {
             waiters.remove(&id);
+        }
+    }
+
+    /// Runs `check` until it gives a value, again after every change of `id`, until
+    /// `timeout` passes; returns the value, or `None` at the deadline. The watch is
+    /// registered before each check, so a change between check and wait still wakes it.
+    pub async fn wait_for<T, F, Fut>(
+        &self,
+        id: OrderId,
+        timeout: Duration,
+        mut check: F,
+    ) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Option<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notify = self.watch(id);
+            let (found, timed_out) = {
+                let changed = notify.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                match check().await {
+                    Some(found) => (Some(found), false),
+                    None => (
+                        None,
+                        tokio::time::timeout_at(deadline, changed).await.is_err(),
+                    ),
+                }
+            };
+            self.release(id, notify);
+            if found.is_some() || timed_out {
+                return found;
+            }
         }
     }
 
     /// How many orders are being waited for.
     #[must_use]
     pub fn watched(&self) -> usize {
-        self.waiters
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.waiters.lock().len()
     }
 }
 
@@ -67,19 +109,31 @@ pub type CommitObserver = Arc<dyn Fn(OrderId, OrderStatus) + Send + Sync>;
 pub struct WatchedStore {
     inner: Arc<dyn OrderStore>,
     observer: CommitObserver,
+    /// Woken for inbox-only commits too (a message about an order that left it unchanged).
+    changes: Option<Arc<OrderChanges>>,
 }
 
 impl WatchedStore {
-    /// Decorates `inner`, waking the waiters of `changes`.
+    /// Decorates `inner`, waking the waiters of `changes` on every commit that touches
+    /// an order.
     #[must_use]
     pub fn new(inner: Arc<dyn OrderStore>, changes: Arc<OrderChanges>) -> Self {
-        Self::with_observer(inner, Arc::new(move |id, _| changes.notify(id)))
+        let notify = changes.clone();
+        Self {
+            inner,
+            observer: Arc::new(move |id, _| notify.notify(id)),
+            changes: Some(changes),
+        }
     }
 
     /// Decorates `inner`, calling `observer` after each commit of an order.
     #[must_use]
     pub fn with_observer(inner: Arc<dyn OrderStore>, observer: CommitObserver) -> Self {
-        Self { inner, observer }
+        Self {
+            inner,
+            observer,
+            changes: None,
+        }
     }
 }
 
@@ -100,9 +154,12 @@ impl OrderStore for WatchedStore {
     }
     async fn commit(&self, commit: Commit) -> Result<u64, StoreError> {
         let changed = commit.order.as_ref().map(|o| (o.id(), o.status()));
+        let handled = commit.inbox.as_ref().map(|record| record.order_id);
         let version = self.inner.commit(commit).await?;
-        if let Some((id, status)) = changed {
-            (self.observer)(id, status);
+        match (changed, handled, &self.changes) {
+            (Some((id, status)), _, _) => (self.observer)(id, status),
+            (None, Some(id), Some(changes)) => changes.notify(id),
+            _ => {}
         }
         Ok(version)
     }
@@ -111,5 +168,59 @@ impl OrderStore for WatchedStore {
     }
     async fn prune(&self, before: Timestamp) -> Result<PruneReport, StoreError> {
         self.inner.prune(before).await
+    }
+}
+
+/// An [`Outbox`] that says when the relay is in a pass and wakes waiters after each one,
+/// so "the outbox is drained" can be awaited (see `InProcessSystem::settle`).
+pub struct RelayedOutbox {
+    inner: Arc<dyn Outbox>,
+    /// Relay passes in progress: rows taken but maybe not yet published.
+    passes: AtomicUsize,
+    /// Woken after every relay pass.
+    relayed: Notify,
+}
+
+impl RelayedOutbox {
+    /// Decorates `inner`.
+    #[must_use]
+    pub fn new(inner: Arc<dyn Outbox>) -> Self {
+        Self {
+            inner,
+            passes: AtomicUsize::new(0),
+            relayed: Notify::new(),
+        }
+    }
+
+    /// Whether a relay pass is in progress.
+    #[must_use]
+    pub fn relaying(&self) -> bool {
+        self.passes.load(Ordering::SeqCst) > 0
+    }
+
+    /// Woken after every relay pass (register with `notified()` before checking).
+    #[must_use]
+    pub fn relayed(&self) -> &Notify {
+        &self.relayed
+    }
+}
+
+#[async_trait]
+impl Outbox for RelayedOutbox {
+    async fn relay(&self, limit: usize, bus: &dyn MessageBus) -> Result<usize, StoreError> {
+        self.passes.fetch_add(1, Ordering::SeqCst);
+        let relayed = self.inner.relay(limit, bus).await;
+        self.passes.fetch_sub(1, Ordering::SeqCst);
+        self.relayed.notify_waiters();
+        relayed
+    }
+    async fn unsent(&self) -> Result<u64, StoreError> {
+        self.inner.unsent().await
+    }
+    fn committed(&self) -> &Notify {
+        self.inner.committed()
+    }
+    async fn requeue_stalled(&self, before: Timestamp) -> Result<u64, StoreError> {
+        self.inner.requeue_stalled(before).await
     }
 }

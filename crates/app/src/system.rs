@@ -2,11 +2,7 @@
 //! adapter, the Orders service with its subscriber and outbox relay, and the simulated
 //! Payments and Stock contexts). Used by the demo, the end-to-end tests and the bench.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use messaging::{
@@ -19,9 +15,12 @@ use orders_app::{
 };
 use orders_domain::{Order, OrderId, OrderStatus};
 use orders_store::InMemoryOrderStore;
+use parking_lot::Mutex;
 use payments_sim::{PaymentsConfig, PaymentsHandle, PaymentsService};
 use stock_sim::{StockConfig, StockHandle, StockService};
 use tokio::{sync::watch, task::JoinHandle};
+
+use crate::changes::{OrderChanges, RelayedOutbox, WatchedStore};
 
 /// The storage adapters the system runs on.
 #[derive(Clone)]
@@ -101,6 +100,10 @@ pub struct InProcessSystem {
     sims: (PaymentsConfig, StockConfig),
     /// Every message seen, per correlation id, when `tap` was on.
     pub tap: Option<Arc<Tap>>,
+    /// Wakes whoever waits for an order to change (every commit touching it).
+    changes: Arc<OrderChanges>,
+    /// The outbox as the relay sees it: says when a relay pass ends.
+    relayed: Arc<RelayedOutbox>,
     orders_subscription: SubscriptionHandle,
     tap_subscription: Option<SubscriptionHandle>,
     stop_relay: watch::Sender<bool>,
@@ -144,7 +147,9 @@ impl InProcessSystem {
             }
             None => None,
         };
-        let orders = OrdersService::new(stores.store.clone(), clock, config.orders.clone());
+        let changes = Arc::new(OrderChanges::default());
+        let watched = Arc::new(WatchedStore::new(stores.store.clone(), changes.clone()));
+        let orders = OrdersService::new(watched, clock, config.orders.clone());
         let orders_subscription = shared
             .subscribe(
                 OrdersMessageHandler::subscription().concurrency(stores.handler_concurrency),
@@ -155,7 +160,8 @@ impl InProcessSystem {
         let stock = StockService::start(shared.clone(), config.stock.clone()).await?;
         let shared_for_sims = shared.clone();
         let (stop_relay, mut stop_rx) = watch::channel(false);
-        let relay = OutboxRelay::new(stores.outbox.clone(), shared);
+        let relayed = Arc::new(RelayedOutbox::new(stores.outbox.clone()));
+        let relay = OutboxRelay::new(relayed.clone(), shared);
         let relay = tokio::spawn(relay.run(async move {
             let _ = stop_rx.wait_for(|stop| *stop).await;
         }));
@@ -168,6 +174,8 @@ impl InProcessSystem {
             shared: shared_for_sims,
             sims: (config.payments.clone(), config.stock.clone()),
             tap,
+            changes,
+            relayed,
             orders_subscription,
             tap_subscription,
             stop_relay,
@@ -175,30 +183,36 @@ impl InProcessSystem {
         })
     }
 
-    /// Waits until nothing is left to do: the outbox is empty and every subscriber idle.
-    /// Returns whether that happened before `timeout`.
+    /// Waits until nothing is left to do: the outbox is empty, no relay pass is in hand,
+    /// and every subscriber is idle. Returns whether that happened before `timeout`.
+    /// Woken by the bus going idle and by the relay's passes, never by polling.
     pub async fn settle(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
+            let relayed = self.relayed.relayed().notified();
+            tokio::pin!(relayed);
+            relayed.as_mut().enable();
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             if !self.bus.wait_idle(remaining).await {
                 return false;
             }
-            if self.outbox.unsent().await.unwrap_or(1) == 0 && self.bus.is_idle() {
-                // Re-check after letting the relay run: it may hold a batch in hand.
-                tokio::task::yield_now().await;
-                if self.outbox.unsent().await.unwrap_or(1) == 0 && self.bus.is_idle() {
-                    return true;
-                }
+            // Idle handlers commit nothing new: only the relay can still add work, from
+            // rows unsent or in hand. Checked in this order, so a row published between
+            // two checks leaves the bus busy for the last one.
+            if self.outbox.unsent().await.unwrap_or(1) == 0
+                && !self.relayed.relaying()
+                && self.bus.is_idle()
+            {
+                return true;
             }
-            if tokio::time::Instant::now() >= deadline {
+            if tokio::time::timeout_at(deadline, relayed).await.is_err() {
                 return false;
             }
-            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
 
-    /// Waits until the order has `status`, or `timeout` passes.
+    /// Waits until the order has `status`, or `timeout` passes; woken by each commit
+    /// that touches the order.
     ///
     /// # Errors
     /// A message with the order's last status when the deadline passes.
@@ -208,20 +222,34 @@ impl InProcessSystem {
         status: OrderStatus,
         timeout: Duration,
     ) -> Result<Order, String> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let order = self.orders.order(id).await.ok();
-            match &order {
-                Some(order) if order.status() == status => return Ok(order.clone()),
-                _ if tokio::time::Instant::now() >= deadline => {
-                    return Err(format!(
-                        "order {id} did not reach {status} within {timeout:?}; it is {}",
-                        order.map_or_else(|| "missing".to_owned(), |o| o.status().to_string())
-                    ));
-                }
-                _ => tokio::time::sleep(Duration::from_millis(1)).await,
+        let orders = &self.orders;
+        let reached = self
+            .changes
+            .wait_for(id, timeout, move || async move {
+                orders
+                    .order(id)
+                    .await
+                    .ok()
+                    .filter(|order| order.status() == status)
+            })
+            .await;
+        match reached {
+            Some(order) => Ok(order),
+            None => {
+                let order = self.orders.order(id).await.ok();
+                Err(format!(
+                    "order {id} did not reach {status} within {timeout:?}; it is {}",
+                    order.map_or_else(|| "missing".to_owned(), |o| o.status().to_string())
+                ))
             }
         }
+    }
+
+    /// Who waits for which order: woken by every commit that touches an order (its
+    /// change, or the inbox record of a message about it).
+    #[must_use]
+    pub fn changes(&self) -> &Arc<OrderChanges> {
+        &self.changes
     }
 
     /// Takes Payments away (it finishes the message in hand). Its consumer group stays:
@@ -294,7 +322,8 @@ impl Tap {
     pub fn messages(&self, correlation_id: &str) -> Vec<Envelope> {
         self.seen
             .lock()
-            .map(|seen| seen.get(correlation_id).cloned().unwrap_or_default())
+            .get(correlation_id)
+            .cloned()
             .unwrap_or_default()
     }
 
@@ -311,11 +340,9 @@ impl Tap {
 #[async_trait]
 impl MessageHandler for Tap {
     async fn handle(&self, envelope: &Envelope) -> Result<(), HandlerError> {
-        let mut seen = self
-            .seen
+        self.seen
             .lock()
-            .map_err(|_| HandlerError::permanent("tap poisoned"))?;
-        seen.entry(envelope.correlation_id.clone())
+            .entry(envelope.correlation_id.clone())
             .or_default()
             .push(envelope.clone());
         Ok(())

@@ -10,6 +10,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    io::{BufRead as _, BufReader, Write as _},
     net::TcpListener,
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -26,6 +27,8 @@ const CLIENTS: usize = 8;
 
 struct Server {
     child: Child,
+    /// Fires when the child logs that it listens.
+    listening: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl Drop for Server {
@@ -42,13 +45,16 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// The line `app serve` logs once it accepts connections.
+const LISTENING: &str = "orders service listening";
+
 fn start(store: &str, port: u16, log: &PathBuf) -> Server {
-    let log = std::fs::OpenOptions::new()
+    let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .expect("log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_app"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_app"))
         .args([
             "serve",
             "--listen",
@@ -56,31 +62,47 @@ fn start(store: &str, port: u16, log: &PathBuf) -> Server {
             "--store",
             store,
         ])
-        .env("RUST_LOG", "warn")
+        // Warnings, and the one line that says it listens.
+        .env("RUST_LOG", "warn,app::serve=info")
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log"))
-        .stderr(log)
+        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn app serve");
-    Server { child }
+    // The child's log goes to the file; its "listening" line is the readiness signal.
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (listening, ready) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut listening = Some(listening);
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let _ = writeln!(log, "{line}");
+            if line.contains(LISTENING)
+                && let Some(listening) = listening.take()
+            {
+                let _ = listening.send(());
+            }
+        }
+    });
+    Server {
+        child,
+        listening: Some(ready),
+    }
 }
 
-async fn wait_ready(client: &reqwest::Client, base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = client.get(format!("{base}/readyz")).send().await
-            && r.status().is_success()
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "server at {base} not ready within 30 s"
-        );
-        // tidy: allow(sleep) — a child process gives no signal when it listens: its
-        // readiness is polled, with the deadline above.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Waits (30 s at most) for the child's "listening" line, then checks it is ready.
+async fn wait_ready(server: &mut Server, client: &reqwest::Client, base: &str) {
+    let listening = server.listening.take().expect("started once");
+    tokio::time::timeout(Duration::from_secs(30), listening)
+        .await
+        .unwrap_or_else(|_| panic!("server at {base} not listening within 30 s"))
+        .unwrap_or_else(|_| panic!("server at {base} exited before it listened"));
+    let ready = client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .expect("GET /readyz");
+    assert!(ready.status().is_success(), "server at {base} not ready");
 }
 
 fn order_body(i: usize) -> serde_json::Value {
@@ -158,7 +180,7 @@ async fn crash_test(store_url: &str, inspect: impl AsyncFnOnce(Vec<OrderId>)) {
     let mut seed: u64 = 0x0bad_cafe;
     let mut kills = 0;
     let mut server = start(store_url, port, &log);
-    wait_ready(&client, &base).await;
+    wait_ready(&mut server, &client, &base).await;
     while kills < KILLS {
         // xorshift: random but repeatable kill moments, 50–400 ms apart.
         seed ^= seed << 13;
@@ -187,7 +209,7 @@ async fn crash_test(store_url: &str, inspect: impl AsyncFnOnce(Vec<OrderId>)) {
             c.abort();
         }
         server = start(store_url, port, &log);
-        wait_ready(&client, &base).await;
+        wait_ready(&mut server, &client, &base).await;
     }
     // A real client retries what it is unsure of, with the same key.
     let uncertain: Vec<usize> = ledger

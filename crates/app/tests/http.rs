@@ -492,6 +492,8 @@ async fn the_message_history_lists_sent_and_received_messages_with_their_outcome
                 Some("rejected"),
                 Some("order already paid with payment pay-1, refusing second payment pay-2")
             ),
+            // The refused payment is handed back to Payments, which refunds it.
+            ("sent", "order.payment_refused", None, None),
         ]
     );
     let received: Vec<_> = lines

@@ -1,8 +1,7 @@
 //! The clock port: the only place the application reads the time.
 
-use std::sync::Mutex;
-
 use orders_domain::Timestamp;
+use parking_lot::Mutex;
 
 /// Tells the time. Production uses [`SystemClock`]; tests use [`ManualClock`].
 pub trait Clock: Send + Sync + 'static {
@@ -33,27 +32,17 @@ impl ManualClock {
 
     /// Moves the clock forward.
     pub fn advance(&self, by: chrono::Duration) {
-        let mut now = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *now += by;
+        *self.0.lock() += by;
     }
 
     /// Sets the clock.
     pub fn set(&self, at: Timestamp) {
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = at;
+        *self.0.lock() = at;
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> Timestamp {
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        *self.0.lock()
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! * Ports: [`OrderStore`] (orders + outbox + inbox, committed atomically), [`Outbox`]
 //!   (what the relay reads), [`Clock`]. Adapters live in `orders-store`.
+//! * [`Retention`] prunes what the idempotency window no longer needs, on an interval.
 //! * [`OrdersService`] holds `Arc<dyn Port>`s; `app` wires them.
 //! * Every change is one [`Commit`]: the order at its expected version, the integration
 //!   messages its events became, and the inbox record of the message that caused it.
@@ -16,6 +17,8 @@ mod handlers;
 mod ports;
 mod publishing;
 mod relay;
+mod retention;
+mod retry;
 mod service;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -27,6 +30,7 @@ pub use ports::{
 };
 pub use publishing::envelope_for;
 pub use relay::{OutboxRelay, RelayStopped};
+pub use retention::Retention;
 pub use service::{OrdersConfig, OrdersService, Placed};
 
 /// Re-exports so adapters and the composition root use the same versions.

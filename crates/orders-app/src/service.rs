@@ -5,13 +5,15 @@ use std::sync::Arc;
 
 use messaging::{Envelope, HandlerError};
 use orders_domain::{
-    IdempotencyWindow, Order, OrderError, OrderId, OrderStatus, Timestamp, Transition,
-    default_idempotency_window,
+    CancellationReason, IdempotencyWindow, Order, OrderError, OrderId, OrderStatus, Timestamp,
+    Transition, default_idempotency_window,
 };
 
 use crate::{
     AppError, CancelOrder, Clock, Commit, HandlingOutcome, InboxRecord, MessageRecord, OrderStore,
-    PlaceOrder, StoreError, publishing::envelope_for,
+    PlaceOrder, StoreError,
+    publishing::envelope_for,
+    retry::{IsConflict, retry_on_conflict},
 };
 
 /// Settings of the Orders service.
@@ -137,38 +139,39 @@ impl OrdersService {
     /// [`AppError::Rejected`] with [`OrderError::AlreadyCancelled`], [`AppError::Store`].
     pub async fn cancel_order(&self, command: CancelOrder) -> Result<Order, AppError> {
         let reason = command.validate().map_err(AppError::Validation)?;
-        let mut attempts = 0;
-        loop {
-            let mut order = self
-                .store
-                .load(command.order_id)
-                .await?
-                .ok_or(AppError::NotFound(command.order_id))?;
-            let now = self.clock.now();
-            order.prune_processed_ids(now, self.config.idempotency_window);
-            let _: Transition = order.cancel(reason.clone(), now)?;
-            let outbox = self.outbox(&mut order, None)?;
-            match self
-                .store
-                .commit(Commit {
-                    order: Some(order.clone()),
-                    outbox,
-                    inbox: None,
-                    idempotency_key: None,
-                })
-                .await
-            {
-                Ok(version) => {
-                    order.mark_saved(version);
-                    tracing::info!(order_id = %order.id(), "order cancelled on request");
-                    return Ok(order);
-                }
-                Err(StoreError::Conflict { .. }) if attempts < self.config.conflict_retries => {
-                    attempts += 1
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        retry_on_conflict(self.config.conflict_retries, || {
+            self.try_cancel(command.order_id, &reason)
+        })
+        .await
+    }
+
+    /// One attempt of [`OrdersService::cancel_order`]: load, cancel, commit.
+    async fn try_cancel(
+        &self,
+        order_id: OrderId,
+        reason: &CancellationReason,
+    ) -> Result<Order, AppError> {
+        let mut order = self
+            .store
+            .load(order_id)
+            .await?
+            .ok_or(AppError::NotFound(order_id))?;
+        let now = self.clock.now();
+        order.prune_processed_ids(now, self.config.idempotency_window);
+        let _: Transition = order.cancel(reason.clone(), now)?;
+        let outbox = self.outbox(&mut order, None)?;
+        let version = self
+            .store
+            .commit(Commit {
+                order: Some(order.clone()),
+                outbox,
+                inbox: None,
+                idempotency_key: None,
+            })
+            .await?;
+        order.mark_saved(version);
+        tracing::info!(order_id = %order.id(), "order cancelled on request");
+        Ok(order)
     }
 
     /// Reads an order.
@@ -210,70 +213,78 @@ impl OrdersService {
     where
         F: Fn(&mut Order, Timestamp) -> Result<Transition, OrderError> + Send + Sync,
     {
-        let mut attempts = 0;
-        loop {
-            let now = self.clock.now();
-            // The order change (with its outbox), if any, and what was decided.
-            let (change, verdict) = match self.store.load(order_id).await.map_err(retryable)? {
-                None => (None, Verdict::UnknownOrder),
-                Some(mut order) => {
-                    let before = order.status();
-                    order.prune_processed_ids(now, self.config.idempotency_window);
-                    match apply(&mut order, now) {
-                        Ok(Transition::Applied) => {
-                            let after = order.status();
-                            let outbox = self
-                                .outbox(&mut order, Some(envelope.message_id))
-                                .map_err(|e| HandlerError::permanent(e.to_string()))?;
-                            (Some((order, outbox)), Verdict::Applied { before, after })
-                        }
-                        Ok(Transition::AlreadyApplied) => {
-                            (None, Verdict::AlreadyApplied { status: before })
-                        }
-                        Err(error) => (
-                            None,
-                            Verdict::Refused {
-                                status: before,
-                                error,
-                            },
-                        ),
-                    }
-                }
-            };
-            let outcome = verdict.outcome();
-            let inbox = InboxRecord {
-                subscriber: subscriber.to_owned(),
-                message_id: envelope.message_id,
-                topic: envelope.topic.to_string(),
-                order_id,
-                outcome: outcome.clone(),
-                handled_at: now,
-            };
-            let commit = match change {
-                Some((order, outbox)) => Commit {
-                    order: Some(order),
-                    outbox,
-                    inbox: Some(inbox),
-                    idempotency_key: None,
-                },
-                None => Commit::inbox_only(inbox),
-            };
-            match self.store.commit(commit).await {
-                Ok(_) => {
-                    verdict.log(order_id, envelope);
-                    return Ok(outcome);
-                }
-                Err(StoreError::DuplicateMessage { .. }) => {
-                    tracing::info!(%order_id, "message already handled: redelivery ignored");
-                    return Ok(HandlingOutcome::Duplicate);
-                }
-                Err(StoreError::Conflict { .. }) if attempts < self.config.conflict_retries => {
-                    attempts += 1;
-                    tracing::debug!(%order_id, attempts, "conflict: reloading");
-                }
-                Err(e) => return Err(retryable(e)),
+        let attempt = || self.try_apply(subscriber, envelope, order_id, &apply);
+        match retry_on_conflict(self.config.conflict_retries, attempt).await {
+            Ok(outcome) => Ok(outcome),
+            Err(ApplyFailure::Store(StoreError::DuplicateMessage { .. })) => {
+                tracing::info!(%order_id, "message already handled: redelivery ignored");
+                Ok(HandlingOutcome::Duplicate)
             }
+            Err(ApplyFailure::Store(e)) => Err(retryable(e)),
+            Err(ApplyFailure::Encode(e)) => Err(HandlerError::permanent(e.to_string())),
         }
+    }
+
+    /// One attempt of [`OrdersService::apply_message`]: load, decide, commit.
+    async fn try_apply<F>(
+        &self,
+        subscriber: &str,
+        envelope: &Envelope,
+        order_id: OrderId,
+        apply: &F,
+    ) -> Result<HandlingOutcome, ApplyFailure>
+    where
+        F: Fn(&mut Order, Timestamp) -> Result<Transition, OrderError> + Send + Sync,
+    {
+        let now = self.clock.now();
+        // The order change (with its outbox), if any, and what was decided.
+        let (change, verdict) = match self.store.load(order_id).await? {
+            None => (None, Verdict::UnknownOrder),
+            Some(mut order) => {
+                let before = order.status();
+                order.prune_processed_ids(now, self.config.idempotency_window);
+                match apply(&mut order, now) {
+                    Ok(Transition::Applied) => {
+                        let after = order.status();
+                        let outbox = self
+                            .outbox(&mut order, Some(envelope.message_id))
+                            .map_err(ApplyFailure::Encode)?;
+                        (Some((order, outbox)), Verdict::Applied { before, after })
+                    }
+                    Ok(Transition::AlreadyApplied) => {
+                        (None, Verdict::AlreadyApplied { status: before })
+                    }
+                    Err(error) => (
+                        None,
+                        Verdict::Refused {
+                            status: before,
+                            error,
+                        },
+                    ),
+                }
+            }
+        };
+        let outcome = verdict.outcome();
+        let inbox = InboxRecord {
+            subscriber: subscriber.to_owned(),
+            message_id: envelope.message_id,
+            topic: envelope.topic.to_string(),
+            order_id,
+            outcome: outcome.clone(),
+            handled_at: now,
+        };
+        let commit = match change {
+            Some((order, outbox)) => Commit {
+                order: Some(order),
+                outbox,
+                inbox: Some(inbox),
+                idempotency_key: None,
+            },
+            None => Commit::inbox_only(inbox),
+        };
+        self.store.commit(commit).await?;
+        verdict.log(order_id, envelope);
+        Ok(outcome)
     }
 
     /// Records a message that cannot be applied at all (e.g. a value that fails domain
@@ -377,6 +388,26 @@ impl Verdict {
                 message_id = %envelope.message_id, topic = %envelope.topic, %status, %error,
                 "rejected: order unchanged"),
         }
+    }
+}
+
+/// Why one attempt of [`OrdersService::apply_message`] failed.
+enum ApplyFailure {
+    /// The store failed, conflicted or found the message already handled.
+    Store(StoreError),
+    /// The order's events could not be encoded as messages; retrying cannot help.
+    Encode(AppError),
+}
+
+impl From<StoreError> for ApplyFailure {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+impl IsConflict for ApplyFailure {
+    fn is_conflict(&self) -> bool {
+        matches!(self, Self::Store(e) if e.is_conflict())
     }
 }
 

@@ -7,10 +7,12 @@
 //! * [`OrderIdPath`]: 400 for an `{id}` that is not a UUID.
 //! * [`IdempotencyKey`]: the optional `Idempotency-Key` header, 1 to 200 visible ASCII
 //!   characters, else 400.
+//! * [`QueryParams`]: axum's [`Query`] (a `Deserialize` struct), 400 for a query that does
+//!   not fit it (unknown parameter, a value of the wrong type).
 
 use axum::{
     body::Bytes,
-    extract::{FromRequest, FromRequestParts, Path, Request},
+    extract::{FromRequest, FromRequestParts, Path, Query, Request},
     http::{StatusCode, header, request::Parts},
 };
 use orders_domain::OrderId;
@@ -123,6 +125,31 @@ impl<S: Send + Sync> FromRequestParts<S> for OrderIdPath {
             .await
             .map_err(|_| malformed())?;
         raw.parse::<OrderId>().map(Self).map_err(|_| malformed())
+    }
+}
+
+/// The query string, deserialized into `T` by axum's [`Query`]; a query that does not fit
+/// `T` is a 400 problem whose detail is serde's message.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueryParams<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for QueryParams<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(query)| Self(query))
+            .map_err(|rejection| {
+                Problem::new(
+                    ProblemType::BadRequest,
+                    format!("the query is malformed: {}", rejection.body_text()),
+                )
+            })
     }
 }
 

@@ -29,12 +29,18 @@ use std::{sync::Arc, time::Duration};
 
 use axum::{
     Router,
-    extract::{DefaultBodyLimit, Request, State},
-    middleware::{self, Next},
+    extract::DefaultBodyLimit,
+    http::{StatusCode, header},
+    middleware,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use orders_app::OrdersService;
+use tower_http::{
+    timeout::TimeoutLayer,
+    trace::{DefaultOnFailure, TraceLayer},
+};
+use tracing::Level;
 
 pub use problem::{FieldError, Problem, ProblemType};
 pub use readiness::{Readiness, ReadinessProbe, StoreAndBusProbe};
@@ -113,9 +119,12 @@ impl AppState {
     }
 }
 
-/// The API: every route of the table above, the 64 KiB body limit, the request timeout,
-/// and problem documents for unknown routes and methods.
+/// The API: every route of the table above, the 64 KiB body limit, the request timeout
+/// (tower-http's [`TimeoutLayer`], answered as a 503 problem), request tracing
+/// (tower-http's [`TraceLayer`]: a span per request, its status and latency at debug
+/// level), and problem documents for unknown routes and methods.
 pub fn router(state: AppState) -> Router {
+    let timeout = state.request_timeout;
     Router::new()
         .route("/orders", post(routes::place_order))
         .route("/orders/{id}", get(routes::get_order))
@@ -127,29 +136,35 @@ pub fn router(state: AppState) -> Router {
         .fallback(routes::no_route)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn_with_state(state.clone(), time_limit))
+        // The handler's future is dropped at the deadline: a store transaction in
+        // flight is rolled back, never half-done.
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            timeout,
+        ))
+        .layer(middleware::map_response(move |response: Response| {
+            timed_out_as_problem(response, timeout)
+        }))
+        .layer(
+            TraceLayer::new_for_http()
+                // Causes of 5xx answers are logged where they arise; this is the summary.
+                .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
+        )
         .with_state(state)
 }
 
-/// Answers 503 when the handler takes longer than the request timeout (the handler's
-/// future is dropped: a store transaction in flight is rolled back, never half-done),
-/// and logs every request at debug level.
-async fn time_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let started = tokio::time::Instant::now();
-    let response = match tokio::time::timeout(state.request_timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => {
-            tracing::error!(%method, %path, timeout = ?state.request_timeout, "request timed out");
-            Problem::new(
-                ProblemType::Unavailable,
-                "the request took too long; try again later",
-            )
-            .into_response()
-        }
-    };
-    tracing::debug!(%method, %path, status = response.status().as_u16(),
-        elapsed_ms = started.elapsed().as_millis(), "request");
-    response
+/// Turns the timeout layer's bare 503 (no body, no content type; every 503 of the
+/// handlers is a problem document) into the 503 problem document.
+async fn timed_out_as_problem(response: Response, timeout: Duration) -> Response {
+    if response.status() != StatusCode::SERVICE_UNAVAILABLE
+        || response.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return response;
+    }
+    tracing::error!(?timeout, "request timed out");
+    Problem::new(
+        ProblemType::Unavailable,
+        "the request took too long; try again later",
+    )
+    .into_response()
 }

@@ -3,7 +3,7 @@
 
 use axum::{
     Json,
-    extract::{RawQuery, State},
+    extract::State,
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::{
     AppState,
-    extract::{IdempotencyKey, JsonBody, OrderIdPath},
+    extract::{IdempotencyKey, JsonBody, OrderIdPath, QueryParams},
     problem::{Problem, ProblemType},
     view::{MessageView, OrderView},
 };
@@ -54,9 +54,9 @@ pub(super) async fn place_order(
 pub(super) async fn get_order(
     State(state): State<AppState>,
     OrderIdPath(id): OrderIdPath,
-    RawQuery(query): RawQuery,
+    QueryParams(query): QueryParams<WaitQuery>,
 ) -> Result<Json<OrderView>, Problem> {
-    let wait = parse_wait(query.as_deref())?;
+    let wait = query.wait()?;
     let (Some((after, wait_ms)), Some(changes)) = (wait, state.changes.clone()) else {
         let order = state.orders.order(id).await?;
         return Ok(Json(OrderView::from(&order)));
@@ -89,40 +89,28 @@ pub(super) async fn get_order(
 /// The longest a blocking read waits, in milliseconds (below the request timeout).
 pub const MAX_WAIT_MS: u64 = 20_000;
 
-/// `afterVersion` and `waitMs` from the query, both or neither.
-fn parse_wait(query: Option<&str>) -> Result<Option<(u64, u64)>, Problem> {
-    let Some(query) = query.filter(|q| !q.is_empty()) else {
-        return Ok(None);
-    };
-    let (mut after, mut wait) = (None, None);
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let number = || {
-            value.parse::<u64>().map_err(|_| {
-                Problem::new(
-                    ProblemType::BadRequest,
-                    format!("query parameter {name} must be a non-negative integer"),
-                )
-            })
-        };
-        match name {
-            "afterVersion" => after = Some(number()?),
-            "waitMs" => wait = Some(number()?.min(MAX_WAIT_MS)),
-            other => {
-                return Err(Problem::new(
-                    ProblemType::BadRequest,
-                    format!("unknown query parameter {other}"),
-                ));
-            }
+/// The query of `GET /orders/{id}`: `afterVersion` and `waitMs`, both or neither; any
+/// other parameter is refused.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct WaitQuery {
+    /// Answer once the order's version is above this.
+    after_version: Option<u64>,
+    /// Wait at most this long, in milliseconds (capped at [`MAX_WAIT_MS`]).
+    wait_ms: Option<u64>,
+}
+
+impl WaitQuery {
+    /// `(afterVersion, waitMs)` for a blocking read, `None` for a plain one.
+    fn wait(self) -> Result<Option<(u64, u64)>, Problem> {
+        match (self.after_version, self.wait_ms) {
+            (Some(after), Some(wait)) => Ok(Some((after, wait.min(MAX_WAIT_MS)))),
+            (None, None) => Ok(None),
+            _ => Err(Problem::new(
+                ProblemType::BadRequest,
+                "afterVersion and waitMs go together",
+            )),
         }
-    }
-    match (after, wait) {
-        (Some(after), Some(wait)) => Ok(Some((after, wait))),
-        (None, None) => Ok(None),
-        _ => Err(Problem::new(
-            ProblemType::BadRequest,
-            "afterVersion and waitMs go together",
-        )),
     }
 }
 

@@ -1,0 +1,59 @@
+//! `app serve`: the Orders service as a long-running process: the HTTP API ([`crate::http`]),
+//! the Orders subscriber, the outbox relay, a retention task and (by default) the
+//! simulated Payments and Stock, all on the in-memory bus.
+//!
+//! ```text
+//! cargo run -p app -- serve                                  # SQLite file ./data/orders.db
+//! cargo run -p app -- serve --store memory --listen 127.0.0.1:0
+//! ORDERS_STORE=postgres://orders:secret@localhost/orders cargo run -p app -- serve
+//! ```
+//!
+//! It logs one line with the address and the store kind when it listens, and stops on
+//! SIGINT or SIGTERM: it stops accepting, lets in-flight requests finish (up to
+//! `--shutdown-grace-secs`), stops the relay (which flushes the outbox), the subscriber
+//! (which finishes the message in hand), the retention task and the simulators, and logs
+//! why it stopped. Start-up failures (store, bind) are errors, never panics.
+//!
+//! [`spawn`] starts everything and hands back a [`RunningServer`] (its bound address
+//! and its shutdown), which is what the tests use with port 0.
+//!
+//! | file | job |
+//! |---|---|
+//! | [`config`] | flags and environment variables, the store spec and its secret URL |
+//! | [`store`] | opening the store adapter the spec names |
+//! | `wiring` | bus, store, relay, handlers, simulators, retention and HTTP, started together |
+//! | `shutdown` | stop reasons, signals, and the order things stop in |
+
+pub mod config;
+mod shutdown;
+pub mod store;
+mod wiring;
+
+pub use config::{
+    DEFAULT_IDEMPOTENCY_WINDOW_SECS, DEFAULT_LISTEN, DEFAULT_REQUEST_TIMEOUT_SECS,
+    DEFAULT_RETENTION_INTERVAL_SECS, DEFAULT_SHUTDOWN_GRACE_SECS, DEFAULT_STORE, SecretUrl,
+    ServeConfig, SimsMode, SimulatorFlags, StoreSpec, redact_url,
+};
+pub use shutdown::{RunningServer, StopReason, shutdown_signal};
+pub use store::{OpenedStore, open_store};
+pub use wiring::{LISTEN_BACKLOG, spawn};
+
+/// `app serve`: starts the service and runs it until SIGINT or SIGTERM.
+///
+/// # Errors
+/// Start-up failures (store, bind, subscriptions) and a failing HTTP server; each is
+/// logged before it is returned.
+pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
+    tracing::debug!(?config, "starting the orders service");
+    let server = match spawn(config).await {
+        Ok(server) => server,
+        Err(error) => {
+            tracing::error!(
+                error = format!("{error:#}"),
+                "orders service could not start"
+            );
+            return Err(error);
+        }
+    };
+    server.run_until(shutdown_signal()).await.map(|_| ())
+}

@@ -1,0 +1,218 @@
+//! Wiring of `app serve`: binds the listener, opens the store, and starts the in-memory
+//! bus, the Orders subscriber, the simulators, the outbox relay, the retention task and
+//! the HTTP server, handing back a [`RunningServer`].
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use messaging::{InMemoryBus, InMemoryBusConfig, MessageBus};
+use orders_app::{
+    ORDERS_SUBSCRIBER, OrdersMessageHandler, OrdersService, OutboxRelay, Retention, SystemClock,
+};
+use payments_sim::PaymentsService;
+use stock_sim::StockService;
+use tokio::{
+    net::TcpListener,
+    sync::{oneshot, watch},
+};
+
+use super::{
+    config::{ServeConfig, SimsMode},
+    shutdown::RunningServer,
+    store::{OpenedStore, open_store},
+};
+use crate::http::{self, AppState, StoreAndBusProbe};
+
+/// Connections the kernel may hold for us before they are accepted. tokio's `bind`
+/// (like std's) asks for 128: a burst of more new connections than that (the bench's 256
+/// clients at once; any crowd reconnecting after a restart) overflowed it, and each
+/// dropped SYN cost its client a one-second retransmission. The kernel caps the value
+/// at `net.core.somaxconn`.
+pub const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds `addr` (address reuse on, as tokio's `bind` does) and listens with
+/// [`LISTEN_BACKLOG`].
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Opens the store, binds the listener, starts the subscriber, the simulators, the relay,
+/// the retention task and the HTTP server, and returns once it accepts connections.
+///
+/// # Errors
+/// When the store cannot be opened, the address cannot be bound, or a subscription fails;
+/// whatever was started is stopped again.
+pub async fn spawn(config: ServeConfig) -> anyhow::Result<RunningServer> {
+    let opened = open_store(&config.store).await.with_context(|| {
+        format!(
+            "cannot open the {} store {}",
+            config.store.kind(),
+            config.store
+        )
+    })?;
+    let opened = Arc::new(opened);
+    let stores = opened.stores.clone();
+    let listener =
+        listen(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
+    let local_addr = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
+
+    let bus = InMemoryBus::new(InMemoryBusConfig::default());
+    let shared: Arc<dyn MessageBus> = Arc::new(bus.clone());
+    // Committed changes wake blocking reads (`GET /orders/{id}?afterVersion=&waitMs=`).
+    let changes = Arc::new(crate::changes::OrderChanges::default());
+    let watched = Arc::new(crate::changes::WatchedStore::new(
+        stores.store.clone(),
+        changes.clone(),
+    ));
+    let orders = OrdersService::new(watched, Arc::new(SystemClock), config.orders());
+    // Dropped handles stop their workers, so an early return below leaves nothing running.
+    let subscription = shared
+        .subscribe(
+            OrdersMessageHandler::subscription().concurrency(stores.handler_concurrency),
+            Arc::new(OrdersMessageHandler::new(orders.clone())),
+        )
+        .await
+        .context("cannot subscribe the Orders handler")?;
+    let simulators = match config.sims {
+        SimsMode::InProcess => {
+            let payments = PaymentsService::start(shared.clone(), config.simulators.payments())
+                .await
+                .context("cannot start the Payments simulator")?;
+            let stock = StockService::start(shared.clone(), config.simulators.stock())
+                .await
+                .context("cannot start the Stock simulator")?;
+            Some((payments, stock))
+        }
+        SimsMode::None => {
+            tracing::warn!("no simulators: orders wait for Payments and Stock on the bus");
+            None
+        }
+    };
+
+    // The in-memory bus lived and died with the previous process: whatever it held then
+    // is gone. Orders still waiting on Payments or Stock get their request sent again
+    // (same message id; the simulators and inboxes are idempotent).
+    match stores.outbox.requeue_stalled(chrono::Utc::now()).await {
+        Ok(0) => {}
+        Ok(requeued) => tracing::warn!(
+            requeued,
+            "re-sending the pending request of orders still waiting after a restart"
+        ),
+        Err(e) => tracing::error!(error = %e, "cannot requeue the requests of waiting orders"),
+    }
+    let (stop_background, stop_rx) = watch::channel(false);
+    let relay =
+        tokio::spawn(OutboxRelay::new(stores.outbox.clone(), shared).run(stopped(stop_rx.clone())));
+    let retention = tokio::spawn(
+        Retention::new(
+            orders.clone(),
+            Duration::from_secs(config.retention_interval_secs),
+        )
+        .run(stopped(stop_rx)),
+    );
+
+    let probe_bus = bus.clone();
+    let probe = StoreAndBusProbe::new(stores.store.clone(), move || {
+        probe_bus.is_attached(ORDERS_SUBSCRIBER)
+    });
+    let state = AppState::new(orders.clone(), Arc::new(probe))
+        .request_timeout(Duration::from_secs(config.request_timeout_secs))
+        .changes(changes)
+        .stats(Arc::new(ServiceStats {
+            bus: bus.clone(),
+            outbox: stores.outbox.clone(),
+            store: opened.clone(),
+        }));
+    let (stop_accepting, stop_accepting_rx) = oneshot::channel::<()>();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, http::router(state))
+            .with_graceful_shutdown(async move {
+                let _ = stop_accepting_rx.await;
+            })
+            .await
+    });
+    tracing::info!(listen = %local_addr, store = config.store.kind(), store_url = %config.store,
+        sims = ?config.sims, "orders service listening on http://{local_addr}");
+    Ok(RunningServer {
+        local_addr,
+        orders,
+        stop_accepting: Some(stop_accepting),
+        http: Some(http),
+        stop_background,
+        relay,
+        retention,
+        subscription,
+        simulators,
+        shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
+        store: opened,
+    })
+}
+
+/// `GET /stats` of the running service.
+struct ServiceStats {
+    bus: InMemoryBus,
+    outbox: Arc<dyn orders_app::Outbox>,
+    store: Arc<OpenedStore>,
+}
+
+#[async_trait::async_trait]
+impl http::StatsProbe for ServiceStats {
+    async fn stats(&self) -> http::Stats {
+        http::Stats {
+            dead_letters: self.bus.dead_letters().len() as u64,
+            parked_outbox_rows: self.store.parked().await,
+            unsent_outbox_rows: self.outbox.unsent().await.ok(),
+        }
+    }
+}
+
+/// Resolves once `stop` turns `true` (or its sender is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_300_connections_is_queued_not_dropped() {
+        // Nothing accepts: the kernel holds the connections in the listen queue. With
+        // tokio's default backlog of 128 the rest of the SYNs were dropped, and their
+        // clients retried after a second.
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connects: Vec<_> = (0..300)
+            .map(|_| {
+                tokio::spawn(async move {
+                    tokio::time::timeout(
+                        Duration::from_millis(700),
+                        tokio::net::TcpStream::connect(addr),
+                    )
+                    .await
+                })
+            })
+            .collect();
+        let mut connected = Vec::new();
+        for connect in connects {
+            connected.push(
+                connect
+                    .await
+                    .unwrap()
+                    .expect("connect waited for a SYN retry")
+                    .unwrap(),
+            );
+        }
+        assert_eq!(connected.len(), 300);
+        drop(listener);
+    }
+}
