@@ -103,15 +103,6 @@ impl InMemoryOrderStore {
         self.orders.iter().map(|s| lock(s).orders.len()).sum()
     }
 
-    /// How many inbox records are kept (all subscribers).
-    #[must_use]
-    pub fn inbox_len(&self) -> usize {
-        self.inbox
-            .iter()
-            .map(|s| lock(s).values().map(Vec::len).sum::<usize>())
-            .sum()
-    }
-
     fn order_shard(&self, id: OrderId) -> MutexGuard<'_, OrderShard> {
         lock(&self.orders[shard_of(id.as_uuid().as_u128())])
     }

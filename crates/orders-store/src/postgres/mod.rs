@@ -27,27 +27,27 @@
 //! The store owns a fixed set of connections ([`PostgresOrderStore::connect_with`]),
 //! opened as needed and reopened after a connection-level failure, rather than an sqlx
 //! pool: the pool pings each connection when it is returned, a second round trip per
-//! statement. Statements use generic plans (`plan_cache_mode`), planned once per
+//! statement (see `connections`). Statements use generic plans (`plan_cache_mode`), planned once per
 //! connection.
 
 mod commit;
 mod connections;
 mod relay;
 
-use std::sync::{Arc, atomic::AtomicUsize};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use orders_app::{
     Commit, MessageRecord, OrderStore, PruneReport, StoreError, messaging::MessageId,
 };
 use orders_domain::{Order, OrderId, Timestamp};
-use sqlx::{ConnectOptions, Connection, PgPool, postgres::PgConnectOptions};
+use sqlx::{ConnectOptions, postgres::PgConnectOptions};
 use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 use uuid::Uuid;
 
 use self::{
     commit::{COMMITTERS, PgCommit, Queued, group_committer},
-    connections::Connections,
+    connections::{Conn, Connections},
 };
 use crate::{
     rows::message_record,
@@ -73,14 +73,17 @@ struct Shared {
     committed: Notify,
 }
 
+impl Shared {
+    /// A free connection (waiting for one when all are busy).
+    async fn conn(&self) -> Result<Conn<'_>, StoreError> {
+        self.connections.get().await
+    }
+}
+
 impl std::fmt::Debug for PostgresOrderStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let connections = match &self.shared.connections {
-            Connections::Owned { slots, .. } => format!("{} owned", slots.len()),
-            Connections::Pool(pool) => format!("{pool:?}"),
-        };
         f.debug_struct("PostgresOrderStore")
-            .field("connections", &connections)
+            .field("connections", &self.shared.connections.len())
             .finish_non_exhaustive()
     }
 }
@@ -121,28 +124,7 @@ impl PostgresOrderStore {
             .run_direct(&mut first)
             .await
             .map_err(crate::sql::migrate_error)?;
-        let mut slots = vec![Mutex::new(Some(first))];
-        slots.extend((1..max_connections.max(2)).map(|_| Mutex::new(None)));
-        Ok(Self::new(Connections::Owned {
-            options: Box::new(options),
-            slots,
-            next: AtomicUsize::new(0),
-        }))
-    }
-
-    /// A store over an existing pool; applies the migrations.
-    ///
-    /// # Errors
-    /// [`StoreError::Unavailable`] when the migrations fail.
-    pub async fn from_pool(pool: PgPool) -> Result<Self, StoreError> {
-        migrator()
-            .run(&pool)
-            .await
-            .map_err(crate::sql::migrate_error)?;
-        Ok(Self::new(Connections::Pool(pool)))
-    }
-
-    fn new(connections: Connections) -> Self {
+        let connections = Connections::new(options, first, max_connections);
         let shared = Arc::new(Shared {
             connections,
             committed: Notify::new(),
@@ -152,18 +134,7 @@ impl PostgresOrderStore {
         for _ in 0..COMMITTERS {
             tokio::spawn(group_committer(shared.clone(), queue.clone()));
         }
-        Self { shared, commits }
-    }
-
-    /// Runs `sql` (one statement, no results): for administration and tests. Returns the
-    /// rows changed.
-    ///
-    /// # Errors
-    /// [`StoreError::Unavailable`] when the statement fails.
-    pub async fn execute_admin(&self, sql: &str) -> Result<u64, StoreError> {
-        let mut conn = self.shared.conn().await?;
-        let result = sqlx::query(sql).execute(conn.get()?).await;
-        Ok(conn.check(result)?.rows_affected())
+        Ok(Self { shared, commits })
     }
 
     /// Outbox rows parked because their envelope could not be decoded; they are never
@@ -180,21 +151,9 @@ impl PostgresOrderStore {
         Ok(u64::try_from(n).unwrap_or_default())
     }
 
-    /// Closes the connections. Later calls open new ones (a store from
-    /// [`PostgresOrderStore::connect`]) or fail as unavailable (from a pool).
+    /// Closes the connections. Later calls open new ones.
     pub async fn close(&self) {
-        match &self.shared.connections {
-            Connections::Owned { slots, .. } => {
-                for slot in slots {
-                    if let Some(conn) = slot.lock().await.take()
-                        && let Err(e) = conn.close().await
-                    {
-                        tracing::debug!(error = %e, "closing a PostgreSQL connection failed");
-                    }
-                }
-            }
-            Connections::Pool(pool) => pool.close().await,
-        }
+        self.shared.connections.close().await;
     }
 }
 

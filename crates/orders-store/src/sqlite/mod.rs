@@ -176,11 +176,13 @@ impl SqliteOrderStore {
         })
     }
 
-    /// Runs `sql` (statements separated by `;`, no results) on the writing connection:
-    /// for administration and tests. Returns the rows the last statement changed.
+    /// Runs `sql` (statements separated by `;`, no results) on the writing connection,
+    /// for tests that work below the ports (feature `scratch`); an in-memory database
+    /// is reachable only this way. Returns the rows the last statement changed.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when a statement fails.
+    #[cfg(feature = "scratch")]
     pub async fn execute_admin(&self, sql: &str) -> Result<u64, StoreError> {
         let sql = sql.to_owned();
         let changed = self
