@@ -74,9 +74,9 @@ pub(super) struct Conn<'a>(MutexGuard<'a, Option<PgConnection>>);
 
 impl Conn<'_> {
     pub(super) fn get(&mut self) -> Result<&mut PgConnection, StoreError> {
-        self.0.as_mut().ok_or_else(|| {
-            StoreError::Unavailable("the PostgreSQL connection is closed".to_owned())
-        })
+        self.0
+            .as_mut()
+            .ok_or_else(|| StoreError::unavailable("the PostgreSQL connection is closed"))
     }
 
     /// Maps a statement's result (see [`Conn::failed`]).

@@ -102,7 +102,7 @@ impl PostgresOrderStore {
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let options: PgConnectOptions = url
             .parse()
-            .map_err(|e| StoreError::Unavailable(format!("invalid PostgreSQL URL: {e}")))?;
+            .map_err(|e| StoreError::unavailable_because("invalid PostgreSQL URL", e))?;
         Self::connect_with(options, DEFAULT_CONNECTIONS).await
     }
 
@@ -201,12 +201,12 @@ impl OrderStore for PostgresOrderStore {
             }
         }
         let (answer, answered) = oneshot::channel();
-        self.commits.send((commit, answer)).map_err(|_| {
-            StoreError::Unavailable("the PostgreSQL group committers have stopped".to_owned())
-        })?;
-        answered.await.map_err(|_| {
-            StoreError::Unavailable("a PostgreSQL group committer stopped".to_owned())
-        })?
+        self.commits
+            .send((commit, answer))
+            .map_err(|_| StoreError::unavailable("the PostgreSQL group committers have stopped"))?;
+        answered
+            .await
+            .map_err(|_| StoreError::unavailable("a PostgreSQL group committer stopped"))?
     }
 
     async fn messages(&self, id: OrderId) -> Result<Vec<MessageRecord>, StoreError> {

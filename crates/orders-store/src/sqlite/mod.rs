@@ -271,7 +271,7 @@ fn lock<T>(mutex: &StdMutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn closed() -> StoreError {
-    StoreError::Unavailable("the SQLite store is closed".to_owned())
+    StoreError::unavailable("the SQLite store is closed")
 }
 
 fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<(), StoreError> {
@@ -279,7 +279,7 @@ fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<(), StoreEr
         .name(name.to_owned())
         .spawn(body)
         .map(|_| ())
-        .map_err(|e| StoreError::Unavailable(format!("cannot start thread {name}: {e}")))
+        .map_err(|e| StoreError::unavailable_because(format!("cannot start thread {name}"), e))
 }
 
 /// A SQLite error as the ports see it: a value that does not decode is corrupt data,
@@ -292,8 +292,10 @@ fn sqlite_error(error: rusqlite::Error) -> StoreError {
         | E::Utf8Error(_)
         | E::InvalidColumnIndex(_)
         | E::InvalidColumnName(_)
-        | E::InvalidColumnType(..) => StoreError::Corrupt(error.to_string()),
-        other => StoreError::Unavailable(other.to_string()),
+        | E::InvalidColumnType(..) => {
+            StoreError::corrupt_because("a stored value does not decode", error)
+        }
+        other => StoreError::unavailable_because("SQLite failed", other),
     }
 }
 
@@ -306,7 +308,7 @@ fn timestamp_text(at: Timestamp) -> String {
 fn parse_timestamp(text: &str) -> Result<Timestamp, StoreError> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| StoreError::Corrupt(format!("invalid stored timestamp {text:?}: {e}")))
+        .map_err(|e| StoreError::corrupt_because(format!("invalid stored timestamp {text:?}"), e))
 }
 
 /// A `SELECT count(*)` as a count.

@@ -77,7 +77,7 @@ impl SqliteOrderStore {
     /// Queues the "sent" mark of `positions` for the writer; the answer says how it went.
     pub(super) fn send_mark(&self, positions: &[i64]) -> Result<MarkAnswer, StoreError> {
         let positions = serde_json::to_string(positions)
-            .map_err(|e| StoreError::Corrupt(format!("cannot encode positions: {e}")))?;
+            .map_err(|e| StoreError::corrupt_because("cannot encode positions", e))?;
         let (answer, answered) = oneshot::channel();
         self.writer
             .send(Job::Write(GroupWrite::MarkSent {
