@@ -63,7 +63,7 @@ mod writer;
 
 use std::{
     sync::{
-        Arc, Mutex as StdMutex, MutexGuard, PoisonError,
+        Arc,
         atomic::AtomicBool,
         mpsc::{self as std_mpsc, Sender},
     },
@@ -76,6 +76,7 @@ use orders_app::{
     Commit, MessageRecord, OrderStore, PruneReport, StoreError, messaging::MessageId,
 };
 use orders_domain::{Order, OrderId, Timestamp};
+use parking_lot::Mutex as SyncMutex;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{Mutex, Notify, oneshot};
 
@@ -94,9 +95,9 @@ pub struct SqliteOrderStore {
     /// The writer thread's queue.
     writer: Sender<Job>,
     /// The reader threads' queue; `None` once closed.
-    readers: StdMutex<Option<Sender<ReaderWork>>>,
+    readers: SyncMutex<Option<Sender<ReaderWork>>>,
     /// One per reader thread, resolved when it has ended (closed its connection).
-    reader_ends: StdMutex<Vec<oneshot::Receiver<()>>>,
+    reader_ends: SyncMutex<Vec<oneshot::Receiver<()>>>,
     /// An in-memory database: the writer thread reads too.
     in_memory: bool,
     /// Serialises relays in this process, so rows leave in commit order, once; and what
@@ -153,7 +154,7 @@ impl SqliteOrderStore {
             write_loop(writer, &queued, &writer_side)
         })?;
         let (work, waiting) = std_mpsc::channel::<ReaderWork>();
-        let waiting = Arc::new(StdMutex::new(waiting));
+        let waiting = Arc::new(SyncMutex::new(waiting));
         let mut reader_ends = Vec::new();
         for (i, conn) in readers.into_iter().enumerate() {
             let waiting = waiting.clone();
@@ -166,8 +167,8 @@ impl SqliteOrderStore {
         }
         Ok(Self {
             writer: jobs,
-            readers: StdMutex::new(Some(work)),
-            reader_ends: StdMutex::new(reader_ends),
+            readers: SyncMutex::new(Some(work)),
+            reader_ends: SyncMutex::new(reader_ends),
             in_memory,
             relay: Mutex::new(RelayState::default()),
             fresh,
@@ -219,8 +220,8 @@ impl SqliteOrderStore {
             tracing::warn!(error = %e, "marking published outbox rows failed; they are published again on start");
         }
         // The reader threads end when their queue closes, after the reads queued before.
-        drop(lock(&self.readers).take());
-        let ends = std::mem::take(&mut *lock(&self.reader_ends));
+        drop(self.readers.lock().take());
+        let ends = std::mem::take(&mut *self.reader_ends.lock());
         for end in ends {
             let _ = end.await;
         }
@@ -257,17 +258,14 @@ impl SqliteOrderStore {
         let job: ReaderWork = Box::new(move |conn| {
             let _ = answer.send(work(conn));
         });
-        lock(&self.readers)
+        self.readers
+            .lock()
             .as_ref()
             .ok_or_else(closed)?
             .send(job)
             .map_err(|_| closed())?;
         answered.await.map_err(|_| closed())?
     }
-}
-
-fn lock<T>(mutex: &StdMutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn closed() -> StoreError {
