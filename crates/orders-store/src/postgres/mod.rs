@@ -27,8 +27,11 @@
 //! The store owns a fixed set of connections ([`PostgresOrderStore::connect_with`]),
 //! opened as needed and reopened after a connection-level failure, rather than an sqlx
 //! pool: the pool pings each connection when it is returned, a second round trip per
-//! statement (see `connections`). Statements use generic plans (`plan_cache_mode`), planned once per
-//! connection.
+//! statement (see `connections`). Statements use generic plans (`plan_cache_mode`),
+//! planned once per connection.
+//!
+//! Where things are: `connections`, `commit` (group commit and why a commit failed),
+//! `relay`; the reads of the ports are here.
 
 mod commit;
 mod connections;

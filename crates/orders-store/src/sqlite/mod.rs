@@ -51,6 +51,11 @@
 //!
 //! The relay is serialised in-process by a mutex and holds no connection while it
 //! publishes. Several processes relaying one file are not coordinated (use PostgreSQL).
+//!
+//! Where things are: `connect` (opening the file and its connections), `migrate`,
+//! `writer` (the writer thread and group commit), `commit` (a commit's rows and why one
+//! failed), `readers`, `checkpoint`, `relay` (the hand-over and the table reads),
+//! `cache` (the write-through cache); the reads of the ports are here.
 
 mod cache;
 mod checkpoint;
