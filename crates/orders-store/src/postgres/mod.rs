@@ -1,11 +1,11 @@
-//! The PostgreSQL adapter of [`OrderStore`] and [`Outbox`], for several processes on one
-//! database.
+//! The PostgreSQL adapter of [`OrderStore`] and [`Outbox`](orders_app::Outbox), for
+//! several processes on one database.
 //!
 //! Commits that queue up while the last group is written are written together, as one
-//! statement ([`COMMIT_SQL`](commit::COMMIT_SQL), one round trip and one WAL flush for all) by one of
-//! [`COMMITTERS`](commit::COMMITTERS) group committer tasks; when a precondition of one of them fails, each
-//! is written alone with the same statement, so only the failing ones fail. Its
-//! preconditions are constraints: the inbox and idempotency-key primary keys, and
+//! statement ([`COMMIT_SQL`](commit::COMMIT_SQL), one round trip and one WAL flush for
+//! all) by one of [`COMMITTERS`] group committer tasks; when a precondition of one of
+//! them fails, each is written alone with the same statement, so only the failing ones
+//! fail. Its preconditions are constraints: the inbox and idempotency-key primary keys, and
 //! triggers that let an order's version only go up by one (a new order starts at 1). A
 //! concurrent writer is waited for, then re-checked against the row it committed, so of
 //! two commits at one expected version exactly one succeeds; the error of a failed one
@@ -61,7 +61,7 @@ use crate::{
 /// Connections of a store opened by [`PostgresOrderStore::connect`].
 const DEFAULT_CONNECTIONS: u32 = 16;
 
-/// The PostgreSQL adapter of [`OrderStore`] and [`Outbox`].
+/// The PostgreSQL adapter of [`OrderStore`] and [`Outbox`](orders_app::Outbox).
 pub struct PostgresOrderStore {
     shared: Arc<Shared>,
     /// The group committers' queue.

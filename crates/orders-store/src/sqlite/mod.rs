@@ -1,5 +1,5 @@
-//! The SQLite adapter of [`OrderStore`] and [`Outbox`]: the embedded default, one file in
-//! WAL mode, on rusqlite.
+//! The SQLite adapter of [`OrderStore`] and [`Outbox`](orders_app::Outbox): the embedded
+//! default, one file in WAL mode, on rusqlite.
 //!
 //! SQLite is a library, not a server: a statement is a function call that blocks its
 //! thread. So each connection lives on a thread of its own and async callers hand it
@@ -95,7 +95,7 @@ use self::{
 };
 use crate::{rows::message_record, snapshot, sql::MESSAGES};
 
-/// The SQLite adapter of [`OrderStore`] and [`Outbox`].
+/// The SQLite adapter of [`OrderStore`] and [`Outbox`](orders_app::Outbox).
 pub struct SqliteOrderStore {
     /// The writer thread's queue.
     writer: Sender<Job>,
