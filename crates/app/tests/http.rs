@@ -1070,7 +1070,7 @@ impl BrokenStore {
         if self.hang {
             std::future::pending::<()>().await;
         }
-        Err(StoreError::Unavailable(Self::SECRET.to_owned()))
+        Err(StoreError::unavailable(Self::SECRET))
     }
 }
 

@@ -23,7 +23,7 @@ mod service;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use commands::{AddressInput, CancelOrder, ItemInput, PlaceOrder};
-pub use error::{AppError, StoreError};
+pub use error::{AppError, Cause, StoreError};
 pub use handlers::{ORDERS_SUBSCRIBER, OrdersMessageHandler};
 pub use ports::{
     Commit, Direction, HandlingOutcome, InboxRecord, MessageRecord, OrderStore, Outbox, PruneReport,

@@ -181,10 +181,5 @@ pub trait Outbox: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`StoreError::Unavailable`].
-    async fn requeue_stalled(&self, before: Timestamp) -> Result<u64, StoreError> {
-        let _ = before;
-        Err(StoreError::Unavailable(
-            "requeue_stalled is not implemented by this store yet".to_owned(),
-        ))
-    }
+    async fn requeue_stalled(&self, before: Timestamp) -> Result<u64, StoreError>;
 }

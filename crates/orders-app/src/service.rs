@@ -343,7 +343,7 @@ impl OrdersService {
             .iter()
             .map(|event| envelope_for(event, causation))
             .collect::<Result<_, _>>()
-            .map_err(|e| AppError::Store(StoreError::Corrupt(format!("cannot encode event: {e}"))))
+            .map_err(|e| AppError::Store(StoreError::corrupt_because("cannot encode event", e)))
     }
 }
 

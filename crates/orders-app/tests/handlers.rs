@@ -34,7 +34,7 @@ struct FakeStore {
 impl OrderStore for FakeStore {
     async fn load(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
         if *self.unavailable.lock().unwrap() {
-            return Err(StoreError::Unavailable("down for the test".into()));
+            return Err(StoreError::unavailable("down for the test"));
         }
         Ok(self.orders.lock().unwrap().get(&id).cloned())
     }

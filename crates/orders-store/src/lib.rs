@@ -21,6 +21,9 @@
 //!
 //! A commit is one transaction: the inbox record, the idempotency key, the order (insert
 //! at version 0, or update at its expected version) and the outbox rows, or nothing.
+//!
+//! What the two SQL adapters share is written once: `rows` (row encoding) and `sql`
+//! (error mapping, the shared statements, the relay's reading of the table).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

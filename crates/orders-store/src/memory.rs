@@ -12,10 +12,7 @@
 //! (the history keeps a small record per message), inbox records and history are pruned
 //! after the idempotency window.
 
-use std::{
-    collections::{HashMap, VecDeque},
-    sync::{Mutex, MutexGuard, PoisonError},
-};
+use std::collections::{HashMap, VecDeque};
 
 use async_trait::async_trait;
 use orders_app::{
@@ -23,6 +20,7 @@ use orders_app::{
     messaging::{Envelope, MessageBus, MessageId},
 };
 use orders_domain::{Order, OrderId, OrderStatus, Timestamp};
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::Notify;
 
 /// How many shards the order and inbox maps are split into.
@@ -75,13 +73,9 @@ impl std::fmt::Debug for InMemoryOrderStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InMemoryOrderStore")
             .field("orders", &self.order_count())
-            .field("unsent", &lock(&self.outbox).0.len())
+            .field("unsent", &self.outbox.lock().0.len())
             .finish_non_exhaustive()
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn shard_of(id: u128) -> usize {
@@ -100,24 +94,15 @@ impl InMemoryOrderStore {
     /// How many orders are stored.
     #[must_use]
     pub fn order_count(&self) -> usize {
-        self.orders.iter().map(|s| lock(s).orders.len()).sum()
-    }
-
-    /// How many inbox records are kept (all subscribers).
-    #[must_use]
-    pub fn inbox_len(&self) -> usize {
-        self.inbox
-            .iter()
-            .map(|s| lock(s).values().map(Vec::len).sum::<usize>())
-            .sum()
+        self.orders.iter().map(|s| s.lock().orders.len()).sum()
     }
 
     fn order_shard(&self, id: OrderId) -> MutexGuard<'_, OrderShard> {
-        lock(&self.orders[shard_of(id.as_uuid().as_u128())])
+        self.orders[shard_of(id.as_uuid().as_u128())].lock()
     }
 
     fn inbox_shard(&self, id: MessageId) -> MutexGuard<'_, InboxShard> {
-        lock(&self.inbox[shard_of(id.as_u128())])
+        self.inbox[shard_of(id.as_u128())].lock()
     }
 }
 
@@ -150,7 +135,7 @@ impl OrderStore for InMemoryOrderStore {
     }
 
     async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<OrderId>, StoreError> {
-        Ok(lock(&self.idempotency_keys).get(key).copied())
+        Ok(self.idempotency_keys.lock().get(key).copied())
     }
 
     async fn commit(&self, commit: Commit) -> Result<u64, StoreError> {
@@ -170,7 +155,7 @@ impl OrderStore for InMemoryOrderStore {
         let mut inbox_shard = inbox.as_ref().map(|r| self.inbox_shard(r.message_id));
         let mut keys = idempotency_key
             .as_ref()
-            .map(|_| lock(&self.idempotency_keys));
+            .map(|_| self.idempotency_keys.lock());
         // Check every precondition first: nothing is written unless all hold.
         if let (
             Some(InboxRecord {
@@ -258,7 +243,7 @@ impl OrderStore for InMemoryOrderStore {
             _ => {}
         }
         if added {
-            lock(&self.outbox).0.extend(outbox);
+            self.outbox.lock().0.extend(outbox);
         }
         drop((shard, inbox_shard, keys));
         if added {
@@ -279,7 +264,7 @@ impl OrderStore for InMemoryOrderStore {
     async fn prune(&self, before: Timestamp) -> Result<PruneReport, StoreError> {
         let mut removed = 0u64;
         for shard in &*self.inbox {
-            let mut ids = lock(shard);
+            let mut ids = shard.lock();
             ids.retain(|_, subscribers| {
                 let len = subscribers.len();
                 subscribers.retain(|(_, at)| *at >= before);
@@ -289,7 +274,7 @@ impl OrderStore for InMemoryOrderStore {
         }
         // The history of messages older than the window goes too; orders stay.
         for shard in &*self.orders {
-            lock(shard).history.retain(|_, records| {
+            shard.lock().history.retain(|_, records| {
                 records.retain(|r| r.at >= before);
                 !records.is_empty()
             });
@@ -307,7 +292,7 @@ impl Outbox for InMemoryOrderStore {
     async fn relay(&self, limit: usize, bus: &dyn MessageBus) -> Result<usize, StoreError> {
         let _one_relay_at_a_time = self.relay_lock.lock().await;
         let batch: Vec<Envelope> = {
-            let mut outbox = lock(&self.outbox);
+            let mut outbox = self.outbox.lock();
             let n = limit.min(outbox.0.len());
             outbox.1 += n as u64;
             outbox.0.drain(..n).collect()
@@ -319,7 +304,7 @@ impl Outbox for InMemoryOrderStore {
             // Keep a copy only until the bus accepted it.
             if let Err(error) = bus.publish(envelope.clone()).await {
                 tracing::error!(%message_id, %error, "publish failed; message stays in the outbox");
-                let mut outbox = lock(&self.outbox);
+                let mut outbox = self.outbox.lock();
                 let back: Vec<Envelope> = std::iter::once(envelope).chain(rows).collect();
                 outbox.1 -= back.len() as u64;
                 for envelope in back.into_iter().rev() {
@@ -327,14 +312,14 @@ impl Outbox for InMemoryOrderStore {
                 }
                 return Ok(sent);
             }
-            lock(&self.outbox).1 -= 1;
+            self.outbox.lock().1 -= 1;
             sent += 1;
         }
         Ok(sent)
     }
 
     async fn unsent(&self) -> Result<u64, StoreError> {
-        let outbox = lock(&self.outbox);
+        let outbox = self.outbox.lock();
         Ok(outbox.0.len() as u64 + outbox.1)
     }
 
@@ -345,7 +330,7 @@ impl Outbox for InMemoryOrderStore {
     async fn requeue_stalled(&self, before: Timestamp) -> Result<u64, StoreError> {
         let mut again = Vec::new();
         for shard in &*self.orders {
-            let shard = lock(shard);
+            let shard = shard.lock();
             again.extend(shard.waiting.iter().filter_map(|(id, envelope)| {
                 let order = shard.orders.get(id)?;
                 (waits_on_another_context(order.status()) && order.updated_at() < before)
@@ -354,7 +339,7 @@ impl Outbox for InMemoryOrderStore {
         }
         let count = again.len() as u64;
         if count > 0 {
-            lock(&self.outbox).0.extend(again);
+            self.outbox.lock().0.extend(again);
             self.committed.notify_waiters();
         }
         Ok(count)

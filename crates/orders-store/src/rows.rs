@@ -9,7 +9,7 @@ use orders_domain::{OrderId, Timestamp};
 
 /// An order's version as stored (`bigint`/`INTEGER`).
 pub(crate) fn version_column(version: u64) -> Result<i64, StoreError> {
-    i64::try_from(version).map_err(|_| StoreError::Corrupt(format!("version {version} too large")))
+    i64::try_from(version).map_err(|_| StoreError::corrupt(format!("version {version} too large")))
 }
 
 /// `(outcome, detail)` columns of an inbox row.
@@ -29,7 +29,7 @@ pub(crate) fn outcome_from_columns(
         "applied" => Ok(HandlingOutcome::Applied),
         "duplicate" => Ok(HandlingOutcome::Duplicate),
         "rejected" => Ok(HandlingOutcome::Rejected(detail.unwrap_or_default())),
-        other => Err(StoreError::Corrupt(format!(
+        other => Err(StoreError::corrupt(format!(
             "unknown inbox outcome {other:?}"
         ))),
     }
@@ -50,13 +50,10 @@ impl NewOutboxRow {
     /// Encodes `envelope` for the outbox.
     pub(crate) fn new(envelope: &Envelope) -> Result<Self, StoreError> {
         let json = envelope.to_json().map_err(|e| {
-            StoreError::Corrupt(format!(
-                "cannot encode message {}: {e}",
-                envelope.message_id
-            ))
+            StoreError::corrupt_because(format!("cannot encode message {}", envelope.message_id), e)
         })?;
         let envelope_text = String::from_utf8(json).map_err(|e| {
-            StoreError::Corrupt(format!("message {} is not UTF-8: {e}", envelope.message_id))
+            StoreError::corrupt_because(format!("message {} is not UTF-8", envelope.message_id), e)
         })?;
         Ok(Self {
             message_id: envelope.message_id,
@@ -112,7 +109,7 @@ mod tests {
         }
         assert!(matches!(
             outcome_from_columns("lost", None),
-            Err(StoreError::Corrupt(_))
+            Err(StoreError::Corrupt { .. })
         ));
     }
 }

@@ -129,24 +129,24 @@ pub(crate) fn encode(order: &Order) -> Result<String, StoreError> {
         ),
     };
     serde_json::to_string(&data)
-        .map_err(|e| StoreError::Corrupt(format!("cannot encode order {}: {e}", s.id)))
+        .map_err(|e| StoreError::corrupt_because(format!("cannot encode order {}", s.id), e))
 }
 
 /// Rebuilds order `id` from its row: `version` and `json` as stored (a database
 /// integer, so a negative one is corrupt data).
 pub(crate) fn decode_row(id: OrderId, version: i64, json: &str) -> Result<Order, StoreError> {
     let version = u64::try_from(version)
-        .map_err(|_| StoreError::Corrupt(format!("order {id}: negative version")))?;
+        .map_err(|_| StoreError::corrupt(format!("order {id}: negative version")))?;
     decode(json, version)
 }
 
 /// Rebuilds the order stored as `json` at `version`.
 pub(crate) fn decode(json: &str, version: u64) -> Result<Order, StoreError> {
     let data: OrderData = serde_json::from_str(json)
-        .map_err(|e| StoreError::Corrupt(format!("cannot decode stored order: {e}")))?;
+        .map_err(|e| StoreError::corrupt_because("cannot decode stored order", e))?;
     let id: OrderId = parse(&data.id, "order id")?;
     let corrupt = |what: &str, detail: String| {
-        StoreError::Corrupt(format!("order {id}: invalid {what}: {detail}"))
+        StoreError::corrupt(format!("order {id}: invalid {what}: {detail}"))
     };
     let invalid =
         |what: &'static str| move |e: orders_domain::ValidationError| corrupt(what, e.to_string());
@@ -227,7 +227,7 @@ where
     T::Err: std::fmt::Display,
 {
     text.parse()
-        .map_err(|e| StoreError::Corrupt(format!("invalid stored {what} {text:?}: {e}")))
+        .map_err(|e| StoreError::corrupt(format!("invalid stored {what} {text:?}: {e}")))
 }
 
 #[cfg(test)]
@@ -294,7 +294,7 @@ mod tests {
             "not json".to_owned(),
         ] {
             assert!(
-                matches!(decode(&bad, 2), Err(StoreError::Corrupt(_))),
+                matches!(decode(&bad, 2), Err(StoreError::Corrupt { .. })),
                 "{bad}"
             );
         }

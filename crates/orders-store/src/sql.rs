@@ -22,14 +22,16 @@ pub(crate) fn store_error(error: sqlx::Error) -> StoreError {
         | sqlx::Error::ColumnDecode { .. }
         | sqlx::Error::ColumnNotFound(_)
         | sqlx::Error::ColumnIndexOutOfBounds { .. }
-        | sqlx::Error::TypeNotFound { .. } => StoreError::Corrupt(error.to_string()),
-        other => StoreError::Unavailable(other.to_string()),
+        | sqlx::Error::TypeNotFound { .. } => {
+            StoreError::corrupt_because("a stored value does not decode", error)
+        }
+        other => StoreError::unavailable_because("the database failed", other),
     }
 }
 
 /// A migration failure: the schema cannot be brought up to date, so the store is unusable.
 pub(crate) fn migrate_error(error: sqlx::migrate::MigrateError) -> StoreError {
-    StoreError::Unavailable(format!("cannot apply migrations: {error}"))
+    StoreError::unavailable_because("cannot apply migrations", error)
 }
 
 /// An order's message history, `$1` its id: inbox and outbox rows, in commit order (the

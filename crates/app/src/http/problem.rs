@@ -242,7 +242,7 @@ impl From<AppError> for Problem {
                 }],
             ),
             AppError::Rejected(e) => Self::new(ProblemType::Conflict, e.to_string()),
-            AppError::Store(e @ StoreError::Corrupt(_)) => Self::internal("store failed", &e),
+            AppError::Store(e @ StoreError::Corrupt { .. }) => Self::internal("store failed", &e),
             AppError::Store(
                 e @ (StoreError::Conflict { .. } | StoreError::DuplicateMessage { .. }),
             ) => {

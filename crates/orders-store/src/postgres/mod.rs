@@ -1,11 +1,11 @@
-//! The PostgreSQL adapter of [`OrderStore`] and [`Outbox`], for several processes on one
-//! database.
+//! The PostgreSQL adapter of [`OrderStore`] and [`Outbox`](orders_app::Outbox), for
+//! several processes on one database.
 //!
 //! Commits that queue up while the last group is written are written together, as one
-//! statement ([`COMMIT_SQL`](commit::COMMIT_SQL), one round trip and one WAL flush for all) by one of
-//! [`COMMITTERS`](commit::COMMITTERS) group committer tasks; when a precondition of one of them fails, each
-//! is written alone with the same statement, so only the failing ones fail. Its
-//! preconditions are constraints: the inbox and idempotency-key primary keys, and
+//! statement ([`COMMIT_SQL`](commit::COMMIT_SQL), one round trip and one WAL flush for
+//! all) by one of [`COMMITTERS`] group committer tasks; when a precondition of one of
+//! them fails, each is written alone with the same statement, so only the failing ones
+//! fail. Its preconditions are constraints: the inbox and idempotency-key primary keys, and
 //! triggers that let an order's version only go up by one (a new order starts at 1). A
 //! concurrent writer is waited for, then re-checked against the row it committed, so of
 //! two commits at one expected version exactly one succeeds; the error of a failed one
@@ -27,27 +27,30 @@
 //! The store owns a fixed set of connections ([`PostgresOrderStore::connect_with`]),
 //! opened as needed and reopened after a connection-level failure, rather than an sqlx
 //! pool: the pool pings each connection when it is returned, a second round trip per
-//! statement. Statements use generic plans (`plan_cache_mode`), planned once per
-//! connection.
+//! statement (see `connections`). Statements use generic plans (`plan_cache_mode`),
+//! planned once per connection.
+//!
+//! Where things are: `connections`, `commit` (group commit and why a commit failed),
+//! `relay`; the reads of the ports are here.
 
 mod commit;
 mod connections;
 mod relay;
 
-use std::sync::{Arc, atomic::AtomicUsize};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use orders_app::{
     Commit, MessageRecord, OrderStore, PruneReport, StoreError, messaging::MessageId,
 };
 use orders_domain::{Order, OrderId, Timestamp};
-use sqlx::{ConnectOptions, Connection, PgPool, postgres::PgConnectOptions};
+use sqlx::{ConnectOptions, postgres::PgConnectOptions};
 use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 use uuid::Uuid;
 
 use self::{
     commit::{COMMITTERS, PgCommit, Queued, group_committer},
-    connections::Connections,
+    connections::{Conn, Connections},
 };
 use crate::{
     rows::message_record,
@@ -58,7 +61,7 @@ use crate::{
 /// Connections of a store opened by [`PostgresOrderStore::connect`].
 const DEFAULT_CONNECTIONS: u32 = 16;
 
-/// The PostgreSQL adapter of [`OrderStore`] and [`Outbox`].
+/// The PostgreSQL adapter of [`OrderStore`] and [`Outbox`](orders_app::Outbox).
 pub struct PostgresOrderStore {
     shared: Arc<Shared>,
     /// The group committers' queue.
@@ -73,14 +76,17 @@ struct Shared {
     committed: Notify,
 }
 
+impl Shared {
+    /// A free connection (waiting for one when all are busy).
+    async fn conn(&self) -> Result<Conn<'_>, StoreError> {
+        self.connections.get().await
+    }
+}
+
 impl std::fmt::Debug for PostgresOrderStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let connections = match &self.shared.connections {
-            Connections::Owned { slots, .. } => format!("{} owned", slots.len()),
-            Connections::Pool(pool) => format!("{pool:?}"),
-        };
         f.debug_struct("PostgresOrderStore")
-            .field("connections", &connections)
+            .field("connections", &self.shared.connections.len())
             .finish_non_exhaustive()
     }
 }
@@ -99,7 +105,7 @@ impl PostgresOrderStore {
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let options: PgConnectOptions = url
             .parse()
-            .map_err(|e| StoreError::Unavailable(format!("invalid PostgreSQL URL: {e}")))?;
+            .map_err(|e| StoreError::unavailable_because("invalid PostgreSQL URL", e))?;
         Self::connect_with(options, DEFAULT_CONNECTIONS).await
     }
 
@@ -121,28 +127,7 @@ impl PostgresOrderStore {
             .run_direct(&mut first)
             .await
             .map_err(crate::sql::migrate_error)?;
-        let mut slots = vec![Mutex::new(Some(first))];
-        slots.extend((1..max_connections.max(2)).map(|_| Mutex::new(None)));
-        Ok(Self::new(Connections::Owned {
-            options: Box::new(options),
-            slots,
-            next: AtomicUsize::new(0),
-        }))
-    }
-
-    /// A store over an existing pool; applies the migrations.
-    ///
-    /// # Errors
-    /// [`StoreError::Unavailable`] when the migrations fail.
-    pub async fn from_pool(pool: PgPool) -> Result<Self, StoreError> {
-        migrator()
-            .run(&pool)
-            .await
-            .map_err(crate::sql::migrate_error)?;
-        Ok(Self::new(Connections::Pool(pool)))
-    }
-
-    fn new(connections: Connections) -> Self {
+        let connections = Connections::new(options, first, max_connections);
         let shared = Arc::new(Shared {
             connections,
             committed: Notify::new(),
@@ -152,18 +137,7 @@ impl PostgresOrderStore {
         for _ in 0..COMMITTERS {
             tokio::spawn(group_committer(shared.clone(), queue.clone()));
         }
-        Self { shared, commits }
-    }
-
-    /// Runs `sql` (one statement, no results): for administration and tests. Returns the
-    /// rows changed.
-    ///
-    /// # Errors
-    /// [`StoreError::Unavailable`] when the statement fails.
-    pub async fn execute_admin(&self, sql: &str) -> Result<u64, StoreError> {
-        let mut conn = self.shared.conn().await?;
-        let result = sqlx::query(sql).execute(conn.get()?).await;
-        Ok(conn.check(result)?.rows_affected())
+        Ok(Self { shared, commits })
     }
 
     /// Outbox rows parked because their envelope could not be decoded; they are never
@@ -180,21 +154,9 @@ impl PostgresOrderStore {
         Ok(u64::try_from(n).unwrap_or_default())
     }
 
-    /// Closes the connections. Later calls open new ones (a store from
-    /// [`PostgresOrderStore::connect`]) or fail as unavailable (from a pool).
+    /// Closes the connections. Later calls open new ones.
     pub async fn close(&self) {
-        match &self.shared.connections {
-            Connections::Owned { slots, .. } => {
-                for slot in slots {
-                    if let Some(conn) = slot.lock().await.take()
-                        && let Err(e) = conn.close().await
-                    {
-                        tracing::debug!(error = %e, "closing a PostgreSQL connection failed");
-                    }
-                }
-            }
-            Connections::Pool(pool) => pool.close().await,
-        }
+        self.shared.connections.close().await;
     }
 }
 
@@ -242,12 +204,12 @@ impl OrderStore for PostgresOrderStore {
             }
         }
         let (answer, answered) = oneshot::channel();
-        self.commits.send((commit, answer)).map_err(|_| {
-            StoreError::Unavailable("the PostgreSQL group committers have stopped".to_owned())
-        })?;
-        answered.await.map_err(|_| {
-            StoreError::Unavailable("a PostgreSQL group committer stopped".to_owned())
-        })?
+        self.commits
+            .send((commit, answer))
+            .map_err(|_| StoreError::unavailable("the PostgreSQL group committers have stopped"))?;
+        answered
+            .await
+            .map_err(|_| StoreError::unavailable("a PostgreSQL group committer stopped"))?
     }
 
     async fn messages(&self, id: OrderId) -> Result<Vec<MessageRecord>, StoreError> {

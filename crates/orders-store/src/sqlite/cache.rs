@@ -11,13 +11,11 @@
 //! A version conflict (a write from outside) evicts the order, so the next load reads
 //! the file.
 
-use std::{
-    collections::{HashMap, HashSet, VecDeque},
-    sync::{Mutex, MutexGuard, PoisonError},
-};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use orders_app::messaging::MessageId;
 use orders_domain::{Order, OrderId, OrderStatus};
+use parking_lot::{Mutex, MutexGuard};
 
 /// Shards, so no resize or lock is shared by every order.
 const SHARDS: usize = 64;
@@ -48,13 +46,9 @@ impl Default for WriteThroughCache {
     }
 }
 
-fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
-    shard.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 impl WriteThroughCache {
     fn shard(&self, id: u128) -> MutexGuard<'_, Shard> {
-        lock(&self.shards[(id % SHARDS as u128) as usize])
+        self.shards[(id % SHARDS as u128) as usize].lock()
     }
 
     /// The order as last committed by this process, if cached.
@@ -120,7 +114,7 @@ impl WriteThroughCache {
     /// Forgets every handled message id (after the inbox was pruned).
     pub(crate) fn forget_handled(&self) {
         for shard in &*self.shards {
-            lock(shard).handled.clear();
+            shard.lock().handled.clear();
         }
     }
 
@@ -193,7 +187,7 @@ mod tests {
             cache.order(first.id()).is_none(),
             "the oldest finished order went"
         );
-        assert!(lock(&cache.shards[3]).orders.len() <= FINISHED_PER_SHARD);
+        assert!(cache.shards[3].lock().orders.len() <= FINISHED_PER_SHARD);
     }
 
     #[test]

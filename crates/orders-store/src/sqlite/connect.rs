@@ -57,7 +57,7 @@ impl SqliteOrderStore {
         }
         let options = if url_or_path.starts_with("sqlite:") {
             SqliteConnectOptions::from_str(url_or_path).map_err(|e| {
-                StoreError::Unavailable(format!("invalid SQLite URL {url_or_path:?}: {e}"))
+                StoreError::unavailable_because(format!("invalid SQLite URL {url_or_path:?}"), e)
             })?
         } else {
             SqliteConnectOptions::new().filename(url_or_path)
@@ -67,7 +67,10 @@ impl SqliteOrderStore {
             && !folder.as_os_str().is_empty()
         {
             std::fs::create_dir_all(folder).map_err(|e| {
-                StoreError::Unavailable(format!("cannot create folder {}: {e}", folder.display()))
+                StoreError::unavailable_because(
+                    format!("cannot create folder {}", folder.display()),
+                    e,
+                )
             })?;
         }
         // The migrations, with sqlx's migrator (it keeps the applied ones in
@@ -103,13 +106,13 @@ pub(super) fn open(path: &Path, cache_kib: i64) -> Result<Connection, StoreError
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .map_err(|e| unavailable_file(path, &e))?;
+    .map_err(|e| unavailable_file(path, e))?;
     configure(&conn, true, cache_kib)?;
     Ok(conn)
 }
 
-pub(super) fn unavailable_file(path: &Path, error: &rusqlite::Error) -> StoreError {
-    StoreError::Unavailable(format!("cannot open {}: {error}", path.display()))
+pub(super) fn unavailable_file(path: &Path, error: rusqlite::Error) -> StoreError {
+    StoreError::unavailable_because(format!("cannot open {}", path.display()), error)
 }
 
 /// The settings of every connection.

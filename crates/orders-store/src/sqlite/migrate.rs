@@ -18,10 +18,13 @@ pub(super) fn apply_migrations_in_memory(conn: &mut Connection) -> Result<(), St
             continue;
         }
         tx.execute_batch(&migration.sql).map_err(|e| {
-            StoreError::Unavailable(format!(
-                "cannot apply migration {} ({}): {e}",
-                migration.version, migration.description
-            ))
+            StoreError::unavailable_because(
+                format!(
+                    "cannot apply migration {} ({})",
+                    migration.version, migration.description
+                ),
+                e,
+            )
         })?;
     }
     tx.commit().map_err(sqlite_error)

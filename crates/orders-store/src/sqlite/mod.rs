@@ -1,5 +1,5 @@
-//! The SQLite adapter of [`OrderStore`] and [`Outbox`]: the embedded default, one file in
-//! WAL mode, on rusqlite.
+//! The SQLite adapter of [`OrderStore`] and [`Outbox`](orders_app::Outbox): the embedded
+//! default, one file in WAL mode, on rusqlite.
 //!
 //! SQLite is a library, not a server: a statement is a function call that blocks its
 //! thread. So each connection lives on a thread of its own and async callers hand it
@@ -51,6 +51,11 @@
 //!
 //! The relay is serialised in-process by a mutex and holds no connection while it
 //! publishes. Several processes relaying one file are not coordinated (use PostgreSQL).
+//!
+//! Where things are: `connect` (opening the file and its connections), `migrate`,
+//! `writer` (the writer thread and group commit), `commit` (a commit's rows and why one
+//! failed), `readers`, `checkpoint`, `relay` (the hand-over and the table reads),
+//! `cache` (the write-through cache); the reads of the ports are here.
 
 mod cache;
 mod checkpoint;
@@ -63,7 +68,7 @@ mod writer;
 
 use std::{
     sync::{
-        Arc, Mutex as StdMutex, MutexGuard, PoisonError,
+        Arc,
         atomic::AtomicBool,
         mpsc::{self as std_mpsc, Sender},
     },
@@ -76,6 +81,7 @@ use orders_app::{
     Commit, MessageRecord, OrderStore, PruneReport, StoreError, messaging::MessageId,
 };
 use orders_domain::{Order, OrderId, Timestamp};
+use parking_lot::Mutex as SyncMutex;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{Mutex, Notify, oneshot};
 
@@ -89,14 +95,14 @@ use self::{
 };
 use crate::{rows::message_record, snapshot, sql::MESSAGES};
 
-/// The SQLite adapter of [`OrderStore`] and [`Outbox`].
+/// The SQLite adapter of [`OrderStore`] and [`Outbox`](orders_app::Outbox).
 pub struct SqliteOrderStore {
     /// The writer thread's queue.
     writer: Sender<Job>,
     /// The reader threads' queue; `None` once closed.
-    readers: StdMutex<Option<Sender<ReaderWork>>>,
+    readers: SyncMutex<Option<Sender<ReaderWork>>>,
     /// One per reader thread, resolved when it has ended (closed its connection).
-    reader_ends: StdMutex<Vec<oneshot::Receiver<()>>>,
+    reader_ends: SyncMutex<Vec<oneshot::Receiver<()>>>,
     /// An in-memory database: the writer thread reads too.
     in_memory: bool,
     /// Serialises relays in this process, so rows leave in commit order, once; and what
@@ -153,7 +159,7 @@ impl SqliteOrderStore {
             write_loop(writer, &queued, &writer_side)
         })?;
         let (work, waiting) = std_mpsc::channel::<ReaderWork>();
-        let waiting = Arc::new(StdMutex::new(waiting));
+        let waiting = Arc::new(SyncMutex::new(waiting));
         let mut reader_ends = Vec::new();
         for (i, conn) in readers.into_iter().enumerate() {
             let waiting = waiting.clone();
@@ -166,8 +172,8 @@ impl SqliteOrderStore {
         }
         Ok(Self {
             writer: jobs,
-            readers: StdMutex::new(Some(work)),
-            reader_ends: StdMutex::new(reader_ends),
+            readers: SyncMutex::new(Some(work)),
+            reader_ends: SyncMutex::new(reader_ends),
             in_memory,
             relay: Mutex::new(RelayState::default()),
             fresh,
@@ -176,11 +182,13 @@ impl SqliteOrderStore {
         })
     }
 
-    /// Runs `sql` (statements separated by `;`, no results) on the writing connection:
-    /// for administration and tests. Returns the rows the last statement changed.
+    /// Runs `sql` (statements separated by `;`, no results) on the writing connection,
+    /// for tests that work below the ports (feature `scratch`); an in-memory database
+    /// is reachable only this way. Returns the rows the last statement changed.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when a statement fails.
+    #[cfg(feature = "scratch")]
     pub async fn execute_admin(&self, sql: &str) -> Result<u64, StoreError> {
         let sql = sql.to_owned();
         let changed = self
@@ -217,8 +225,8 @@ impl SqliteOrderStore {
             tracing::warn!(error = %e, "marking published outbox rows failed; they are published again on start");
         }
         // The reader threads end when their queue closes, after the reads queued before.
-        drop(lock(&self.readers).take());
-        let ends = std::mem::take(&mut *lock(&self.reader_ends));
+        drop(self.readers.lock().take());
+        let ends = std::mem::take(&mut *self.reader_ends.lock());
         for end in ends {
             let _ = end.await;
         }
@@ -255,7 +263,8 @@ impl SqliteOrderStore {
         let job: ReaderWork = Box::new(move |conn| {
             let _ = answer.send(work(conn));
         });
-        lock(&self.readers)
+        self.readers
+            .lock()
             .as_ref()
             .ok_or_else(closed)?
             .send(job)
@@ -264,12 +273,8 @@ impl SqliteOrderStore {
     }
 }
 
-fn lock<T>(mutex: &StdMutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 fn closed() -> StoreError {
-    StoreError::Unavailable("the SQLite store is closed".to_owned())
+    StoreError::unavailable("the SQLite store is closed")
 }
 
 fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<(), StoreError> {
@@ -277,7 +282,7 @@ fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<(), StoreEr
         .name(name.to_owned())
         .spawn(body)
         .map(|_| ())
-        .map_err(|e| StoreError::Unavailable(format!("cannot start thread {name}: {e}")))
+        .map_err(|e| StoreError::unavailable_because(format!("cannot start thread {name}"), e))
 }
 
 /// A SQLite error as the ports see it: a value that does not decode is corrupt data,
@@ -290,8 +295,10 @@ fn sqlite_error(error: rusqlite::Error) -> StoreError {
         | E::Utf8Error(_)
         | E::InvalidColumnIndex(_)
         | E::InvalidColumnName(_)
-        | E::InvalidColumnType(..) => StoreError::Corrupt(error.to_string()),
-        other => StoreError::Unavailable(other.to_string()),
+        | E::InvalidColumnType(..) => {
+            StoreError::corrupt_because("a stored value does not decode", error)
+        }
+        other => StoreError::unavailable_because("SQLite failed", other),
     }
 }
 
@@ -304,7 +311,7 @@ fn timestamp_text(at: Timestamp) -> String {
 fn parse_timestamp(text: &str) -> Result<Timestamp, StoreError> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| StoreError::Corrupt(format!("invalid stored timestamp {text:?}: {e}")))
+        .map_err(|e| StoreError::corrupt_because(format!("invalid stored timestamp {text:?}"), e))
 }
 
 /// A `SELECT count(*)` as a count.

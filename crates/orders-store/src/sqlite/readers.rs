@@ -1,19 +1,19 @@
 //! The reader threads: each owns a connection and takes reads from one shared queue.
 
-use std::sync::{Mutex as StdMutex, mpsc::Receiver};
+use std::sync::mpsc::Receiver;
+
+use parking_lot::Mutex;
 
 use rusqlite::Connection;
-
-use super::lock;
 
 /// Work for a reader thread.
 pub(super) type ReaderWork = Box<dyn FnOnce(&Connection) + Send + 'static>;
 
 /// A reader thread: runs reads from the shared queue until it closes.
-pub(super) fn read_loop(conn: Connection, waiting: &StdMutex<Receiver<ReaderWork>>) {
+pub(super) fn read_loop(conn: Connection, waiting: &Mutex<Receiver<ReaderWork>>) {
     loop {
         // One thread waits in `recv` while holding the lock; the others queue behind it.
-        let work = lock(waiting).recv();
+        let work = waiting.lock().recv();
         match work {
             Ok(work) => work(&conn),
             Err(_) => break,

@@ -3,7 +3,6 @@
 
 use std::{
     collections::VecDeque,
-    sync::Mutex as StdMutex,
     time::{Duration, Instant},
 };
 
@@ -14,11 +13,12 @@ use orders_app::{
     messaging::{Envelope, MessageBus},
 };
 use orders_domain::Timestamp;
+use parking_lot::Mutex;
 use rusqlite::{Connection, params};
 use tokio::sync::{Notify, oneshot};
 
 use super::{
-    SqliteOrderStore, closed, count, lock, sqlite_error, timestamp_text,
+    SqliteOrderStore, closed, count, sqlite_error, timestamp_text,
     writer::{GroupWrite, Job},
 };
 use crate::sql::{self, REQUEUE_STALLED, RelayTable, Relayed, publish_in_order};
@@ -77,7 +77,7 @@ impl SqliteOrderStore {
     /// Queues the "sent" mark of `positions` for the writer; the answer says how it went.
     pub(super) fn send_mark(&self, positions: &[i64]) -> Result<MarkAnswer, StoreError> {
         let positions = serde_json::to_string(positions)
-            .map_err(|e| StoreError::Corrupt(format!("cannot encode positions: {e}")))?;
+            .map_err(|e| StoreError::corrupt_because("cannot encode positions", e))?;
         let (answer, answered) = oneshot::channel();
         self.writer
             .send(Job::Write(GroupWrite::MarkSent {
@@ -173,7 +173,7 @@ impl RelayTable for Table<'_> {
 /// that it publishes them at once instead of reading them back from the file.
 #[derive(Default)]
 pub(super) struct FreshRows {
-    queue: StdMutex<FreshQueue>,
+    queue: Mutex<FreshQueue>,
 }
 
 #[derive(Default)]
@@ -188,7 +188,7 @@ impl FreshRows {
     /// Adds committed rows, in commit order; past [`FRESH_LIMIT`] it forgets what it
     /// holds and says so: the rows are in the table.
     pub(super) fn push(&self, rows: impl IntoIterator<Item = (i64, Envelope)>) {
-        let mut queue = lock(&self.queue);
+        let mut queue = self.queue.lock();
         for row in rows {
             if queue.rows.len() >= FRESH_LIMIT {
                 queue.rows.clear();
@@ -201,7 +201,7 @@ impl FreshRows {
     /// Up to `limit` rows after position `cursor` (older ones are dropped: the relay has
     /// them from the table), and whether rows were dropped for want of room.
     pub(super) fn take(&self, cursor: i64, limit: usize) -> (Vec<(i64, Envelope)>, bool) {
-        let mut queue = lock(&self.queue);
+        let mut queue = self.queue.lock();
         while queue
             .rows
             .front()

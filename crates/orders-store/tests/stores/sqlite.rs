@@ -112,7 +112,7 @@ async fn a_missing_folder_is_created_and_the_file_is_in_wal_mode() {
 async fn a_bad_url_is_unavailable_not_a_panic() {
     let result = SqliteOrderStore::connect("sqlite:///proc/definitely/not/here.db").await;
     assert!(
-        matches!(result, Err(orders_app::StoreError::Unavailable(_))),
+        matches!(result, Err(orders_app::StoreError::Unavailable { .. })),
         "{result:?}"
     );
 }

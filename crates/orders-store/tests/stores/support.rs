@@ -25,7 +25,7 @@ use orders_store::{
     scratch::{self, ScratchFile, ScratchSchema},
 };
 use rust_decimal::Decimal;
-use sqlx::{Connection, PgConnection, postgres::PgConnectOptions};
+use sqlx::{Connection, Executor, PgConnection, postgres::PgConnectOptions};
 use uuid::Uuid;
 
 /// How long a test waits for a condition before it fails.
@@ -82,20 +82,31 @@ impl SqlAccess for SqliteOrderStore {
     }
 }
 
+/// SQL access to a store in a PostgreSQL schema: a connection of its own.
+pub struct PgAccess {
+    store: Arc<PostgresOrderStore>,
+    options: PgConnectOptions,
+}
+
 #[async_trait]
-impl SqlAccess for PostgresOrderStore {
+impl SqlAccess for PgAccess {
     async fn insert_corrupt_outbox_row(&self, order_id: OrderId) {
-        self.execute_admin(&format!(
-            "INSERT INTO outbox (message_id, order_id, topic, envelope, created_at) \
-             VALUES ('{}', '{order_id}', 'order.placed', '{{\"messageId\": 42', now())",
-            Uuid::new_v4()
-        ))
+        let mut conn = PgConnection::connect_with(&self.options).await.unwrap();
+        conn.execute(
+            format!(
+                "INSERT INTO outbox (message_id, order_id, topic, envelope, created_at) \
+                 VALUES ('{}', '{order_id}', 'order.placed', '{{\"messageId\": 42', now())",
+                Uuid::new_v4()
+            )
+            .as_str(),
+        )
         .await
         .unwrap();
+        conn.close().await.unwrap();
     }
 
     async fn parked(&self) -> u64 {
-        PostgresOrderStore::parked(self).await.unwrap()
+        self.store.parked().await.unwrap()
     }
 }
 
@@ -143,7 +154,10 @@ where
             let fixture = Fixture {
                 store: store.clone(),
                 outbox: store.clone(),
-                sql: Some(store.clone()),
+                sql: Some(Arc::new(PgAccess {
+                    store: store.clone(),
+                    options: schema.options(),
+                })),
             };
             (fixture, Cleanup::Postgres(store, schema))
         }
