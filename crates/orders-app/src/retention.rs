@@ -66,8 +66,6 @@ impl Retention {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-
     use std::sync::Arc;
 
     use async_trait::async_trait;

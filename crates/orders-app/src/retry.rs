@@ -3,6 +3,8 @@
 
 use std::future::Future;
 
+use orders_domain::OrderId;
+
 use crate::{AppError, StoreError};
 
 /// An error that may be an optimistic-concurrency conflict ([`StoreError::Conflict`]):
@@ -25,13 +27,17 @@ impl IsConflict for AppError {
     }
 }
 
-/// Runs `attempt` (load, change, commit) and runs it again while it fails with a
-/// conflict, at most `retries` more times; any other outcome, and the last conflict,
-/// is returned as it is.
+/// Runs `attempt` (load `order_id`, change it, commit) and runs it again while it fails
+/// with a conflict, at most `retries` more times; any other outcome, and the last
+/// conflict, is returned as it is.
 ///
 /// # Errors
 /// The attempt's own error.
-pub(crate) async fn retry_on_conflict<T, E, F, Fut>(retries: u32, mut attempt: F) -> Result<T, E>
+pub(crate) async fn retry_on_conflict<T, E, F, Fut>(
+    retries: u32,
+    order_id: OrderId,
+    mut attempt: F,
+) -> Result<T, E>
 where
     E: IsConflict,
     F: FnMut() -> Fut,
@@ -42,7 +48,7 @@ where
         match attempt().await {
             Err(e) if e.is_conflict() && retried < retries => {
                 retried += 1;
-                tracing::debug!(retried, "optimistic-concurrency conflict: reloading");
+                tracing::debug!(%order_id, retried, "conflict: reloading");
             }
             outcome => return outcome,
         }
@@ -51,8 +57,6 @@ where
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
-
     use std::cell::Cell;
 
     use orders_domain::OrderId;
@@ -69,7 +73,7 @@ mod tests {
     #[tokio::test]
     async fn conflicts_are_retried_up_to_the_limit_then_returned() {
         let calls = Cell::new(0);
-        let outcome: Result<(), StoreError> = retry_on_conflict(3, || {
+        let outcome: Result<(), StoreError> = retry_on_conflict(3, OrderId::random(), || {
             calls.set(calls.get() + 1);
             async { Err(conflict()) }
         })
@@ -81,7 +85,7 @@ mod tests {
     #[tokio::test]
     async fn success_after_a_conflict_and_other_errors_end_the_retries() {
         let calls = Cell::new(0);
-        let outcome = retry_on_conflict(3, || {
+        let outcome = retry_on_conflict(3, OrderId::random(), || {
             calls.set(calls.get() + 1);
             let n = calls.get();
             async move {
@@ -96,7 +100,7 @@ mod tests {
         assert_eq!(outcome, Ok(2));
 
         let calls = Cell::new(0);
-        let outcome: Result<(), StoreError> = retry_on_conflict(3, || {
+        let outcome: Result<(), StoreError> = retry_on_conflict(3, OrderId::random(), || {
             calls.set(calls.get() + 1);
             async { Err(StoreError::Unavailable("down".to_owned())) }
         })

@@ -139,7 +139,7 @@ impl OrdersService {
     /// [`AppError::Rejected`] with [`OrderError::AlreadyCancelled`], [`AppError::Store`].
     pub async fn cancel_order(&self, command: CancelOrder) -> Result<Order, AppError> {
         let reason = command.validate().map_err(AppError::Validation)?;
-        retry_on_conflict(self.config.conflict_retries, || {
+        retry_on_conflict(self.config.conflict_retries, command.order_id, || {
             self.try_cancel(command.order_id, &reason)
         })
         .await
@@ -214,7 +214,7 @@ impl OrdersService {
         F: Fn(&mut Order, Timestamp) -> Result<Transition, OrderError> + Send + Sync,
     {
         let attempt = || self.try_apply(subscriber, envelope, order_id, &apply);
-        match retry_on_conflict(self.config.conflict_retries, attempt).await {
+        match retry_on_conflict(self.config.conflict_retries, order_id, attempt).await {
             Ok(outcome) => Ok(outcome),
             Err(ApplyFailure::Store(StoreError::DuplicateMessage { .. })) => {
                 tracing::info!(%order_id, "message already handled: redelivery ignored");
