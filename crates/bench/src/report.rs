@@ -50,16 +50,20 @@ pub struct Percentiles {
 
 /// Significant decimal digits the histogram keeps: every value within 0.1 %.
 const SIGNIFICANT_DIGITS: u8 = 3;
+/// The longest latency the histogram tracks (an hour, in nanoseconds); longer ones count
+/// as an hour.
+const HIGHEST_NANOS: u64 = 3_600_000_000_000;
 
 impl Percentiles {
-    /// Percentiles of `samples`, in nanoseconds on an auto-resizing HDR histogram
-    /// (values within 0.1 %); `None` when there are none.
+    /// Percentiles of `samples`, from an HDR histogram of nanoseconds (values within
+    /// 0.1 %); `None` when there are none.
     #[must_use]
     pub fn of(samples: &[Duration]) -> Option<Self> {
         if samples.is_empty() {
             return None;
         }
-        let mut histogram = Histogram::<u64>::new(SIGNIFICANT_DIGITS).ok()?;
+        let mut histogram =
+            Histogram::<u64>::new_with_bounds(1, HIGHEST_NANOS, SIGNIFICANT_DIGITS).ok()?;
         for sample in samples {
             let nanos = u64::try_from(sample.as_nanos()).unwrap_or(u64::MAX);
             histogram.saturating_record(nanos);
