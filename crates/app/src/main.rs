@@ -81,12 +81,10 @@ fn main() -> ExitCode {
 /// memory, and says whether that worked.
 ///
 /// Why: with THP on (`always`, the default of many distributions), the first touch of
-/// fresh memory faults in and zeroes a whole 2 MiB page at once. While the store grows,
-/// that stalls whichever thread touched it; in this project's VM one such fault takes
-/// ~4.5 ms, about ten times a second, which was the whole tail of the paced in-memory
-/// bench (p99 4.6 ms with THP, 0.2 ms without; `perf sched timehist` showed the workers
-/// waiting behind `khugepaged` and behind each other's faults). Redis and most databases
-/// advise the same. 4 KiB pages cost the same in total, spread thinly.
+/// fresh memory faults in and zeroes a whole huge page at once, stalling whichever
+/// thread touched it for milliseconds while the store grows: the tail of the paced
+/// latency (BENCHMARKS.md, "Design choices"). Redis and most databases advise the same.
+/// Small pages cost the same in total, spread thinly.
 fn opt_out_of_transparent_huge_pages() -> Result<(), String> {
     #[cfg(target_os = "linux")]
     {

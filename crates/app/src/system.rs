@@ -38,10 +38,8 @@ pub struct Stores {
 pub const IN_MEMORY_HANDLER_CONCURRENCY: usize = 4;
 /// The Orders handler's concurrency on a database (SQLite, PostgreSQL): each handler
 /// mostly waits for its commit, and both stores write the commits that wait together
-/// in one transaction (group commit), so many in flight make few, full transactions.
-/// Measured with `cargo xtask bench`: on SQLite, 4 lanes gave groups of 3 commits and
-/// ~2,300 flows/s, 64 groups of 30, 256 groups of 85 and ~7,400 flows/s; on PostgreSQL,
-/// 16 gave ~1,800 flows/s, 64 ~2,400, 256 ~3,000.
+/// in one transaction (group commit), so many in flight make few, full transactions
+/// (the figures behind 256 are in BENCHMARKS.md, "Design choices").
 pub const DURABLE_HANDLER_CONCURRENCY: usize = 256;
 
 impl Stores {

@@ -4,9 +4,9 @@
 //! writes everything, so it is all-or-nothing like a database transaction.
 //!
 //! Why shards: one lock over everything made every handler wait while a big map grew
-//! (a resize copies the whole table into fresh memory), which showed as 50 ms+ stalls in
-//! the paced-latency bench. With 64 shards each resize is 1/64 of the size and blocks
-//! only the orders of its shard.
+//! (a resize copies the whole table into fresh memory), which showed as stalls in the
+//! paced-latency bench. With 64 shards each resize is 1/64 of the size and blocks only
+//! the orders of its shard.
 //!
 //! Memory stays proportional to the orders kept: sent outbox rows are dropped at once
 //! (the history keeps a small record per message), inbox records and history are pruned

@@ -216,8 +216,7 @@ impl PaymentsService {
     /// Takes the configured processing time (decoding comes first, so a bad payload
     /// fails at once). On async-io's timer, which wakes within a few microseconds of the
     /// deadline: tokio's rounds up to its next millisecond tick and its poll timeout up
-    /// to the next millisecond again, so a 10 ms delay took 11.1 ms at the median, and
-    /// that extra millisecond per hop was most of the flow's own latency in the bench.
+    /// to the next millisecond again, which adds about a millisecond per hop.
     async fn simulate_processing(&self) {
         if !self.config.delay.is_zero() {
             async_io::Timer::after(self.config.delay).await;

@@ -519,7 +519,7 @@ impl OrderStore for MapStore {
             self.bus
                 .publish(envelope)
                 .await
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                .map_err(|e| StoreError::unavailable(e.to_string()))?;
         }
         Ok(version)
     }

@@ -36,8 +36,7 @@ pub(super) fn finish_checkpoint(conn: &Connection) {
 pub(super) fn checkpoint_loop(conn: Connection, asked: &Receiver<()>, caught_up: &AtomicBool) {
     while asked.recv().is_ok() {
         // Each pass copies what the writer wrote during the one before, so the passes
-        // get shorter, and so does what is left for the writer to finish: ~2 ms after
-        // one pass, mostly well under one after three.
+        // get shorter, and so does what is left for the writer to finish.
         let mut all_copied = false;
         for _ in 0..CHECKPOINT_PASSES {
             match checkpoint_pass(&conn) {

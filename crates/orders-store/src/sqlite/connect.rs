@@ -20,8 +20,7 @@ pub(super) const READERS: usize = 2;
 /// The writer's page cache (KiB): the pages its inserts and marks keep touching (the
 /// right edge of every index, recent rows) stay in memory. Each connection's cache
 /// fills up to its size as the file grows, so the sizes are what the process's memory
-/// grows to: with 16 MiB for all four connections the service's RSS went from 29 MiB
-/// after 2,000 orders to 64 MiB after 30,000.
+/// grows to; they are kept small on purpose (BENCHMARKS.md, "Design choices").
 pub(super) const WRITER_CACHE_KIB: i64 = 8 * 1024;
 
 /// A reader's page cache (KiB): the flow's reads come from the write-through cache; the

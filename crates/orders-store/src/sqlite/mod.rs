@@ -29,13 +29,11 @@
 //!   all it saw, the writer copies the frames written meanwhile itself, between two
 //!   groups, and its next write starts the WAL over. The background checkpoint runs in
 //!   three passes, each copying what was written during the one before, so what is
-//!   left for the writer is small: finishing stalls it for ~1 ms (0.4-2.4 ms; its
-//!   fsyncs wait for the pages written meanwhile; after a single pass it was 2-3 ms), a
-//!   few times a second at full load. Without it the WAL grew past
-//!   [`WAL_AUTOCHECKPOINT`](connect::WAL_AUTOCHECKPOINT) pages within seconds, and then the writer checkpointed after
-//!   every group, stalling commits for milliseconds each time; letting the WAL grow
-//!   larger before finishing (8,192 or 16,384 pages) made the HTTP latency bench no
-//!   better, and never finishing worse.
+//!   left for the writer is small (its fsyncs wait only for the pages written
+//!   meanwhile). Without it the WAL grows past
+//!   [`WAL_AUTOCHECKPOINT`](connect::WAL_AUTOCHECKPOINT) pages within seconds and the
+//!   writer then checkpoints after every group, stalling commits each time. The figures,
+//!   and the thresholds tried and not kept, are in BENCHMARKS.md.
 //! * The migrations (`migrations/sqlite`) are applied with sqlx's migrator, which records
 //!   them in `_sqlx_migrations`, before the connections open.
 //! * **The relay publishes from memory.** After `COMMIT` the writer hands the committed
