@@ -102,7 +102,7 @@ mod tests {
         let calls = Cell::new(0);
         let outcome: Result<(), StoreError> = retry_on_conflict(3, OrderId::random(), || {
             calls.set(calls.get() + 1);
-            async { Err(StoreError::Unavailable("down".to_owned())) }
+            async { Err(StoreError::unavailable("down")) }
         })
         .await;
         assert!(outcome.is_err());

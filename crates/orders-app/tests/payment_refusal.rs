@@ -315,7 +315,7 @@ impl OrderStore for RecordingStore {
             }
         }
         if std::mem::take(&mut *self.fail_next_commit.lock().unwrap()) {
-            return Err(StoreError::Unavailable("down for the test".into()));
+            return Err(StoreError::unavailable("down for the test"));
         }
         if let Some(order) = &commit.order {
             let stored = self
