@@ -108,7 +108,16 @@ pub const RULES: &[Rule] = &[
         krate: "app",
         layer: "composition root",
         may_use: Ours::Any,
-        must_not_use: &[],
+        // The service ships no HTTP client and no SQL driver of its own: load generators
+        // and raw-driver baselines live in `bench`, the drivers behind orders-store.
+        must_not_use: &[
+            "reqwest",
+            "hyper-util",
+            "http-body-util",
+            "ureq",
+            "rusqlite",
+            "sqlx",
+        ],
     },
     Rule {
         krate: "bench",
@@ -519,6 +528,21 @@ mod tests {
         assert_eq!(
             report.violations,
             ["orders-domain must not depend on serde (docs/design.md §3)"]
+        );
+    }
+
+    #[test]
+    fn app_depending_on_an_http_client_or_a_sql_driver_fails() {
+        let report = as_designed()
+            .member("app", &["orders-app", "orders-store", "reqwest", "sqlx"])
+            .dev_dep("app", "hyper-util")
+            .check();
+        assert_eq!(
+            report.violations,
+            [
+                "app must not depend on reqwest (docs/design.md §3)",
+                "app must not depend on sqlx (docs/design.md §3)",
+            ]
         );
     }
 

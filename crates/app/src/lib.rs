@@ -4,7 +4,6 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-pub mod bench_io;
 pub mod changes;
 pub mod http;
 pub mod scenarios;

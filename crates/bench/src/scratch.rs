@@ -1,31 +1,30 @@
-//! Scratch stores: a fresh, empty SQLite file or PostgreSQL database for one workload,
-//! and how to throw it away afterwards.
-// TODO(merge): replace with orders_store::scratch
+//! Scratch stores for one workload, from orders-store's `scratch` feature: a fresh SQLite
+//! file or PostgreSQL database, thrown away afterwards.
 
 use anyhow::Context;
-use sqlx::{Connection, Executor};
+use orders_store::scratch::{ScratchDatabase, ScratchFile};
 
 /// A fresh, empty store for one workload.
 pub struct Scratch {
     /// Its URL: `sqlite:PATH` or `postgres://…/NAME`.
     pub url: String,
-    cleanup: Cleanup,
+    place: Place,
 }
 
-enum Cleanup {
-    Files(std::path::PathBuf),
-    Database { admin_url: String, name: String },
+/// Where the scratch store lives, which decides how it is thrown away.
+enum Place {
+    File(ScratchFile),
+    Database(ScratchDatabase),
 }
 
 impl Scratch {
     /// A new SQLite file under the temp folder.
     #[must_use]
     pub fn sqlite() -> Self {
-        let path =
-            std::env::temp_dir().join(format!("orders-bench-{}.db", uuid::Uuid::new_v4().simple()));
+        let file = ScratchFile::new();
         Self {
-            url: format!("sqlite:{}", path.display()),
-            cleanup: Cleanup::Files(path),
+            url: file.url(),
+            place: Place::File(file),
         }
     }
 
@@ -34,38 +33,24 @@ impl Scratch {
     /// # Errors
     /// When the server does not answer or refuses.
     pub async fn postgres(admin_url: &str) -> anyhow::Result<Self> {
-        let name = format!("orders_bench_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = sqlx::PgConnection::connect(admin_url)
+        let database = ScratchDatabase::create(admin_url)
             .await
-            .context("connect to PostgreSQL")?;
-        admin
-            .execute(format!("CREATE DATABASE {name}").as_str())
-            .await?;
-        let base = admin_url
-            .rsplit_once('/')
-            .map_or(admin_url, |(base, _)| base);
+            .context("create a scratch PostgreSQL database")?;
         Ok(Self {
-            url: format!("{base}/{name}"),
-            cleanup: Cleanup::Database {
-                admin_url: admin_url.to_owned(),
-                name,
-            },
+            url: database.url().to_owned(),
+            place: Place::Database(database),
         })
     }
 
-    /// Removes the file (and its WAL) or drops the database.
+    /// Removes the file (and its WAL) or drops the database; a failure is logged, since
+    /// the workload's figures stand either way.
     pub async fn remove(self) {
-        match self.cleanup {
-            Cleanup::Files(path) => {
-                for suffix in ["", "-wal", "-shm"] {
-                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-                }
-            }
-            Cleanup::Database { admin_url, name } => {
-                if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
-                    let _ = admin
-                        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-                        .await;
+        match self.place {
+            Place::File(file) => drop(file),
+            Place::Database(database) => {
+                let name = database.name().to_owned();
+                if let Err(error) = database.remove().await {
+                    tracing::warn!(%error, database = %name, "cannot drop the scratch database");
                 }
             }
         }
