@@ -90,7 +90,8 @@ async fn publish_until_accepted(bus: &NatsBus, n: u32, within: Duration) {
                     tokio::time::Instant::now() < deadline,
                     "publishing did not resume within {within:?}: {e}"
                 );
-                // The relay's pause between tries; the condition is the publish itself.
+                // tidy: allow(sleep) — the relay's pause between tries; the condition is
+                // the publish itself.
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }

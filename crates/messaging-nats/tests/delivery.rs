@@ -64,7 +64,7 @@ impl MessageHandler for Counting {
         open.wait_for(|open| *open)
             .await
             .map_err(|_| HandlerError::retryable("gate gone"))?;
-        // Simulated work, not a wait for a condition.
+        // tidy: allow(sleep) — simulated work, not a wait for a condition.
         tokio::time::sleep(self.work).await;
         self.done.fetch_add(1, Ordering::SeqCst);
         self.changed.notify_waiters();
