@@ -351,18 +351,10 @@ async fn postgres_service_survives_repeated_sigkill_without_losing_or_doubling()
         println!("skipping: ORDERS_TEST_POSTGRES_URL not set");
         return;
     };
-    let database = format!("orders_crash_{}", uuid::Uuid::new_v4().simple());
-    let admin = sqlx::PgPool::connect(&admin_url)
+    let database = orders_store::scratch::ScratchDatabase::create(&admin_url)
         .await
-        .expect("connect postgres");
-    sqlx::query(&format!("CREATE DATABASE {database}"))
-        .execute(&admin)
-        .await
-        .expect("create database");
-    let url = match admin_url.rfind('/') {
-        Some(i) => format!("{}/{database}", &admin_url[..i]),
-        None => panic!("cannot derive a database url from {admin_url}"),
-    };
+        .expect("create a scratch database");
+    let url = database.url().to_owned();
     crash_test(&url, async |ids| {
         let store = Arc::new(
             orders_store::PostgresOrderStore::connect(&url)
@@ -372,8 +364,5 @@ async fn postgres_service_survives_repeated_sigkill_without_losing_or_doubling()
         verify(store.as_ref(), store.as_ref(), &ids).await;
     })
     .await;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-        .execute(&admin)
-        .await
-        .expect("drop database");
+    database.remove().await.expect("drop the scratch database");
 }
