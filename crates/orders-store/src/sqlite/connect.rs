@@ -1,13 +1,12 @@
 //! Opening a store: the file, its folder and its connections, each set up the same way.
 
-use std::{path::Path, str::FromStr, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use orders_app::StoreError;
 use rusqlite::{Connection, OpenFlags};
-use sqlx::{
-    ConnectOptions, Connection as _,
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
-};
 
 use super::{SqliteOrderStore, migrate, sqlite_error};
 
@@ -51,17 +50,10 @@ impl SqliteOrderStore {
         if in_memory {
             let mut conn = Connection::open_in_memory().map_err(sqlite_error)?;
             configure(&conn, false, WRITER_CACHE_KIB)?;
-            migrate::apply_migrations_in_memory(&mut conn)?;
+            migrate::apply_migrations(&mut conn)?;
             return Self::start(conn, Vec::new(), None, true);
         }
-        let options = if url_or_path.starts_with("sqlite:") {
-            SqliteConnectOptions::from_str(url_or_path).map_err(|e| {
-                StoreError::unavailable_because(format!("invalid SQLite URL {url_or_path:?}"), e)
-            })?
-        } else {
-            SqliteConnectOptions::new().filename(url_or_path)
-        };
-        let path = options.get_filename().to_path_buf();
+        let path = file_path(url_or_path)?;
         if let Some(folder) = path.parent()
             && !folder.as_os_str().is_empty()
         {
@@ -72,29 +64,50 @@ impl SqliteOrderStore {
                 )
             })?;
         }
-        // The migrations, with sqlx's migrator (it keeps the applied ones in
-        // `_sqlx_migrations`), on a connection that also makes the file WAL for good.
-        let mut migrating = options
-            .create_if_missing(true)
-            .busy_timeout(BUSY_TIMEOUT)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .connect()
-            .await
-            .map_err(crate::sql::store_error)?;
-        migrate::migrator()
-            .run_direct(&mut migrating)
-            .await
-            .map_err(crate::sql::migrate_error)?;
-        migrating.close().await.map_err(crate::sql::store_error)?;
-        let writer = open(&path, WRITER_CACHE_KIB)?;
+        // The writer makes the file WAL for good, then applies the migrations before
+        // the other connections open.
+        let mut writer = open(&path, WRITER_CACHE_KIB)?;
+        let mode: String = writer
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(|e| unavailable_file(&path, e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::unavailable(format!(
+                "cannot put {} in WAL mode (journal mode {mode})",
+                path.display()
+            )));
+        }
+        migrate::apply_migrations(&mut writer)?;
         let readers = (0..READERS)
             .map(|_| open(&path, READER_CACHE_KIB))
             .collect::<Result<Vec<_>, _>>()?;
         let checkpointer = open(&path, CHECKPOINTER_CACHE_KIB)?;
         Self::start(writer, readers, Some(checkpointer), false)
     }
+}
+
+/// The file a `sqlite:PATH` or `sqlite://PATH` URL, or a plain path, names. The only
+/// option a URL may carry is `mode=rwc` (read, write, create: what the store does anyway).
+fn file_path(url_or_path: &str) -> Result<PathBuf, StoreError> {
+    let invalid =
+        |why: &str| StoreError::unavailable(format!("invalid SQLite URL {url_or_path:?}: {why}"));
+    let Some(rest) = url_or_path.strip_prefix("sqlite:") else {
+        if url_or_path.is_empty() {
+            return Err(invalid("no path"));
+        }
+        return Ok(PathBuf::from(url_or_path));
+    };
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let (path, options) = rest.split_once('?').unwrap_or((rest, ""));
+    if path.is_empty() {
+        return Err(invalid("no path"));
+    }
+    if let Some(option) = options
+        .split('&')
+        .find(|o| !o.is_empty() && *o != "mode=rwc")
+    {
+        return Err(invalid(&format!("unsupported option {option:?}")));
+    }
+    Ok(PathBuf::from(path))
 }
 
 /// A connection to the (migrated) file, with a page cache of `cache_kib`.

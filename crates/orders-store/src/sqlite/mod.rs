@@ -34,8 +34,8 @@
 //!   [`WAL_AUTOCHECKPOINT`](connect::WAL_AUTOCHECKPOINT) pages within seconds and the
 //!   writer then checkpoints after every group, stalling commits each time. The figures,
 //!   and the thresholds tried and not kept, are in BENCHMARKS.md.
-//! * The migrations (`migrations/sqlite`) are applied with sqlx's migrator, which records
-//!   them in `_sqlx_migrations`, before the connections open.
+//! * The migrations (`migrations/sqlite`) are embedded and applied with rusqlite before
+//!   the other connections open; the schema version is `PRAGMA user_version`.
 //! * **The relay publishes from memory.** After `COMMIT` the writer hands the committed
 //!   outbox rows (position and envelope) to the relay, which publishes them at once and
 //!   sends their "sent" marks to the writer without waiting for them, [`MARK_BATCH`](relay::MARK_BATCH)

@@ -3,7 +3,7 @@
 
 use orders_app::{Commit, HandlingOutcome, OrderStore, Outbox};
 use orders_store::SqliteOrderStore;
-use sqlx::{Connection, SqliteConnection};
+use rusqlite::Connection;
 use uuid::Uuid;
 
 use orders_store::scratch::ScratchFile;
@@ -64,9 +64,13 @@ async fn data_survives_reopening_the_file() {
 }
 
 /// A plain connection to the file, to look at it from outside the store.
-async fn inspect(file: &ScratchFile) -> SqliteConnection {
-    SqliteConnection::connect(&format!("sqlite:{}", path_of(file)))
-        .await
+fn inspect(file: &ScratchFile) -> Connection {
+    Connection::open(path_of(file)).unwrap()
+}
+
+/// The file's schema version: the number of migrations applied.
+fn user_version(conn: &Connection) -> i64 {
+    conn.pragma_query_value(None, "user_version", |row| row.get(0))
         .unwrap()
 }
 
@@ -77,13 +81,41 @@ async fn connecting_twice_applies_the_migrations_once() {
     let second = SqliteOrderStore::connect(path_of(&file)).await.unwrap();
     let order = place(&first, at(0)).await;
     assert_eq!(second.load(order.id()).await.unwrap(), Some(order));
-    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
-        .fetch_one(&mut inspect(&file).await)
-        .await
-        .unwrap();
-    assert_eq!(applied, 1);
+    assert_eq!(user_version(&inspect(&file)), 1);
     first.close().await;
     second.close().await;
+}
+
+#[tokio::test]
+async fn a_file_migrated_by_the_old_sqlx_migrator_opens_without_rerunning_it() {
+    // What the old store left: the schema, sqlx's record of migration 1, user_version 0.
+    let file = ScratchFile::new();
+    {
+        let conn = inspect(&file);
+        conn.execute_batch(include_str!(
+            "../../migrations/sqlite/0001_orders_outbox_inbox.sql"
+        ))
+        .unwrap();
+        conn.execute_batch(
+            "CREATE TABLE _sqlx_migrations (
+                 version BIGINT PRIMARY KEY, description TEXT NOT NULL,
+                 installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+                 success BOOLEAN NOT NULL, checksum BLOB NOT NULL,
+                 execution_time BIGINT NOT NULL);
+             INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+                 VALUES (1, 'orders outbox inbox', TRUE, x'00', 1);",
+        )
+        .unwrap();
+        assert_eq!(user_version(&conn), 0);
+    }
+    // Re-running migration 1 would fail on its CREATE TABLE: connecting proves it did not.
+    let store = SqliteOrderStore::connect(&format!("sqlite:{}", path_of(&file)))
+        .await
+        .unwrap();
+    let order = place(&store, at(0)).await;
+    assert_eq!(store.load(order.id()).await.unwrap(), Some(order));
+    store.close().await;
+    assert_eq!(user_version(&inspect(&file)), 1);
 }
 
 #[tokio::test]
@@ -95,15 +127,12 @@ async fn a_missing_folder_is_created_and_the_file_is_in_wal_mode() {
         .await
         .unwrap();
     assert!(path.exists());
-    let mut conn = SqliteConnection::connect(&format!("sqlite:{}", path.display()))
-        .await
-        .unwrap();
-    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
-        .fetch_one(&mut conn)
-        .await
+    let conn = Connection::open(&path).unwrap();
+    let mode: String = conn
+        .pragma_query_value(None, "journal_mode", |row| row.get(0))
         .unwrap();
     assert_eq!(mode, "wal");
-    conn.close().await.unwrap();
+    drop(conn);
     store.close().await;
     std::fs::remove_dir_all(folder).unwrap();
 }
