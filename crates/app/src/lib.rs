@@ -5,8 +5,10 @@
 #![deny(missing_docs)]
 
 pub mod bench_io;
+pub mod bus;
 pub mod changes;
 pub mod http;
+pub mod roles;
 pub mod scenarios;
 pub mod serve;
 pub mod system;
