@@ -2,7 +2,8 @@
 //! (`app payments`) and Stock (`app stock`) run as three OS processes on one NATS
 //! JetStream server, under a subject prefix of their own. An order placed over HTTP
 //! reaches StockReserved with the ids the separate simulators derive from it; a
-//! cancelled one is refunded and released by them; all three stop gracefully on SIGTERM.
+//! cancelled one is refunded and released by them (seen by the test's own group on
+//! the bus); all three stop gracefully on SIGTERM.
 //!
 //! The server's address comes from `ORDERS_TEST_NATS_URL` (skipped with a printed reason
 //! when unset, a failure when `CI` is set). The streams the run created are deleted.
@@ -16,7 +17,9 @@ use std::{
     time::Duration,
 };
 
-use messaging_nats::testing;
+use contracts::topics;
+use messaging::{Envelope, HandlerError, MessageBus as _, MessageHandler, Subscription};
+use messaging_nats::{NatsBus, NatsBusConfig, testing};
 use serde_json::{Value, json};
 use tokio::time::{Instant, timeout_at};
 use uuid::Uuid;
@@ -213,33 +216,35 @@ async fn await_status(
     order
 }
 
-/// Waits until Orders has received every topic in `topics` for order `id`. Receiving
-/// a refund or a release changes no version, so there is nothing to block on: polls.
-async fn await_received(client: &reqwest::Client, orders: &str, id: &str, topics: &[&str]) {
+/// Forwards the `(topic, orderId)` of every message it handles: the test's own group
+/// on the run's prefix, watching what Payments and Stock publish that Orders ignores.
+struct Watcher(tokio::sync::mpsc::UnboundedSender<(String, String)>);
+
+#[async_trait::async_trait]
+impl MessageHandler for Watcher {
+    async fn handle(&self, envelope: &Envelope) -> Result<(), HandlerError> {
+        let payload: Value = envelope.decode()?;
+        let order = payload["orderId"].as_str().unwrap_or_default().to_owned();
+        let _ = self.0.send((envelope.topic.to_string(), order));
+        Ok(())
+    }
+}
+
+/// Waits until `seen` has delivered every topic in `topics` for order `id`.
+async fn await_published(
+    seen: &mut tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+    id: &str,
+    topics: &[&str],
+) {
     let deadline = Instant::now() + DEADLINE;
-    loop {
-        let messages: Vec<Value> = client
-            .get(format!("{orders}/orders/{id}/messages"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let received = |topic: &str| {
-            messages
-                .iter()
-                .any(|m| m["direction"] == "received" && m["topic"] == topic)
+    let mut missing: Vec<&str> = topics.to_vec();
+    while !missing.is_empty() {
+        let Ok(Some((topic, order))) = timeout_at(deadline, seen.recv()).await else {
+            panic!("order {id}: {missing:?} not published within {DEADLINE:?}");
         };
-        if topics.iter().all(|t| received(t)) {
-            return;
+        if order == id {
+            missing.retain(|t| *t != topic);
         }
-        assert!(
-            Instant::now() < deadline,
-            "order {id}: not all of {topics:?} received within {DEADLINE:?}: {messages:?}"
-        );
-        // tidy: allow(sleep) — the message history has no blocking read; a bounded poll.
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -270,6 +275,21 @@ async fn orders_payments_and_stock_as_three_processes_over_nats() {
     );
     let mut payments = Role::start("payments", &[&["payments"][..], &bus, &listen].concat());
     let mut stock = Role::start("stock", &[&["stock"][..], &bus, &listen].concat());
+    // The test's own group sees what Payments and Stock publish about cancellations.
+    let watcher =
+        NatsBus::connect(NatsBusConfig::new(url.as_str()).subject_prefix(prefix.as_str()))
+            .await
+            .expect("connect the watcher");
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let _watching = watcher
+        .subscribe(
+            Subscription::new("roles-test-watcher")
+                .topic(topics::PAYMENT_REFUNDED)
+                .topic(topics::STOCK_RELEASED),
+            Arc::new(Watcher(seen_tx)),
+        )
+        .await
+        .expect("subscribe the watcher");
     let client = reqwest::Client::new();
     let base = orders.ready(&client).await;
     payments.ready(&client).await;
@@ -303,7 +323,12 @@ async fn orders_payments_and_stock_as_three_processes_over_nats() {
     assert_eq!(cancelled.status(), 200);
     let cancelled: Value = cancelled.json().await.unwrap();
     assert_eq!(cancelled["status"], "Cancelled");
-    await_received(&client, &base, &id, &["payment.refunded", "stock.released"]).await;
+    await_published(
+        &mut seen,
+        &id,
+        &[topics::PAYMENT_REFUNDED, topics::STOCK_RELEASED],
+    )
+    .await;
 
     // Every process stops gracefully on SIGTERM.
     orders.terminate().await;
