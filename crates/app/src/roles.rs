@@ -315,3 +315,72 @@ impl RunningRole {
         outcome
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::bus::BusSpec;
+
+    #[derive(Debug, Parser)]
+    enum Cli {
+        Payments(PaymentsRoleConfig),
+        Stock(StockRoleConfig),
+    }
+
+    #[test]
+    fn each_role_takes_the_bus_and_its_simulator_flags() {
+        let Cli::Payments(payments) = Cli::try_parse_from([
+            "app",
+            "payments",
+            "--bus",
+            "nats://127.0.0.1:4222",
+            "--bus-prefix",
+            "p1",
+            "--decline-all",
+            "--duplicate-replies",
+        ])
+        .unwrap() else {
+            panic!("not payments");
+        };
+        assert_eq!(
+            payments.bus.bus,
+            BusSpec::Nats("nats://127.0.0.1:4222".to_owned())
+        );
+        assert_eq!(payments.bus.bus_prefix.as_deref(), Some("p1"));
+        let config = payments.payments.config(payments.duplicate_replies);
+        assert_eq!(config.decision, payments_sim::PaymentDecision::DeclineAll);
+        assert!(config.duplicate_replies);
+        assert_eq!(payments.listen.to_string(), DEFAULT_PAYMENTS_LISTEN);
+
+        let Cli::Stock(stock) = Cli::try_parse_from([
+            "app",
+            "stock",
+            "--bus",
+            "nats://h:4222",
+            "--out-of-stock",
+            "sku-9",
+            "--stock-delay-ms",
+            "7",
+        ])
+        .unwrap() else {
+            panic!("not stock");
+        };
+        let config = stock.stock.config(stock.duplicate_replies);
+        assert!(config.out_of_stock.contains("sku-9"));
+        assert_eq!(config.delay, Duration::from_millis(7));
+        assert_eq!(stock.listen.to_string(), DEFAULT_STOCK_LISTEN);
+    }
+
+    #[tokio::test]
+    async fn a_role_on_the_in_memory_bus_is_a_clear_error() {
+        let error = shared_bus("payments", &BusFlags::memory())
+            .await
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("--bus nats://HOST:PORT"),
+            "{error}"
+        );
+    }
+}
