@@ -4,8 +4,10 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod bus;
 pub mod changes;
 pub mod http;
+pub mod roles;
 pub mod scenarios;
 pub mod serve;
 pub mod system;

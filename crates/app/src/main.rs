@@ -7,6 +7,11 @@
 //!   state in `./data/orders.db` (SQLite) unless `--store` says otherwise, Payments and
 //!   Stock in-process. It logs one line when it listens and stops gracefully on
 //!   SIGINT/SIGTERM; `--help` lists every flag and its environment variable.
+//!   `--bus nats://HOST:PORT` puts it on NATS JetStream; with `--sims none` it runs
+//!   Orders alone.
+//! * `cargo run -p app -- payments --bus nats://HOST:PORT` and `… stock …` run the
+//!   simulated Payments and Stock as services of their own on that bus, with the
+//!   behaviour flags `serve` has for them and `/healthz` and `/readyz` on their own port.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
@@ -42,6 +47,10 @@ enum Command {
     Demo,
     /// Run the Orders service: HTTP API, outbox relay, subscriber, in-process simulators.
     Serve(app::serve::ServeConfig),
+    /// Run the simulated Payments as its own service on a NATS bus.
+    Payments(app::roles::PaymentsRoleConfig),
+    /// Run the simulated Stock as its own service on a NATS bus.
+    Stock(app::roles::StockRoleConfig),
 }
 
 fn main() -> ExitCode {
@@ -66,13 +75,28 @@ fn main() -> ExitCode {
         Command::Serve(config) => {
             telemetry::init(cli.log_format, "info");
             report_huge_pages(huge_pages);
-            match runtime.block_on(app::serve::run(config)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            exit_code(runtime.block_on(app::serve::run(config)))
+        }
+        Command::Payments(config) => {
+            telemetry::init(cli.log_format, "info");
+            report_huge_pages(huge_pages);
+            exit_code(runtime.block_on(app::roles::run_payments(config)))
+        }
+        Command::Stock(config) => {
+            telemetry::init(cli.log_format, "info");
+            report_huge_pages(huge_pages);
+            exit_code(runtime.block_on(app::roles::run_stock(config)))
+        }
+    }
+}
+
+/// Success, or the error's chain on stderr and a failure.
+fn exit_code(outcome: anyhow::Result<()>) -> ExitCode {
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

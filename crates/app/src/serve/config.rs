@@ -1,5 +1,5 @@
 //! The settings of `app serve`: flags and `ORDERS_*` environment variables, parsed into
-//! typed values ([`ServeConfig`], [`StoreSpec`], [`SimulatorFlags`]). The store URL's
+//! typed values ([`ServeConfig`], [`StoreSpec`], [`SimulatorFlags`], [`BusFlags`]). The store URL's
 //! password is a [`SecretString`]: it never appears in `Debug`, `Display` or logs.
 
 use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
@@ -9,6 +9,8 @@ use payments_sim::{PaymentDecision, PaymentsConfig};
 use rust_decimal::Decimal;
 use secrecy::{ExposeSecret as _, SecretString};
 use stock_sim::StockConfig;
+
+use crate::bus::BusFlags;
 
 /// The default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -33,7 +35,10 @@ pub struct ServeConfig {
     /// Where orders are stored: `memory`, `sqlite:PATH` or `postgres://USER:PASSWORD@HOST/DB`.
     #[arg(long, env = "ORDERS_STORE", default_value = DEFAULT_STORE, hide_env_values = true)]
     pub store: StoreSpec,
-    /// Whether Payments and Stock run inside this process (on the in-memory bus).
+    /// The message bus (`memory` or `nats://HOST:PORT`) and its subject prefix.
+    #[command(flatten)]
+    pub bus: BusFlags,
+    /// Whether Payments and Stock run inside this process (on the same bus).
     #[arg(long, env = "ORDERS_SIMS", value_enum, default_value_t = SimsMode::InProcess)]
     pub sims: SimsMode,
     /// How the in-process simulators behave.
@@ -71,6 +76,7 @@ impl ServeConfig {
         Self {
             listen,
             store,
+            bus: BusFlags::memory(),
             sims: SimsMode::InProcess,
             simulators: SimulatorFlags::default(),
             idempotency_window_secs: DEFAULT_IDEMPOTENCY_WINDOW_SECS,
@@ -95,16 +101,46 @@ impl ServeConfig {
 /// Whether the simulated Payments and Stock run in this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SimsMode {
-    /// Payments and Stock answer on the in-memory bus, inside this process.
+    /// Payments and Stock answer on the service's bus, inside this process.
     InProcess,
-    /// No simulators: orders wait for Payments and Stock running elsewhere.
+    /// No simulators: orders wait for Payments and Stock running elsewhere (`app
+    /// payments` and `app stock` on the same NATS bus).
     None,
 }
 
 /// The behaviour of the in-process simulators (see `payments_sim::PaymentsConfig` and
 /// `stock_sim::StockConfig`). The default approves everything and has every product.
+/// `app payments` and `app stock` take the same flags ([`PaymentsFlags`], [`StockFlags`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
 pub struct SimulatorFlags {
+    /// How Payments behaves.
+    #[command(flatten)]
+    pub payments: PaymentsFlags,
+    /// How Stock behaves.
+    #[command(flatten)]
+    pub stock: StockFlags,
+    /// Payments and Stock publish every answer twice (at-least-once producers).
+    #[arg(long, env = "ORDERS_DUPLICATE_REPLIES")]
+    pub duplicate_replies: bool,
+}
+
+impl SimulatorFlags {
+    /// The Payments simulator settings.
+    #[must_use]
+    pub fn payments(&self) -> PaymentsConfig {
+        self.payments.config(self.duplicate_replies)
+    }
+
+    /// The Stock simulator settings.
+    #[must_use]
+    pub fn stock(&self) -> StockConfig {
+        self.stock.config(self.duplicate_replies)
+    }
+}
+
+/// How the simulated Payments behaves (`app serve` and `app payments`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct PaymentsFlags {
     /// Payments declines orders whose total is strictly above AMOUNT.
     #[arg(
         long,
@@ -124,6 +160,27 @@ pub struct SimulatorFlags {
         default_value_t = 0
     )]
     pub payments_delay_ms: u64,
+}
+
+impl PaymentsFlags {
+    /// The Payments simulator settings; `duplicate_replies` publishes every answer twice.
+    #[must_use]
+    pub fn config(&self, duplicate_replies: bool) -> PaymentsConfig {
+        let decision = match (self.decline_all, self.decline_above) {
+            (true, _) => PaymentDecision::DeclineAll,
+            (false, Some(limit)) => PaymentDecision::DeclineAbove(limit),
+            (false, None) => PaymentDecision::ApproveAll,
+        };
+        PaymentsConfig::default()
+            .decision(decision)
+            .delay(Duration::from_millis(self.payments_delay_ms))
+            .duplicate_replies(duplicate_replies)
+    }
+}
+
+/// How the simulated Stock behaves (`app serve` and `app stock`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct StockFlags {
     /// Stock waits this long before answering, in milliseconds.
     #[arg(
         long,
@@ -140,33 +197,16 @@ pub struct SimulatorFlags {
         value_delimiter = ','
     )]
     pub out_of_stock: Vec<String>,
-    /// Payments and Stock publish every answer twice (at-least-once producers).
-    #[arg(long, env = "ORDERS_DUPLICATE_REPLIES")]
-    pub duplicate_replies: bool,
 }
 
-impl SimulatorFlags {
-    /// The Payments simulator settings.
+impl StockFlags {
+    /// The Stock simulator settings; `duplicate_replies` publishes every answer twice.
     #[must_use]
-    pub fn payments(&self) -> PaymentsConfig {
-        let decision = match (self.decline_all, self.decline_above) {
-            (true, _) => PaymentDecision::DeclineAll,
-            (false, Some(limit)) => PaymentDecision::DeclineAbove(limit),
-            (false, None) => PaymentDecision::ApproveAll,
-        };
-        PaymentsConfig::default()
-            .decision(decision)
-            .delay(Duration::from_millis(self.payments_delay_ms))
-            .duplicate_replies(self.duplicate_replies)
-    }
-
-    /// The Stock simulator settings.
-    #[must_use]
-    pub fn stock(&self) -> StockConfig {
+    pub fn config(&self, duplicate_replies: bool) -> StockConfig {
         StockConfig::default()
             .out_of_stock(self.out_of_stock.iter().map(|sku| sku.trim().to_owned()))
             .delay(Duration::from_millis(self.stock_delay_ms))
-            .duplicate_replies(self.duplicate_replies)
+            .duplicate_replies(duplicate_replies)
     }
 }
 

@@ -1,11 +1,10 @@
-//! Wiring of `app serve`: binds the listener, opens the store, and starts the in-memory
-//! bus, the Orders subscriber, the simulators, the outbox relay, the retention task and
+//! Wiring of `app serve`: binds the listener, opens the store, connects the bus
+//! (in-memory or NATS), and starts the Orders subscriber, the simulators, the outbox relay, the retention task and
 //! the HTTP server, handing back a [`RunningServer`].
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use messaging::{InMemoryBus, InMemoryBusConfig, MessageBus};
 use orders_app::{
     ORDERS_SUBSCRIBER, OrdersMessageHandler, OrdersService, OutboxRelay, Retention, SystemClock,
 };
@@ -21,7 +20,10 @@ use super::{
     shutdown::RunningServer,
     store::{OpenedStore, open_store},
 };
-use crate::http::{self, AppState, StoreAndBusProbe};
+use crate::{
+    bus::ConnectedBus,
+    http::{self, AppState, StoreAndBusProbe},
+};
 
 /// Connections the kernel may hold for us before they are accepted. tokio's `bind`
 /// (like std's) asks for 128: a burst of more new connections than that (the bench's 256
@@ -47,7 +49,8 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// the retention task and the HTTP server, and returns once it accepts connections.
 ///
 /// # Errors
-/// When the store cannot be opened, the address cannot be bound, or a subscription fails;
+/// When the store cannot be opened, the bus cannot be reached, the address cannot be
+/// bound, or a subscription fails;
 /// whatever was started is stopped again.
 pub async fn spawn(config: ServeConfig) -> anyhow::Result<RunningServer> {
     let opened = open_store(&config.store).await.with_context(|| {
@@ -65,8 +68,8 @@ pub async fn spawn(config: ServeConfig) -> anyhow::Result<RunningServer> {
         .local_addr()
         .context("cannot read the bound address")?;
 
-    let bus = InMemoryBus::new(InMemoryBusConfig::default());
-    let shared: Arc<dyn MessageBus> = Arc::new(bus.clone());
+    let bus = ConnectedBus::connect(&config.bus).await?;
+    let shared = bus.shared();
     // Committed changes wake blocking reads (`GET /orders/{id}?afterVersion=&waitMs=`).
     let changes = Arc::new(crate::changes::OrderChanges::default());
     let watched = Arc::new(crate::changes::WatchedStore::new(
@@ -100,14 +103,19 @@ pub async fn spawn(config: ServeConfig) -> anyhow::Result<RunningServer> {
 
     // The in-memory bus lived and died with the previous process: whatever it held then
     // is gone. Orders still waiting on Payments or Stock get their request sent again
-    // (same message id; the simulators and inboxes are idempotent).
-    match stores.outbox.requeue_stalled(chrono::Utc::now()).await {
-        Ok(0) => {}
-        Ok(requeued) => tracing::warn!(
-            requeued,
-            "re-sending the pending request of orders still waiting after a restart"
-        ),
-        Err(e) => tracing::error!(error = %e, "cannot requeue the requests of waiting orders"),
+    // (same message id; the simulators and inboxes are idempotent). NATS kept what it
+    // acknowledged, so nothing is sent twice there.
+    if bus.is_in_process() {
+        match stores.outbox.requeue_stalled(chrono::Utc::now()).await {
+            Ok(0) => {}
+            Ok(requeued) => tracing::warn!(
+                requeued,
+                "re-sending the pending request of orders still waiting after a restart"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot requeue the requests of waiting orders")
+            }
+        }
     }
     let (stop_background, stop_rx) = watch::channel(false);
     let relay =
@@ -122,7 +130,7 @@ pub async fn spawn(config: ServeConfig) -> anyhow::Result<RunningServer> {
 
     let probe_bus = bus.clone();
     let probe = StoreAndBusProbe::new(stores.store.clone(), move || {
-        probe_bus.is_attached(ORDERS_SUBSCRIBER)
+        probe_bus.is_ready(ORDERS_SUBSCRIBER)
     });
     let state = AppState::new(orders.clone(), Arc::new(probe))
         .request_timeout(Duration::from_secs(config.request_timeout_secs))
@@ -141,7 +149,7 @@ pub async fn spawn(config: ServeConfig) -> anyhow::Result<RunningServer> {
             .await
     });
     tracing::info!(listen = %local_addr, store = config.store.kind(), store_url = %config.store,
-        sims = ?config.sims, "orders service listening on http://{local_addr}");
+        bus = config.bus.bus.kind(), bus_url = %config.bus.bus, sims = ?config.sims, "orders service listening on http://{local_addr}");
     Ok(RunningServer {
         local_addr,
         orders,
@@ -159,7 +167,7 @@ pub async fn spawn(config: ServeConfig) -> anyhow::Result<RunningServer> {
 
 /// `GET /stats` of the running service.
 struct ServiceStats {
-    bus: InMemoryBus,
+    bus: ConnectedBus,
     outbox: Arc<dyn orders_app::Outbox>,
     store: Arc<OpenedStore>,
 }
@@ -168,7 +176,7 @@ struct ServiceStats {
 impl http::StatsProbe for ServiceStats {
     async fn stats(&self) -> http::Stats {
         http::Stats {
-            dead_letters: self.bus.dead_letters().len() as u64,
+            dead_letters: self.bus.dead_letter_count(),
             parked_outbox_rows: self.store.parked().await,
             unsent_outbox_rows: self.outbox.unsent().await.ok(),
         }
