@@ -341,10 +341,9 @@ fn a_tokens_file_allows_any_address_and_a_malformed_one_names_its_line() {
 #[tokio::test]
 async fn serve_refuses_to_start_open_on_the_network() {
     let config = ServeConfig::new(addr("0.0.0.0:0"), StoreSpec::Memory);
-    let error = app::serve::spawn(config)
-        .await
-        .err()
-        .expect("it must refuse");
+    let Err(error) = app::serve::spawn(config).await else {
+        panic!("it must refuse");
+    };
     assert!(
         format!("{error:#}").contains("without authentication"),
         "{error:#}"

@@ -64,9 +64,10 @@ pub struct ServeConfig {
     /// How long in-flight requests may take to finish on shutdown, in seconds.
     #[arg(long, env = "ORDERS_SHUTDOWN_GRACE_SECS", default_value_t = DEFAULT_SHUTDOWN_GRACE_SECS)]
     pub shutdown_grace_secs: u64,
-    /// Authentication and request limits of the HTTP API.
+    /// Authentication and request limits of the HTTP API (boxed: the config is moved
+    /// around by value, in `main`'s command enum among others).
     #[command(flatten)]
-    pub edge: EdgeFlags,
+    pub edge: Box<EdgeFlags>,
 }
 
 impl ServeConfig {
@@ -82,7 +83,7 @@ impl ServeConfig {
             retention_interval_secs: DEFAULT_RETENTION_INTERVAL_SECS,
             request_timeout_secs: DEFAULT_REQUEST_TIMEOUT_SECS,
             shutdown_grace_secs: DEFAULT_SHUTDOWN_GRACE_SECS,
-            edge: EdgeFlags::default(),
+            edge: Box::default(),
         }
     }
 
