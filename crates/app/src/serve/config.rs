@@ -498,6 +498,34 @@ mod tests {
     }
 
     #[test]
+    fn rate_limit_flags_build_the_limit_and_the_burst_needs_the_rate() {
+        let cli = Cli::try_parse_from(["serve", "--rate-limit-per-sec", "5"]).unwrap();
+        let settings = cli.serve.edge.settings(cli.serve.listen).unwrap();
+        assert_eq!(
+            settings.rate_limit,
+            Some(RateLimit {
+                per_sec: 5,
+                burst: 5
+            })
+        );
+        let cli = Cli::try_parse_from([
+            "serve",
+            "--rate-limit-per-sec",
+            "5",
+            "--rate-limit-burst",
+            "20",
+        ])
+        .unwrap();
+        let settings = cli.serve.edge.settings(cli.serve.listen).unwrap();
+        assert_eq!(settings.rate_limit.map(|l| l.burst), Some(20));
+        assert!(Cli::try_parse_from(["serve", "--rate-limit-burst", "20"]).is_err());
+        assert!(Cli::try_parse_from(["serve", "--rate-limit-per-sec", "0"]).is_err());
+        let cli = Cli::try_parse_from(["serve"]).unwrap();
+        let settings = cli.serve.edge.settings(cli.serve.listen).unwrap();
+        assert!(settings.rate_limit.is_none() && settings.tokens.is_none());
+    }
+
+    #[test]
     fn an_unknown_store_is_a_clear_error() {
         let error = Cli::try_parse_from(["serve", "--store", "redis://x"]).unwrap_err();
         assert!(error.to_string().contains("unknown store"), "{error}");
