@@ -11,14 +11,19 @@
 //! | `GET /readyz` | 200 when the store and the bus answer, 503 otherwise |
 //!
 //! Every error is an `application/problem+json` document ([`problem`]): 400 for a body
-//! that is not JSON, a malformed id or `Idempotency-Key`; 404 for an unknown order or
-//! route; 413 for a body over [`MAX_BODY_BYTES`]; 415 for a body not declared JSON; 422
+//! that is not JSON, a malformed id or `Idempotency-Key`; 401 (with `WWW-Authenticate:
+//! Bearer`) for a missing or unknown token and 403 for a customer-scoped token placing
+//! an order for another customer, when authentication is on ([`auth`]); 404 for an
+//! unknown order (or another customer's, for a scoped token) or route; 413 for a body over [`MAX_BODY_BYTES`]; 415 for a body not declared JSON; 422
 //! for JSON of the wrong shape (missing field, wrong type: serde's message as detail) and
-//! for invalid values (every bad field in `errors`); 503 when the store fails or a
+//! for invalid values (every bad field in `errors`) and for requests over the
+//! [`limits`]; 429 (with `Retry-After`) for a client over its rate limit; 503 when the store fails or a
 //! request takes longer than the request timeout; 500 for corrupt stored data. Causes
 //! are logged, never shown.
 
+pub mod auth;
 pub mod extract;
+pub mod limits;
 pub mod problem;
 pub mod readiness;
 mod routes;
@@ -42,6 +47,8 @@ use tower_http::{
 };
 use tracing::Level;
 
+pub use auth::{Caller, Tokens};
+pub use limits::{RateLimit, RateLimiter};
 pub use problem::{FieldError, Problem, ProblemType};
 pub use readiness::{Readiness, ReadinessProbe, StoreAndBusProbe};
 pub use stats::{Stats, StatsProbe};
@@ -65,6 +72,10 @@ pub struct AppState {
     changes: Option<Arc<crate::changes::OrderChanges>>,
     /// Feeds `GET /stats`; `None`: the route answers 404.
     stats: Option<Arc<dyn stats::StatsProbe>>,
+    /// The accepted bearer tokens; `None`: no authentication.
+    tokens: Option<Arc<Tokens>>,
+    /// The per-client request rate; `None`: unlimited.
+    rate_limiter: Option<Arc<RateLimiter>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -72,6 +83,8 @@ impl std::fmt::Debug for AppState {
         f.debug_struct("AppState")
             .field("orders", &self.orders)
             .field("request_timeout", &self.request_timeout)
+            .field("tokens", &self.tokens)
+            .field("rate_limit", &self.rate_limiter.as_ref().map(|l| l.limit()))
             .finish_non_exhaustive()
     }
 }
@@ -87,7 +100,24 @@ impl AppState {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             changes: None,
             stats: None,
+            tokens: None,
+            rate_limiter: None,
         }
+    }
+
+    /// Requires a bearer token from `tokens` on every route but the open ones
+    /// ([`auth::OPEN_PATHS`]); `None` keeps the API unauthenticated.
+    #[must_use]
+    pub fn auth(mut self, tokens: Option<Tokens>) -> Self {
+        self.tokens = tokens.map(Arc::new);
+        self
+    }
+
+    /// Limits every client (peer IP) to `limit`; `None` leaves requests unlimited.
+    #[must_use]
+    pub fn rate_limit(mut self, limit: Option<RateLimit>) -> Self {
+        self.rate_limiter = limit.map(|limit| Arc::new(RateLimiter::new(limit)));
+        self
     }
 
     /// Enables `GET /stats` with `probe`.
@@ -119,13 +149,17 @@ impl AppState {
     }
 }
 
-/// The API: every route of the table above, the 64 KiB body limit, the request timeout
+/// The API: every route of the table above, bearer-token authentication and the
+/// per-client rate limit when configured ([`auth`], [`limits`]), the 64 KiB body limit,
+/// the request timeout
 /// (tower-http's [`TimeoutLayer`], answered as a 503 problem), request tracing
 /// (tower-http's [`TraceLayer`]: a span per request, its status and latency at debug
 /// level), and problem documents for unknown routes and methods.
 pub fn router(state: AppState) -> Router {
     let timeout = state.request_timeout;
-    Router::new()
+    let tokens = state.tokens.clone();
+    let rate_limiter = state.rate_limiter.clone();
+    let mut router = Router::new()
         .route("/orders", post(routes::place_order))
         .route("/orders/{id}", get(routes::get_order))
         .route("/orders/{id}/cancel", post(routes::cancel_order))
@@ -135,7 +169,15 @@ pub fn router(state: AppState) -> Router {
         .route("/stats", get(routes::stats))
         .fallback(routes::no_route)
         .method_not_allowed_fallback(routes::method_not_allowed)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+    if let Some(tokens) = tokens {
+        router = router.layer(middleware::from_fn_with_state(tokens, auth::authenticate));
+    }
+    // Outside authentication: guessing tokens counts against the rate too.
+    if let Some(limiter) = rate_limiter {
+        router = router.layer(middleware::from_fn_with_state(limiter, limits::rate_limit));
+    }
+    router
         // The handler's future is dropped at the deadline: a store transaction in
         // flight is rolled back, never half-done.
         .layer(TimeoutLayer::with_status_code(

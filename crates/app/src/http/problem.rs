@@ -23,6 +23,10 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 pub enum ProblemType {
     /// 400: the body is not JSON, or a header or path segment is malformed.
     BadRequest,
+    /// 401: the route needs a bearer token, and none or an unknown one was sent.
+    Unauthorized,
+    /// 403: the token may not do this (a customer-scoped token acting for another).
+    Forbidden,
     /// 404: no such order, or no such route.
     NotFound,
     /// 405: the route exists but not for this method.
@@ -35,6 +39,8 @@ pub enum ProblemType {
     UnsupportedMediaType,
     /// 422: a well-formed request with invalid values (or JSON of the wrong shape).
     Validation,
+    /// 429: the client sent more requests than its rate limit allows.
+    TooManyRequests,
     /// 500: something failed that the client cannot fix.
     Internal,
     /// 503: a dependency (store, bus) is unavailable, or the request timed out.
@@ -47,12 +53,15 @@ impl ProblemType {
     pub const fn uri(self) -> &'static str {
         match self {
             Self::BadRequest => "urn:orders:problem:bad-request",
+            Self::Unauthorized => "urn:orders:problem:unauthorized",
+            Self::Forbidden => "urn:orders:problem:forbidden",
             Self::NotFound => "urn:orders:problem:not-found",
             Self::MethodNotAllowed => "urn:orders:problem:method-not-allowed",
             Self::Conflict => "urn:orders:problem:conflict",
             Self::PayloadTooLarge => "urn:orders:problem:payload-too-large",
             Self::UnsupportedMediaType => "urn:orders:problem:unsupported-media-type",
             Self::Validation => "urn:orders:problem:validation",
+            Self::TooManyRequests => "urn:orders:problem:too-many-requests",
             Self::Internal => "urn:orders:problem:internal",
             Self::Unavailable => "urn:orders:problem:unavailable",
         }
@@ -63,12 +72,15 @@ impl ProblemType {
     pub const fn status(self) -> StatusCode {
         match self {
             Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Validation => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -79,12 +91,15 @@ impl ProblemType {
     pub const fn title(self) -> &'static str {
         match self {
             Self::BadRequest => "Bad request",
+            Self::Unauthorized => "Unauthorized",
+            Self::Forbidden => "Forbidden",
             Self::NotFound => "Not found",
             Self::MethodNotAllowed => "Method not allowed",
             Self::Conflict => "Conflict with the order's state",
             Self::PayloadTooLarge => "Payload too large",
             Self::UnsupportedMediaType => "Unsupported media type",
             Self::Validation => "Invalid request",
+            Self::TooManyRequests => "Too many requests",
             Self::Internal => "Internal error",
             Self::Unavailable => "Service unavailable",
         }

@@ -7,12 +7,14 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use orders_app::{CancelOrder, PlaceOrder};
+use orders_app::{AppError, CancelOrder, PlaceOrder};
+use orders_domain::{Order, OrderId};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::{
     AppState,
+    auth::Caller,
     extract::{IdempotencyKey, JsonBody, OrderIdPath, QueryParams},
     problem::{Problem, ProblemType},
     view::{MessageView, OrderView},
@@ -28,9 +30,17 @@ pub(super) struct CancelBody {
 /// `Location` and the order.
 pub(super) async fn place_order(
     State(state): State<AppState>,
+    caller: Caller,
     IdempotencyKey(key): IdempotencyKey,
     JsonBody(command): JsonBody<PlaceOrder>,
 ) -> Result<Response, Problem> {
+    super::limits::check_place_order(&command)?;
+    if !caller.may_access(&command.customer_id) {
+        return Err(Problem::new(
+            ProblemType::Forbidden,
+            "this token may only place orders for its own customer",
+        ));
+    }
     let placed = state.orders.place_order(command, key).await?;
     let order = state.orders.order(placed.order_id).await?;
     let status = if placed.created {
@@ -53,14 +63,19 @@ pub(super) async fn place_order(
 /// [`MAX_WAIT_MS`]) with the order as it is. Clients wait for a change without polling.
 pub(super) async fn get_order(
     State(state): State<AppState>,
+    caller: Caller,
     OrderIdPath(id): OrderIdPath,
     QueryParams(query): QueryParams<WaitQuery>,
 ) -> Result<Json<OrderView>, Problem> {
     let wait = query.wait()?;
     let (Some((after, wait_ms)), Some(changes)) = (wait, state.changes.clone()) else {
-        let order = state.orders.order(id).await?;
+        let order = visible_order(&state, &caller, id).await?;
         return Ok(Json(OrderView::from(&order)));
     };
+    if caller.scope().is_some() {
+        // Another customer's order is unknown at once, exactly like a missing one.
+        visible_order(&state, &caller, id).await?;
+    }
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
     loop {
         let notify = changes.watch(id);
@@ -83,6 +98,17 @@ pub(super) async fn get_order(
         if done {
             return Ok(Json(OrderView::from(&loaded?)));
         }
+    }
+}
+
+/// The order `id`, when `caller` may see it; another customer's order is answered
+/// exactly like an unknown one (404), so a scoped token cannot learn that it exists.
+async fn visible_order(state: &AppState, caller: &Caller, id: OrderId) -> Result<Order, Problem> {
+    let order = state.orders.order(id).await?;
+    if caller.may_access(order.customer_id().as_str()) {
+        Ok(order)
+    } else {
+        Err(AppError::NotFound(id).into())
     }
 }
 
@@ -117,9 +143,15 @@ impl WaitQuery {
 /// `POST /orders/{id}/cancel`.
 pub(super) async fn cancel_order(
     State(state): State<AppState>,
+    caller: Caller,
     OrderIdPath(order_id): OrderIdPath,
     JsonBody(body): JsonBody<CancelBody>,
 ) -> Result<Json<OrderView>, Problem> {
+    super::limits::check_cancel_reason(&body.reason)?;
+    if caller.scope().is_some() {
+        // The customer of an order never changes: checked once, before the cancel.
+        visible_order(&state, &caller, order_id).await?;
+    }
     let order = state
         .orders
         .cancel_order(CancelOrder {
@@ -133,10 +165,11 @@ pub(super) async fn cancel_order(
 /// `GET /orders/{id}/messages`: 404 when the order does not exist.
 pub(super) async fn order_messages(
     State(state): State<AppState>,
+    caller: Caller,
     OrderIdPath(id): OrderIdPath,
 ) -> Result<Json<Vec<MessageView>>, Problem> {
     // The history alone cannot tell an unknown order from a quiet one.
-    let _exists = state.orders.order(id).await?;
+    let _exists = visible_order(&state, &caller, id).await?;
     let messages = state.orders.messages(id).await?;
     Ok(Json(messages.iter().map(MessageView::from).collect()))
 }

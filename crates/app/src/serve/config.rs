@@ -2,7 +2,7 @@
 //! typed values ([`ServeConfig`], [`StoreSpec`], [`SimulatorFlags`], [`BusFlags`]). The store URL's
 //! password is a [`SecretString`]: it never appears in `Debug`, `Display` or logs.
 
-use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
+use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use orders_app::OrdersConfig;
 use payments_sim::{PaymentDecision, PaymentsConfig};
@@ -11,6 +11,7 @@ use secrecy::{ExposeSecret as _, SecretString};
 use stock_sim::StockConfig;
 
 use crate::bus::BusFlags;
+use crate::http::{RateLimit, Tokens};
 
 /// The default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -67,6 +68,10 @@ pub struct ServeConfig {
     /// How long in-flight requests may take to finish on shutdown, in seconds.
     #[arg(long, env = "ORDERS_SHUTDOWN_GRACE_SECS", default_value_t = DEFAULT_SHUTDOWN_GRACE_SECS)]
     pub shutdown_grace_secs: u64,
+    /// Authentication and request limits of the HTTP API (boxed: the config is moved
+    /// around by value, in `main`'s command enum among others).
+    #[command(flatten)]
+    pub edge: Box<EdgeFlags>,
 }
 
 impl ServeConfig {
@@ -83,6 +88,7 @@ impl ServeConfig {
             retention_interval_secs: DEFAULT_RETENTION_INTERVAL_SECS,
             request_timeout_secs: DEFAULT_REQUEST_TIMEOUT_SECS,
             shutdown_grace_secs: DEFAULT_SHUTDOWN_GRACE_SECS,
+            edge: Box::default(),
         }
     }
 
@@ -95,6 +101,76 @@ impl ServeConfig {
                 .unwrap_or_else(orders_domain::default_idempotency_window),
             ..OrdersConfig::default()
         }
+    }
+}
+
+/// Authentication and request limits of the HTTP API (see [`crate::http::auth`] and
+/// [`crate::http::limits`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct EdgeFlags {
+    /// A file of accepted bearer tokens, one per line, optionally `token customer-id` to
+    /// scope it to one customer; `#` comments and blank lines are ignored. Without it the
+    /// API accepts unauthenticated requests.
+    #[arg(long, env = "ORDERS_AUTH_TOKENS_FILE", value_name = "PATH")]
+    pub auth_tokens_file: Option<PathBuf>,
+    /// Start without `--auth-tokens-file` on a non-loopback address (anyone who reaches
+    /// the port can then read and cancel every order).
+    #[arg(long, env = "ORDERS_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
+    /// Requests a second each client (peer IP) may send; unlimited when absent.
+    #[arg(long, env = "ORDERS_RATE_LIMIT_PER_SEC", value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit_per_sec: Option<u32>,
+    /// Requests a client may send at once after a quiet period (default: the rate).
+    #[arg(long, env = "ORDERS_RATE_LIMIT_BURST", value_name = "N",
+        requires = "rate_limit_per_sec", value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit_burst: Option<u32>,
+}
+
+/// What [`EdgeFlags::settings`] resolves: the tokens (read from their file) and the rate.
+#[derive(Debug, Clone)]
+pub struct EdgeSettings {
+    /// The accepted tokens; `None`: unauthenticated.
+    pub tokens: Option<Tokens>,
+    /// The per-client rate; `None`: unlimited.
+    pub rate_limit: Option<RateLimit>,
+}
+
+impl EdgeFlags {
+    /// Reads the tokens file and checks that an unauthenticated API is meant: without a
+    /// tokens file, listening on a non-loopback `listen` address needs
+    /// `--allow-unauthenticated`. Logs once that requests are not authenticated.
+    ///
+    /// # Errors
+    /// The tokens file cannot be read or is malformed (the error names the line), or the
+    /// API would be open to the network without `--allow-unauthenticated`.
+    pub fn settings(&self, listen: SocketAddr) -> anyhow::Result<EdgeSettings> {
+        let tokens = match &self.auth_tokens_file {
+            Some(path) => {
+                let tokens = Tokens::load(path)?;
+                tracing::info!(
+                    tokens = tokens.len(),
+                    "the HTTP API requires a bearer token"
+                );
+                Some(tokens)
+            }
+            None if !listen.ip().is_loopback() && !self.allow_unauthenticated => {
+                anyhow::bail!(
+                    "refusing to listen on {listen} without authentication: anyone who \
+                     reaches it could read and cancel every order; give \
+                     --auth-tokens-file PATH, or --allow-unauthenticated to accept that"
+                );
+            }
+            None => {
+                tracing::warn!(%listen, "the HTTP API accepts unauthenticated requests");
+                None
+            }
+        };
+        let rate_limit = self.rate_limit_per_sec.map(|per_sec| RateLimit {
+            per_sec,
+            burst: self.rate_limit_burst.unwrap_or(per_sec),
+        });
+        Ok(EdgeSettings { tokens, rate_limit })
     }
 }
 
@@ -458,6 +534,34 @@ mod tests {
     fn decline_all_and_decline_above_conflict() {
         let parsed = Cli::try_parse_from(["serve", "--decline-all", "--decline-above", "1"]);
         assert!(parsed.is_err());
+    }
+
+    #[test]
+    fn rate_limit_flags_build_the_limit_and_the_burst_needs_the_rate() {
+        let cli = Cli::try_parse_from(["serve", "--rate-limit-per-sec", "5"]).unwrap();
+        let settings = cli.serve.edge.settings(cli.serve.listen).unwrap();
+        assert_eq!(
+            settings.rate_limit,
+            Some(RateLimit {
+                per_sec: 5,
+                burst: 5
+            })
+        );
+        let cli = Cli::try_parse_from([
+            "serve",
+            "--rate-limit-per-sec",
+            "5",
+            "--rate-limit-burst",
+            "20",
+        ])
+        .unwrap();
+        let settings = cli.serve.edge.settings(cli.serve.listen).unwrap();
+        assert_eq!(settings.rate_limit.map(|l| l.burst), Some(20));
+        assert!(Cli::try_parse_from(["serve", "--rate-limit-burst", "20"]).is_err());
+        assert!(Cli::try_parse_from(["serve", "--rate-limit-per-sec", "0"]).is_err());
+        let cli = Cli::try_parse_from(["serve"]).unwrap();
+        let settings = cli.serve.edge.settings(cli.serve.listen).unwrap();
+        assert!(settings.rate_limit.is_none() && settings.tokens.is_none());
     }
 
     #[test]

@@ -53,6 +53,7 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// bound, or a subscription fails;
 /// whatever was started is stopped again.
 pub async fn spawn(config: ServeConfig) -> anyhow::Result<RunningServer> {
+    let edge = config.edge.settings(config.listen)?;
     let opened = open_store(&config.store).await.with_context(|| {
         format!(
             "cannot open the {} store {}",
@@ -135,6 +136,8 @@ pub async fn spawn(config: ServeConfig) -> anyhow::Result<RunningServer> {
     let state = AppState::new(orders.clone(), Arc::new(probe))
         .request_timeout(Duration::from_secs(config.request_timeout_secs))
         .changes(changes)
+        .auth(edge.tokens)
+        .rate_limit(edge.rate_limit)
         .stats(Arc::new(ServiceStats {
             bus: bus.clone(),
             outbox: stores.outbox.clone(),
@@ -142,11 +145,15 @@ pub async fn spawn(config: ServeConfig) -> anyhow::Result<RunningServer> {
         }));
     let (stop_accepting, stop_accepting_rx) = oneshot::channel::<()>();
     let http = tokio::spawn(async move {
-        axum::serve(listener, http::router(state))
-            .with_graceful_shutdown(async move {
-                let _ = stop_accepting_rx.await;
-            })
-            .await
+        // The peer address keys the per-client rate limit.
+        axum::serve(
+            listener,
+            http::router(state).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stop_accepting_rx.await;
+        })
+        .await
     });
     tracing::info!(listen = %local_addr, store = config.store.kind(), store_url = %config.store,
         bus = config.bus.bus.kind(), bus_url = %config.bus.bus, sims = ?config.sims, "orders service listening on http://{local_addr}");
