@@ -53,7 +53,7 @@ impl SqliteOrderStore {
             let mut conn = Connection::open_in_memory().map_err(sqlite_error)?;
             configure(&conn, false, WRITER_CACHE_KIB)?;
             migrate::apply_migrations_in_memory(&mut conn)?;
-            return Self::start(conn, Vec::new(), None, true);
+            return Self::start(conn, Vec::new(), None, true, None);
         }
         let options = if url_or_path.starts_with("sqlite:") {
             SqliteConnectOptions::from_str(url_or_path).map_err(|e| {
@@ -73,6 +73,8 @@ impl SqliteOrderStore {
                 )
             })?;
         }
+        // Before anything touches the file: another process may be using it.
+        let lock = super::lock::FileLock::acquire(&path)?;
         // The migrations, with sqlx's migrator (it keeps the applied ones in
         // `_sqlx_migrations`), on a connection that also makes the file WAL for good.
         let mut migrating = options
@@ -94,7 +96,7 @@ impl SqliteOrderStore {
             .map(|_| open(&path, READER_CACHE_KIB))
             .collect::<Result<Vec<_>, _>>()?;
         let checkpointer = open(&path, CHECKPOINTER_CACHE_KIB)?;
-        Self::start(writer, readers, Some(checkpointer), false)
+        Self::start(writer, readers, Some(checkpointer), false, Some(lock))
     }
 }
 
