@@ -37,5 +37,5 @@ mod sql;
 mod sqlite;
 
 pub use memory::InMemoryOrderStore;
-pub use postgres::PostgresOrderStore;
+pub use postgres::{CHANGES_CHANNEL, CommitListener, PostgresOrderStore};
 pub use sqlite::SqliteOrderStore;

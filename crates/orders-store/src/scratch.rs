@@ -41,7 +41,7 @@ fn unique_name(prefix: &str) -> String {
 }
 
 /// A SQLite database path under the temp folder, with a unique name. On drop the file
-/// and its WAL and shared-memory files are removed (close the store on it first).
+/// and its WAL, shared-memory and lock files are removed (close the store on it first).
 #[derive(Debug)]
 pub struct ScratchFile {
     path: PathBuf,
@@ -77,7 +77,7 @@ impl Default for ScratchFile {
 
 impl Drop for ScratchFile {
     fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm"] {
+        for suffix in ["", "-wal", "-shm", ".lock"] {
             let mut path = self.path.clone().into_os_string();
             path.push(suffix);
             // Absent (never created, or removed already) is fine.

@@ -46,13 +46,18 @@ pub(crate) const MESSAGES: &str = "\
     FROM outbox WHERE order_id = $1 \
     ORDER BY seq, sent, at, message_id";
 
-/// The latest outbox row of every order still waiting on another context (`$1`: that
-/// last changed before it), if it was sent, becomes unsent again (see
-/// [`orders_app::Outbox::requeue_stalled`]).
+/// The request every order still waiting on another context (`$1`: that last changed
+/// before it) waits on, if it was sent, becomes unsent again (see
+/// [`orders_app::Outbox::requeue_stalled`]): its latest `order.placed` when it awaits
+/// payment, its latest `order.paid` when it is paid. Not simply its latest row: a
+/// refused payment adds an `order.payment_refused` after the request without changing
+/// the order.
 pub(crate) const REQUEUE_STALLED: &str = "\
     UPDATE outbox SET sent_at = NULL \
     WHERE sent_at IS NOT NULL AND parked_at IS NULL AND position IN ( \
-        SELECT (SELECT max(o.position) FROM outbox o WHERE o.order_id = d.id) \
+        SELECT (SELECT max(o.position) FROM outbox o \
+                WHERE o.order_id = d.id AND o.topic = CASE d.status \
+                    WHEN 'AwaitingPayment' THEN 'order.placed' ELSE 'order.paid' END) \
         FROM orders d \
         WHERE d.status IN ('AwaitingPayment', 'Paid') AND d.updated_at < $1)";
 

@@ -3,10 +3,11 @@
 
 use std::{fmt, sync::Arc};
 
-use orders_store::{PostgresOrderStore, SqliteOrderStore};
+use orders_store::{CommitListener, PostgresOrderStore, SqliteOrderStore};
+use parking_lot::Mutex;
 
 use super::config::StoreSpec;
-use crate::system::Stores;
+use crate::{changes::OrderChanges, system::Stores};
 
 /// An opened store adapter: the ports the service uses, and what to close on shutdown.
 pub struct OpenedStore {
@@ -14,6 +15,9 @@ pub struct OpenedStore {
     pub stores: Stores,
     /// The concrete adapter, kept to close it (SQLite checkpoints its WAL on close).
     adapter: Adapter,
+    /// On PostgreSQL, what hears other replicas' commits (see
+    /// [`OpenedStore::follow_commits`]); stopped on close.
+    listener: Mutex<Option<CommitListener>>,
 }
 
 impl fmt::Debug for OpenedStore {
@@ -39,8 +43,27 @@ impl OpenedStore {
         }
     }
 
+    /// Wakes the waiters of `changes` (blocking reads) when any process on the same
+    /// database commits a change of their order, not only this one: on PostgreSQL it
+    /// listens to every replica's commits (`LISTEN`/`NOTIFY`). The in-memory and SQLite
+    /// stores have one process, whose commits [`crate::changes::WatchedStore`] reports
+    /// already: nothing to do.
+    ///
+    /// # Errors
+    /// When the listening connection cannot be opened.
+    pub async fn follow_commits(&self, changes: Arc<OrderChanges>) -> anyhow::Result<()> {
+        if let Adapter::Postgres(store) = &self.adapter {
+            let listener = store
+                .listen_commits(move |id, _version| changes.notify(id))
+                .await?;
+            *self.listener.lock() = Some(listener);
+        }
+        Ok(())
+    }
+
     /// Closes the adapter's connections; the ports fail as unavailable afterwards.
     pub async fn close(&self) {
+        drop(self.listener.lock().take());
         match &self.adapter {
             Adapter::Memory => {}
             Adapter::Sqlite(store) => store.close().await,
@@ -60,12 +83,14 @@ pub async fn open_store(spec: &StoreSpec) -> anyhow::Result<OpenedStore> {
         StoreSpec::Memory => Ok(OpenedStore {
             stores: Stores::in_memory(),
             adapter: Adapter::Memory,
+            listener: Mutex::default(),
         }),
         StoreSpec::Sqlite(url) => {
             let store = Arc::new(SqliteOrderStore::connect(url).await?);
             Ok(OpenedStore {
                 stores: Stores::durable(store.clone()),
                 adapter: Adapter::Sqlite(store),
+                listener: Mutex::default(),
             })
         }
         StoreSpec::Postgres(url) => {
@@ -73,6 +98,7 @@ pub async fn open_store(spec: &StoreSpec) -> anyhow::Result<OpenedStore> {
             Ok(OpenedStore {
                 stores: Stores::durable(store.clone()),
                 adapter: Adapter::Postgres(store),
+                listener: Mutex::default(),
             })
         }
     }

@@ -73,6 +73,11 @@ pub async fn spawn(config: ServeConfig) -> anyhow::Result<RunningServer> {
     let shared = bus.shared();
     // Committed changes wake blocking reads (`GET /orders/{id}?afterVersion=&waitMs=`).
     let changes = Arc::new(crate::changes::OrderChanges::default());
+    // On PostgreSQL, other replicas' commits wake this one's blocking reads too.
+    opened
+        .follow_commits(changes.clone())
+        .await
+        .context("cannot listen to other replicas' commits")?;
     let watched = Arc::new(crate::changes::WatchedStore::new(
         stores.store.clone(),
         changes.clone(),

@@ -71,7 +71,9 @@ impl PgCommit {
 /// Positions are taken from the sequence up front: `$1` is how many, and each inbox and
 /// outbox row names its position's ordinal (1-based, in commit order, a commit's inbox
 /// row before its outbox rows), so the history lists what a commit received before what
-/// it sent.
+/// it sent. Each written order is announced on [`CHANGES_CHANNEL`](super::changes::CHANGES_CHANNEL)
+/// (`<order id>:<version>`): PostgreSQL delivers it to listeners when the statement's
+/// transaction commits, and never when it fails.
 pub(super) const COMMIT_SQL: &str = "\
 WITH seqs AS MATERIALIZED (
     SELECT s, (row_number() OVER (ORDER BY s))::int AS i
@@ -103,7 +105,8 @@ outbox_rows AS (
                 $23::int[]) AS r (m, o, t, e, c, n)
     JOIN seqs ON seqs.i = r.n
 )
-SELECT 1";
+SELECT count(pg_notify('orders_changed', r.id::text || ':' || r.v::text))
+FROM UNNEST($12::uuid[], $13::bigint[]) AS r (id, v)";
 
 /// Takes the commits that queued up while the last group was written and writes them
 /// as one group; [`COMMITTERS`] of these run, so one group is written while the next

@@ -30,14 +30,20 @@
 //! statement (see `connections`). Statements use generic plans (`plan_cache_mode`),
 //! planned once per connection.
 //!
+//! Every commit announces the orders it wrote (`NOTIFY`), so other processes' blocking
+//! reads hear of it ([`PostgresOrderStore::listen_commits`]).
+//!
 //! Where things are: `connections`, `commit` (group commit and why a commit failed),
-//! `relay`; the reads of the ports are here.
+//! `changes` (announcing and hearing commits), `relay`; the reads of the ports are here.
 
+mod changes;
 mod commit;
 mod connections;
 mod relay;
 
 use std::sync::Arc;
+
+pub use self::changes::{CHANGES_CHANNEL, CommitListener};
 
 use async_trait::async_trait;
 use orders_app::{
@@ -66,6 +72,8 @@ pub struct PostgresOrderStore {
     shared: Arc<Shared>,
     /// The group committers' queue.
     commits: mpsc::UnboundedSender<Queued>,
+    /// How to connect, for [`PostgresOrderStore::listen_commits`]' own connection.
+    options: Box<PgConnectOptions>,
 }
 
 /// What the store and its group committers share.
@@ -127,7 +135,7 @@ impl PostgresOrderStore {
             .run_direct(&mut first)
             .await
             .map_err(crate::sql::migrate_error)?;
-        let connections = Connections::new(options, first, max_connections);
+        let connections = Connections::new(options.clone(), first, max_connections);
         let shared = Arc::new(Shared {
             connections,
             committed: Notify::new(),
@@ -137,7 +145,11 @@ impl PostgresOrderStore {
         for _ in 0..COMMITTERS {
             tokio::spawn(group_committer(shared.clone(), queue.clone()));
         }
-        Ok(Self { shared, commits })
+        Ok(Self {
+            shared,
+            commits,
+            options: Box::new(options),
+        })
     }
 
     /// Outbox rows parked because their envelope could not be decoded; they are never

@@ -51,7 +51,7 @@ impl SqliteOrderStore {
             let mut conn = Connection::open_in_memory().map_err(sqlite_error)?;
             configure(&conn, false, WRITER_CACHE_KIB)?;
             migrate::apply_migrations(&mut conn)?;
-            return Self::start(conn, Vec::new(), None, true);
+            return Self::start(conn, Vec::new(), None, true, None);
         }
         let path = file_path(url_or_path)?;
         if let Some(folder) = path.parent()
@@ -64,6 +64,8 @@ impl SqliteOrderStore {
                 )
             })?;
         }
+        // Before anything touches the file: another process may be using it.
+        let lock = super::lock::FileLock::acquire(&path)?;
         // The writer makes the file WAL for good, then applies the migrations before
         // the other connections open.
         let mut writer = open(&path, WRITER_CACHE_KIB)?;
@@ -81,7 +83,7 @@ impl SqliteOrderStore {
             .map(|_| open(&path, READER_CACHE_KIB))
             .collect::<Result<Vec<_>, _>>()?;
         let checkpointer = open(&path, CHECKPOINTER_CACHE_KIB)?;
-        Self::start(writer, readers, Some(checkpointer), false)
+        Self::start(writer, readers, Some(checkpointer), false, Some(lock))
     }
 }
 

@@ -48,9 +48,11 @@
 //!   always could.
 //!
 //! The relay is serialised in-process by a mutex and holds no connection while it
-//! publishes. Several processes relaying one file are not coordinated (use PostgreSQL).
+//! publishes. One process only may open a file: a second one fails at start naming the
+//! file and the holder's pid (`lock`: an advisory lock on `<file>.lock`); several
+//! processes on one database is what PostgreSQL is for.
 //!
-//! Where things are: `connect` (opening the file and its connections), `migrate`,
+//! Where things are: `connect` (opening the file and its connections), `lock`, `migrate`,
 //! `writer` (the writer thread and group commit), `commit` (a commit's rows and why one
 //! failed), `readers`, `checkpoint`, `relay` (the hand-over and the table reads),
 //! `cache` (the write-through cache); the reads of the ports are here.
@@ -59,6 +61,7 @@ mod cache;
 mod checkpoint;
 mod commit;
 mod connect;
+mod lock;
 mod migrate;
 mod readers;
 mod relay;
@@ -103,6 +106,9 @@ pub struct SqliteOrderStore {
     reader_ends: SyncMutex<Vec<oneshot::Receiver<()>>>,
     /// An in-memory database: the writer thread reads too.
     in_memory: bool,
+    /// The process's hold on the file's lock (none in memory); released by `close`, or
+    /// on drop.
+    lock: SyncMutex<Option<lock::FileLock>>,
     /// Serialises relays in this process, so rows leave in commit order, once; and what
     /// the relay knows between calls.
     relay: Mutex<RelayState>,
@@ -129,6 +135,7 @@ impl SqliteOrderStore {
         readers: Vec<Connection>,
         checkpointer: Option<Connection>,
         in_memory: bool,
+        lock: Option<lock::FileLock>,
     ) -> Result<Self, StoreError> {
         let committed = Arc::new(Notify::new());
         let caught_up = Arc::new(AtomicBool::new(false));
@@ -173,6 +180,7 @@ impl SqliteOrderStore {
             readers: SyncMutex::new(Some(work)),
             reader_ends: SyncMutex::new(reader_ends),
             in_memory,
+            lock: SyncMutex::new(lock),
             relay: Mutex::new(RelayState::default()),
             fresh,
             cache,
@@ -232,6 +240,8 @@ impl SqliteOrderStore {
         if self.writer.send(Job::Close(done)).is_ok() {
             let _ = closed.await;
         }
+        // Only now may another process open the file.
+        drop(self.lock.lock().take());
     }
 
     /// Runs `work` on the writing connection, in order with the other writes.

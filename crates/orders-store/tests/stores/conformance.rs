@@ -36,6 +36,7 @@ macro_rules! suite {
             prune_removes_only_old_inbox_records_and_sent_rows,
             a_commit_with_messages_wakes_the_relay,
             stalled_orders_get_their_latest_request_sent_again,
+            a_stalled_order_gets_its_request_sent_again_not_a_later_refusal,
         );
     };
     ($backend:expr, durable) => {
@@ -774,5 +775,97 @@ pub async fn stalled_orders_get_their_latest_request_sent_again(f: Fixture) {
         got, want,
         "the same messages, same ids, only for waiting orders"
     );
+    assert_eq!(f.outbox.unsent().await.unwrap(), 0);
+}
+
+/// Commits what Orders commits for a refused payment: the rejected inbox record and an
+/// `order.payment_refused` outbox row, the order unchanged. Returns the refusal's id.
+async fn refuse_a_payment(f: &Fixture, order: orders_domain::OrderId, now: i64) -> Uuid {
+    let record = handled(
+        order,
+        "payment.approved",
+        HandlingOutcome::Rejected("refused".to_owned()),
+        at(now),
+    );
+    let refusal = Envelope::new(
+        Uuid::new_v4(),
+        "order.payment_refused",
+        at(now),
+        order.to_string(),
+        Some(record.message_id),
+        &serde_json::json!({ "orderId": order.as_uuid(), "paymentId": "pay-other" }),
+    )
+    .unwrap();
+    let id = refusal.message_id;
+    f.store
+        .commit(Commit {
+            order: None,
+            outbox: vec![refusal],
+            inbox: Some(record),
+            idempotency_key: None,
+        })
+        .await
+        .unwrap();
+    id
+}
+
+pub async fn a_stalled_order_gets_its_request_sent_again_not_a_later_refusal(f: Fixture) {
+    let store = f.store.as_ref();
+    // A awaits payment, B is paid; each has a refused payment as its latest outbox row.
+    let a = place(store, at(0)).await;
+    let mut b = place(store, at(0)).await;
+    let total = b.total();
+    let _ = b
+        .confirm_payment(PaymentId::new("pay-b").unwrap(), total, at(1))
+        .unwrap();
+    let b = save(store, b, None).await;
+    let refused_a = refuse_a_payment(&f, a.id(), 2).await;
+    let refused_b = refuse_a_payment(&f, b.id(), 2).await;
+    let bus = RecordingBus::new();
+    while f.outbox.relay(100, bus.as_ref()).await.unwrap() > 0 {}
+    let first = bus.published();
+    let last_of = |order: orders_domain::OrderId| {
+        first
+            .iter()
+            .rfind(|e| e.correlation_id == order.to_string())
+            .map(|e| e.message_id)
+            .unwrap()
+    };
+    assert_eq!(last_of(a.id()), refused_a, "the refusal is A's latest row");
+    assert_eq!(last_of(b.id()), refused_b, "the refusal is B's latest row");
+
+    assert_eq!(f.outbox.requeue_stalled(at(50)).await.unwrap(), 2);
+    let again = RecordingBus::new();
+    while f.outbox.relay(100, again.as_ref()).await.unwrap() > 0 {}
+    let mut got: Vec<(String, String)> = again
+        .published()
+        .iter()
+        .map(|e| (e.correlation_id.clone(), e.topic.to_string()))
+        .collect();
+    let mut want = vec![
+        (a.id().to_string(), "order.placed".to_owned()),
+        (b.id().to_string(), "order.paid".to_owned()),
+    ];
+    got.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(
+        got, want,
+        "the request each order waits on, never the refusal"
+    );
+    let request = |order: orders_domain::OrderId, topic: &str| {
+        first
+            .iter()
+            .rfind(|e| e.correlation_id == order.to_string() && e.topic == topic)
+            .map(|e| e.message_id)
+            .unwrap()
+    };
+    let mut got: Vec<Uuid> = again.published().iter().map(|e| e.message_id).collect();
+    let mut want = vec![
+        request(a.id(), "order.placed"),
+        request(b.id(), "order.paid"),
+    ];
+    got.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(got, want, "the same messages, same ids");
     assert_eq!(f.outbox.unsent().await.unwrap(), 0);
 }

@@ -69,3 +69,69 @@ async fn relays_of_several_processes_publish_each_row_once() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_hears_another_replicas_commit_at_once() {
+    let Some(admin) = crate::support::postgres_url() else {
+        return;
+    };
+    let database = orders_store::scratch::ScratchDatabase::create(&admin)
+        .await
+        .unwrap();
+    // Two stores = two replicas on one database.
+    let a = orders_store::PostgresOrderStore::connect(database.url())
+        .await
+        .unwrap();
+    let b = orders_store::PostgresOrderStore::connect(database.url())
+        .await
+        .unwrap();
+    let (heard, mut hearing) = tokio::sync::mpsc::unbounded_channel();
+    let listener = a
+        .listen_commits(move |id, version| {
+            let _ = heard.send((id, version));
+        })
+        .await
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    let order = place(&b, at(0)).await;
+    let committed = started.elapsed();
+    let got = tokio::time::timeout(crate::support::DEADLINE, hearing.recv())
+        .await
+        .expect("replica A did not hear B's commit")
+        .unwrap();
+    let heard_after = started.elapsed();
+    println!(
+        "replica A heard B's commit {} ms after it began ({} ms after it returned)",
+        heard_after.as_millis(),
+        heard_after.saturating_sub(committed).as_millis()
+    );
+    assert_eq!(got, (order.id(), 1));
+    assert!(
+        heard_after < std::time::Duration::from_secs(2),
+        "heard in {heard_after:?}, expected within milliseconds"
+    );
+    // A commit that fails announces nothing: a stale version conflicts.
+    let mut stale = order.clone();
+    stale.mark_saved(0);
+    let failed = b
+        .commit(orders_app::Commit {
+            order: Some(stale),
+            outbox: vec![],
+            inbox: None,
+            idempotency_key: None,
+        })
+        .await;
+    assert!(failed.is_err(), "a stale commit fails");
+    let next = place(&b, at(1)).await;
+    let got = tokio::time::timeout(crate::support::DEADLINE, hearing.recv())
+        .await
+        .expect("replica A did not hear B's second commit")
+        .unwrap();
+    assert_eq!(got, (next.id(), 1), "the failed commit was not announced");
+
+    listener.stop();
+    a.close().await;
+    b.close().await;
+    database.remove().await.unwrap();
+}

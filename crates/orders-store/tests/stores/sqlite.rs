@@ -267,3 +267,88 @@ async fn closing_marks_what_the_relay_published_so_a_restart_sends_nothing_twice
     assert_eq!(bus.published().len(), 3);
     store.close().await;
 }
+
+/// Set in the child process of [`a_second_process_on_the_file_fails_naming_it_and_the_holder`]:
+/// the file it tries to open.
+const SECOND_PROCESS_FILE: &str = "ORDERS_STORE_TEST_SECOND_PROCESS_FILE";
+
+/// Runs this test binary again as a second process that opens `file` (see
+/// [`a_second_process_on_the_file_fails_naming_it_and_the_holder`]); returns what it printed.
+async fn open_in_another_process(file: &str) -> String {
+    let file = file.to_owned();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "sqlite::a_second_process_on_the_file_fails_naming_it_and_the_holder",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(SECOND_PROCESS_FILE, file)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "the second process failed: {output:?}"
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn a_second_process_on_the_file_fails_naming_it_and_the_holder() {
+    if let Ok(file) = std::env::var(SECOND_PROCESS_FILE) {
+        // The second process: report what opening gave.
+        match SqliteOrderStore::connect(&file).await {
+            Ok(store) => {
+                println!("SECOND: opened");
+                store.close().await;
+            }
+            Err(e) => println!("SECOND: refused: {e}"),
+        }
+        return;
+    }
+    let file = ScratchFile::new();
+    let store = SqliteOrderStore::connect(path_of(&file)).await.unwrap();
+    let order = place(&store, at(0)).await;
+    let pid = std::process::id();
+    let lock = std::fs::read_to_string(format!("{}.lock", path_of(&file))).unwrap();
+    assert_eq!(
+        lock.trim(),
+        pid.to_string(),
+        "the lock file names the holder"
+    );
+
+    let second = open_in_another_process(path_of(&file)).await;
+    println!("{second}");
+    assert!(second.contains("SECOND: refused"), "{second}");
+    assert!(second.contains(path_of(&file)), "names the file: {second}");
+    assert!(
+        second.contains(&format!("process {pid}")),
+        "names the holder: {second}"
+    );
+    // Stores of the holding process share its lock.
+    let same_process = SqliteOrderStore::connect(path_of(&file)).await.unwrap();
+    assert_eq!(
+        same_process.load(order.id()).await.unwrap(),
+        Some(order.clone())
+    );
+    same_process.close().await;
+    let still = open_in_another_process(path_of(&file)).await;
+    assert!(
+        still.contains("SECOND: refused"),
+        "held while a store is open: {still}"
+    );
+
+    store.close().await;
+    let after = open_in_another_process(path_of(&file)).await;
+    assert!(
+        after.contains("SECOND: opened"),
+        "after close it opens: {after}"
+    );
+    let again = SqliteOrderStore::connect(path_of(&file)).await.unwrap();
+    assert_eq!(again.load(order.id()).await.unwrap(), Some(order));
+    again.close().await;
+}
