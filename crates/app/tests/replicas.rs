@@ -28,16 +28,10 @@ async fn a_blocking_read_on_one_replica_answers_when_another_commits() {
         println!("skipping: ORDERS_TEST_POSTGRES_URL not set");
         return;
     };
-    let database = format!("orders_replicas_{}", uuid::Uuid::new_v4().simple());
-    let admin = sqlx::PgPool::connect(&admin_url).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {database}"))
-        .execute(&admin)
+    let database = orders_store::scratch::ScratchDatabase::create(&admin_url)
         .await
         .unwrap();
-    let url = match admin_url.rfind('/') {
-        Some(i) => format!("{}/{database}", &admin_url[..i]),
-        None => panic!("cannot derive a database url from {admin_url}"),
-    };
+    let url = database.url().to_owned();
     let spec: StoreSpec = url.parse().unwrap();
     let a = open_store(&spec).await.unwrap();
     let b = open_store(&spec).await.unwrap();
@@ -93,10 +87,7 @@ async fn a_blocking_read_on_one_replica_answers_when_another_commits() {
 
     a.close().await;
     b.close().await;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-        .execute(&admin)
-        .await
-        .unwrap();
+    database.remove().await.unwrap();
 }
 
 fn new_order() -> Order {
