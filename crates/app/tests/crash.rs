@@ -336,7 +336,7 @@ async fn sqlite_service_survives_repeated_sigkill_without_losing_or_doubling() {
         verify(store.as_ref(), store.as_ref(), &ids).await;
     })
     .await;
-    for suffix in ["", "-wal", "-shm"] {
+    for suffix in ["", "-wal", "-shm", ".lock"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
 }
