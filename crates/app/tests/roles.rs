@@ -33,7 +33,8 @@ const LISTENING: &str = "listening on http://";
 /// A child process running one role; killed when dropped (a test that failed midway).
 struct Role {
     name: &'static str,
-    child: Child,
+    /// `None` once [`Role::terminate`] has reaped it.
+    child: Option<Child>,
     /// The base URL, sent once the child logs that it listens.
     listening: Option<tokio::sync::oneshot::Receiver<String>>,
     /// Its log lines, shown when something fails.
@@ -73,7 +74,7 @@ impl Role {
         });
         Self {
             name,
-            child,
+            child: Some(child),
             listening: Some(address),
             log,
         }
@@ -113,36 +114,37 @@ impl Role {
 
     /// Sends SIGTERM and waits for a successful exit.
     async fn terminate(&mut self) {
-        let pid = self.child.id().to_string();
+        let mut child = self.child.take().expect("terminated once");
+        let pid = child.id().to_string();
         let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         assert!(sent.success(), "kill -TERM {pid}");
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(
-                    status.success(),
-                    "app {} exited with {status} on SIGTERM:\n{}",
-                    self.name,
-                    self.log()
-                );
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
+        // The exit is awaited on a blocking thread, under the deadline.
+        let exited =
+            tokio::time::timeout(DEADLINE, tokio::task::spawn_blocking(move || child.wait())).await;
+        let Ok(status) = exited else {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            panic!(
                 "app {} still running {DEADLINE:?} after SIGTERM:\n{}",
                 self.name,
                 self.log()
             );
-            // tidy: allow(sleep) — polling a child's exit status: nothing to be notified by.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        };
+        let status = status.unwrap().unwrap();
+        assert!(
+            status.success(),
+            "app {} exited with {status} on SIGTERM:\n{}",
+            self.name,
+            self.log()
+        );
     }
 }
 
 impl Drop for Role {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
