@@ -274,11 +274,7 @@ impl RunningRole {
                 Ok(reason)
             }
             ended = &mut http => {
-                let error = match ended {
-                    Ok(Ok(())) => anyhow::anyhow!("the HTTP server stopped on its own"),
-                    Ok(Err(e)) => anyhow::Error::new(e).context("the HTTP server failed"),
-                    Err(e) => anyhow::Error::new(e).context("the HTTP server task failed"),
-                };
+                let error = crate::serve::http_server_ended(ended);
                 tracing::error!(role = self.name, error = format!("{error:#}"),
                     "{} stopping: HTTP server ended", self.name);
                 self.simulator.stop().await;

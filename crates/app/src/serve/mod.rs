@@ -38,7 +38,7 @@ pub use config::{
     DEFAULT_RETENTION_INTERVAL_SECS, DEFAULT_SHUTDOWN_GRACE_SECS, DEFAULT_STORE, PaymentsFlags,
     SecretUrl, ServeConfig, SimsMode, SimulatorFlags, StockFlags, StoreSpec, redact_url,
 };
-pub use shutdown::{RunningServer, StopReason, shutdown_signal};
+pub use shutdown::{RunningServer, StopReason, http_server_ended, shutdown_signal};
 pub use store::{OpenedStore, open_store};
 pub use wiring::{LISTEN_BACKLOG, spawn};
 

@@ -104,11 +104,7 @@ impl RunningServer {
                 Ok(reason)
             }
             ended = &mut http => {
-                let error = match ended {
-                    Ok(Ok(())) => anyhow::anyhow!("the HTTP server stopped on its own"),
-                    Ok(Err(e)) => anyhow::Error::new(e).context("the HTTP server failed"),
-                    Err(e) => anyhow::Error::new(e).context("the HTTP server task failed"),
-                };
+                let error = http_server_ended(ended);
                 tracing::error!(
                     error = format!("{error:#}"),
                     "orders service stopping: HTTP server ended"
@@ -205,5 +201,17 @@ pub async fn shutdown_signal() -> StopReason {
     tokio::select! {
         reason = interrupt => reason,
         reason = terminate => reason,
+    }
+}
+
+/// Why an HTTP server task that ended on its own (no shutdown was asked) is an error.
+#[must_use]
+pub fn http_server_ended(
+    ended: Result<std::io::Result<()>, tokio::task::JoinError>,
+) -> anyhow::Error {
+    match ended {
+        Ok(Ok(())) => anyhow::anyhow!("the HTTP server stopped on its own"),
+        Ok(Err(e)) => anyhow::Error::new(e).context("the HTTP server failed"),
+        Err(e) => anyhow::Error::new(e).context("the HTTP server task failed"),
     }
 }
