@@ -169,6 +169,13 @@ impl OrderStore for WatchedStore {
     async fn prune(&self, before: Timestamp) -> Result<PruneReport, StoreError> {
         self.inner.prune(before).await
     }
+    async fn recent_orders(
+        &self,
+        limit: usize,
+        customer: Option<&str>,
+    ) -> Result<Vec<Order>, StoreError> {
+        self.inner.recent_orders(limit, customer).await
+    }
 }
 
 /// An [`Outbox`] that says when the relay is in a pass and wakes waiters after each one,

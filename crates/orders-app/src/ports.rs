@@ -151,6 +151,25 @@ pub trait OrderStore: Send + Sync + 'static {
     /// # Errors
     /// [`StoreError::Unavailable`].
     async fn prune(&self, before: Timestamp) -> Result<PruneReport, StoreError>;
+
+    /// The newest orders first, at most `limit`; only `customer`'s when given. Newest by
+    /// id: order ids are time-ordered ([`OrderId::time_ordered`]), so the primary key
+    /// gives the order without another index. For the live page's list
+    /// (`GET /orders?limit=N`).
+    ///
+    /// The store adapters implement it; the default, for test doubles, answers
+    /// [`StoreError::Unavailable`].
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] or [`StoreError::Corrupt`].
+    async fn recent_orders(
+        &self,
+        limit: usize,
+        customer: Option<&str>,
+    ) -> Result<Vec<Order>, StoreError> {
+        let _ = (limit, customer);
+        Err(StoreError::unavailable("this store cannot list orders"))
+    }
 }
 
 /// What the outbox relay needs.

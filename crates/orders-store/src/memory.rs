@@ -106,6 +106,29 @@ impl InMemoryOrderStore {
     }
 }
 
+impl InMemoryOrderStore {
+    /// The newest `limit` orders (of `customer` only, when given), newest first: ids are
+    /// gathered shard by shard (no order is cloned but the ones answered), then sorted.
+    fn newest(&self, limit: usize, customer: Option<&str>) -> Vec<Order> {
+        let mut ids: Vec<OrderId> = Vec::new();
+        for shard in &*self.orders {
+            let shard = shard.lock();
+            ids.extend(
+                shard
+                    .orders
+                    .values()
+                    .filter(|o| customer.is_none_or(|c| o.customer_id().as_str() == c))
+                    .map(|o| o.id()),
+            );
+        }
+        ids.sort_unstable_by_key(|id| std::cmp::Reverse(id.as_uuid()));
+        ids.truncate(limit);
+        ids.into_iter()
+            .filter_map(|id| self.order_shard(id).orders.get(&id).map(|o| (**o).clone()))
+            .collect()
+    }
+}
+
 fn handled(shard: &InboxShard, subscriber: &str, message_id: MessageId) -> bool {
     shard
         .get(&message_id)
@@ -120,6 +143,14 @@ fn waits_on_another_context(status: OrderStatus) -> bool {
 impl OrderStore for InMemoryOrderStore {
     async fn load(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
         Ok(self.order_shard(id).orders.get(&id).map(|o| (**o).clone()))
+    }
+
+    async fn recent_orders(
+        &self,
+        limit: usize,
+        customer: Option<&str>,
+    ) -> Result<Vec<Order>, StoreError> {
+        Ok(self.newest(limit, customer))
     }
 
     async fn is_handled(

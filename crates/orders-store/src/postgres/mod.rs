@@ -172,6 +172,31 @@ impl PostgresOrderStore {
     }
 }
 
+/// The newest orders, by id (time-ordered ids: the primary key gives the order), of one
+/// customer when `$2` is not null, at most `$1`.
+const RECENT_ORDERS: &str = "\
+    SELECT id, version, data::text FROM orders \
+    WHERE $2::text IS NULL OR data->>'customerId' = $2::text \
+    ORDER BY id DESC LIMIT $1";
+
+impl PostgresOrderStore {
+    /// [`OrderStore::recent_orders`].
+    async fn newest(&self, limit: usize, customer: Option<&str>) -> Result<Vec<Order>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut conn = self.shared.conn().await?;
+        let rows = sqlx::query_as(RECENT_ORDERS)
+            .bind(limit)
+            .bind(customer)
+            .fetch_all(conn.get()?)
+            .await;
+        let rows: Vec<(Uuid, i64, String)> = conn.check(rows)?;
+        drop(conn);
+        rows.into_iter()
+            .map(|(id, version, data)| snapshot::decode_row(OrderId::from_uuid(id), version, &data))
+            .collect()
+    }
+}
+
 #[async_trait]
 impl OrderStore for PostgresOrderStore {
     async fn load(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
@@ -184,6 +209,14 @@ impl OrderStore for PostgresOrderStore {
         drop(conn);
         row.map(|(version, data)| snapshot::decode_row(id, version, &data))
             .transpose()
+    }
+
+    async fn recent_orders(
+        &self,
+        limit: usize,
+        customer: Option<&str>,
+    ) -> Result<Vec<Order>, StoreError> {
+        self.newest(limit, customer).await
     }
 
     async fn is_handled(

@@ -281,6 +281,37 @@ impl SqliteOrderStore {
     }
 }
 
+/// The newest orders, by id (time-ordered ids: the primary key gives the order), of one
+/// customer when `?2` is not null, at most `?1`.
+const RECENT_ORDERS: &str = "\
+    SELECT id, version, data FROM orders \
+    WHERE ?2 IS NULL OR json_extract(data, '$.customerId') = ?2 \
+    ORDER BY id DESC LIMIT ?1";
+
+impl SqliteOrderStore {
+    /// [`OrderStore::recent_orders`].
+    async fn newest(&self, limit: usize, customer: Option<&str>) -> Result<Vec<Order>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let customer = customer.map(str::to_owned);
+        let rows: Vec<(String, i64, String)> = self
+            .read(move |conn| {
+                let mut select = conn.prepare_cached(RECENT_ORDERS).map_err(sqlite_error)?;
+                let rows = select
+                    .query_map(params![limit, customer], |row| {
+                        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                    })
+                    .map_err(sqlite_error)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(sqlite_error)
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(id, version, data)| {
+                snapshot::decode_row(snapshot::parse(&id, "order id")?, version, &data)
+            })
+            .collect()
+    }
+}
+
 fn closed() -> StoreError {
     StoreError::unavailable("the SQLite store is closed")
 }
@@ -349,6 +380,14 @@ impl OrderStore for SqliteOrderStore {
             .await?;
         row.map(|(version, data)| snapshot::decode_row(id, version, &data))
             .transpose()
+    }
+
+    async fn recent_orders(
+        &self,
+        limit: usize,
+        customer: Option<&str>,
+    ) -> Result<Vec<Order>, StoreError> {
+        self.newest(limit, customer).await
     }
 
     async fn is_handled(
