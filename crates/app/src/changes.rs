@@ -7,6 +7,12 @@
 //! whoever waits on that order in [`OrderChanges`]. Only changes committed by this
 //! process are seen; a waiter that misses one still answers at its deadline.
 //!
+//! The same commits feed the live page: [`OrderChanges::feed`] is a bounded broadcast of
+//! changed order ids (`GET /events`; a receiver that falls more than
+//! [`FEED_CAPACITY`] changes behind is told how many it missed and reloads, so a slow
+//! client never makes memory grow), and [`OrderChanges::flow`] is the rolling window of
+//! orders reaching a final state (`GET /flow`), fed by this process's commits.
+//!
 //! [`RelayedOutbox`] decorates an [`Outbox`] the same way for the relay's passes, so
 //! whoever waits for the outbox to drain is woken instead of polling it.
 
@@ -25,21 +31,88 @@ use messaging::{MessageBus, MessageId};
 use orders_app::{Commit, MessageRecord, OrderStore, Outbox, PruneReport, StoreError};
 use orders_domain::{Order, OrderId, OrderStatus, Timestamp};
 use parking_lot::Mutex;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, broadcast, watch};
 
-/// Who waits for which order.
-#[derive(Debug, Default)]
+use crate::http::flow::FlowWindow;
+
+/// How many changes the feed holds for its slowest receiver before that one lags.
+pub const FEED_CAPACITY: usize = 1024;
+
+/// Who waits for which order; the feed of changed orders; the flow window.
+#[derive(Debug)]
 pub struct OrderChanges {
     waiters: Mutex<HashMap<OrderId, Arc<Notify>>>,
+    /// Every changed order id, for `GET /events`.
+    feed: broadcast::Sender<OrderId>,
+    /// `true` once the service stops: open feeds end, so their connections close.
+    closing: watch::Sender<bool>,
+    /// Orders reaching a final state, over the last minute.
+    flow: FlowWindow,
+}
+
+impl Default for OrderChanges {
+    fn default() -> Self {
+        Self {
+            waiters: Mutex::default(),
+            feed: broadcast::Sender::new(FEED_CAPACITY),
+            closing: watch::Sender::new(false),
+            flow: FlowWindow::default(),
+        }
+    }
 }
 
 impl OrderChanges {
-    /// Wakes every waiter of `id`.
+    /// Wakes every waiter of `id` and tells the feed (a commit that left the order
+    /// unchanged, or another replica's commit).
     pub fn notify(&self, id: OrderId) {
-        let waiters = self.waiters.lock();
-        if let Some(notify) = waiters.get(&id) {
-            notify.notify_waiters();
+        {
+            let waiters = self.waiters.lock();
+            if let Some(notify) = waiters.get(&id) {
+                notify.notify_waiters();
+            }
         }
+        // No receiver (no page open) is not an error.
+        let _ = self.feed.send(id);
+    }
+
+    /// [`OrderChanges::notify`] for a commit of this process that left order `id` in
+    /// `status`; an order reaching a final state is counted in the
+    /// [`flow`](OrderChanges::flow).
+    pub fn committed(
+        &self,
+        id: OrderId,
+        status: OrderStatus,
+        placed_at: Timestamp,
+        updated_at: Timestamp,
+    ) {
+        if matches!(status, OrderStatus::StockReserved | OrderStatus::Cancelled) {
+            self.flow.finished(id, status, placed_at, updated_at);
+        }
+        self.notify(id);
+    }
+
+    /// A receiver of every changed order id from now on (bounded: see [`FEED_CAPACITY`]).
+    #[must_use]
+    pub fn feed(&self) -> broadcast::Receiver<OrderId> {
+        self.feed.subscribe()
+    }
+
+    /// Turns `true` when the service stops ([`OrderChanges::close`]).
+    #[must_use]
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
+    /// Ends every open feed (`GET /events` streams), so a graceful shutdown does not
+    /// wait for them.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Orders of this process reaching a final state, over the last minute.
+    #[must_use]
+    pub fn flow(&self) -> &FlowWindow {
+        &self.flow
     }
 
     /// A handle to wait on `id`; give it back with [`OrderChanges::release`].
@@ -118,10 +191,10 @@ impl WatchedStore {
     /// an order.
     #[must_use]
     pub fn new(inner: Arc<dyn OrderStore>, changes: Arc<OrderChanges>) -> Self {
-        let notify = changes.clone();
         Self {
             inner,
-            observer: Arc::new(move |id, _| notify.notify(id)),
+            // The commit itself is reported to `changes` (see `commit`).
+            observer: Arc::new(|_, _| {}),
             changes: Some(changes),
         }
     }
@@ -153,11 +226,19 @@ impl OrderStore for WatchedStore {
         self.inner.find_by_idempotency_key(key).await
     }
     async fn commit(&self, commit: Commit) -> Result<u64, StoreError> {
-        let changed = commit.order.as_ref().map(|o| (o.id(), o.status()));
         let handled = commit.inbox.as_ref().map(|record| record.order_id);
+        let changed = commit
+            .order
+            .as_ref()
+            .map(|o| (o.id(), o.status(), o.placed_at(), o.updated_at()));
         let version = self.inner.commit(commit).await?;
         match (changed, handled, &self.changes) {
-            (Some((id, status)), _, _) => (self.observer)(id, status),
+            (Some((id, status, placed_at, updated_at)), _, changes) => {
+                (self.observer)(id, status);
+                if let Some(changes) = changes {
+                    changes.committed(id, status, placed_at, updated_at);
+                }
+            }
             (None, Some(id), Some(changes)) => changes.notify(id),
             _ => {}
         }

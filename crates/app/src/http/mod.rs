@@ -3,10 +3,14 @@
 //!
 //! | route | answer |
 //! |---|---|
+//! | `GET /orders?limit=N` | 200 + `{"orders": [...]}`, the newest first (default 50, at most 200; a scoped token: its customer's) |
 //! | `POST /orders` | 201 + `Location` + the order; 200 + the same order when an `Idempotency-Key` was used before |
 //! | `GET /orders/{id}` | 200 + the order |
 //! | `POST /orders/{id}/cancel` `{"reason"}` | 200 + the cancelled order; 409 when its state does not allow it |
 //! | `GET /orders/{id}/messages` | 200 + the messages the order sent and received, in commit order |
+//! | `GET /events` | Server-Sent Events: `order` after each commit of an order, `flow` every second ([`events`]) |
+//! | `GET /flow` | 200 + throughput, p50/p99 placed → final over the last minute, dead letters ([`flow`]) |
+//! | `GET /` | the live flow page, and its script and style under `/page/` ([`page`]); no token needed |
 //! | `GET /healthz` | 200 `{"status":"ok"}` while the process runs |
 //! | `GET /readyz` | 200 when the store and the bus answer, 503 otherwise |
 //!
@@ -22,8 +26,11 @@
 //! are logged, never shown.
 
 pub mod auth;
+pub mod events;
 pub mod extract;
+pub mod flow;
 pub mod limits;
+pub mod page;
 pub mod problem;
 pub mod readiness;
 mod routes;
@@ -161,6 +168,9 @@ pub fn router(state: AppState) -> Router {
     let rate_limiter = state.rate_limiter.clone();
     let mut router = Router::new()
         .route("/orders", post(routes::place_order))
+        .route("/orders", get(routes::list_orders))
+        .route("/events", get(events::events))
+        .route("/flow", get(flow::flow))
         .route("/orders/{id}", get(routes::get_order))
         .route("/orders/{id}/cancel", post(routes::cancel_order))
         .route("/orders/{id}/messages", get(routes::order_messages))
@@ -173,6 +183,8 @@ pub fn router(state: AppState) -> Router {
     if let Some(tokens) = tokens {
         router = router.layer(middleware::from_fn_with_state(tokens, auth::authenticate));
     }
+    // The page itself holds no data: it loads without a token and asks for one.
+    router = router.merge(page::router());
     // Outside authentication: guessing tokens counts against the rate too.
     if let Some(limiter) = rate_limiter {
         router = router.layer(middleware::from_fn_with_state(limiter, limits::rate_limit));

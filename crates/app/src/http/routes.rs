@@ -219,3 +219,54 @@ pub(super) async fn stats(
         )),
     }
 }
+
+/// The longest list `GET /orders` answers.
+pub const MAX_LIST_LIMIT: usize = 200;
+
+/// The list `GET /orders` answers without `limit`.
+pub const DEFAULT_LIST_LIMIT: usize = 50;
+
+/// The query of `GET /orders`: `limit`, 1 to [`MAX_LIST_LIMIT`].
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    limit: Option<u64>,
+}
+
+/// The answer of `GET /orders`.
+#[derive(Debug, serde::Serialize)]
+pub(super) struct OrderList {
+    /// Newest first.
+    orders: Vec<OrderView>,
+}
+
+/// `GET /orders?limit=N`: the newest orders first (default [`DEFAULT_LIST_LIMIT`]); only
+/// its customer's for a scoped token. 422 for a limit of 0 or over [`MAX_LIST_LIMIT`].
+pub(super) async fn list_orders(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryParams(query): QueryParams<ListQuery>,
+) -> Result<Json<OrderList>, Problem> {
+    let limit = match query.limit {
+        None => DEFAULT_LIST_LIMIT,
+        Some(n) if (1..=MAX_LIST_LIMIT as u64).contains(&n) => n as usize,
+        Some(_) => {
+            return Err(Problem::validation(
+                "1 invalid field(s)",
+                vec![super::problem::FieldError {
+                    field: "limit".to_owned(),
+                    message: format!("must be between 1 and {MAX_LIST_LIMIT}"),
+                }],
+            ));
+        }
+    };
+    let orders = state
+        .orders
+        .store()
+        .recent_orders(limit, caller.scope())
+        .await
+        .map_err(AppError::from)?;
+    Ok(Json(OrderList {
+        orders: orders.iter().map(OrderView::from).collect(),
+    }))
+}

@@ -138,6 +138,8 @@ pub async fn spawn(config: ServeConfig) -> anyhow::Result<RunningServer> {
     let probe = StoreAndBusProbe::new(stores.store.clone(), move || {
         probe_bus.is_ready(ORDERS_SUBSCRIBER)
     });
+    // Open `GET /events` streams end when the server stops accepting.
+    let feeds = changes.clone();
     let state = AppState::new(orders.clone(), Arc::new(probe))
         .request_timeout(Duration::from_secs(config.request_timeout_secs))
         .changes(changes)
@@ -157,6 +159,7 @@ pub async fn spawn(config: ServeConfig) -> anyhow::Result<RunningServer> {
         )
         .with_graceful_shutdown(async move {
             let _ = stop_accepting_rx.await;
+            feeds.close();
         })
         .await
     });
