@@ -424,6 +424,7 @@
       const out = $("#place-result");
       out.textContent = "";
       out.className = "form-result";
+      delete out.dataset.orderId;
       const { local, command } = readForm(form);
       if (local.length) {
         showErrors(form, local);
@@ -440,6 +441,7 @@
         if (result.ok && result.data) {
           out.textContent = `Placed ${shortId(result.data.orderId)}.`;
           out.className = "form-result ok";
+          out.dataset.orderId = result.data.orderId;
           upsert(result.data);
           select(result.data.orderId);
         } else {
