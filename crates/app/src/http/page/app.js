@@ -88,6 +88,7 @@
 
   function duration(ms) {
     if (ms === null || ms === undefined || Number.isNaN(ms)) return "–";
+    if (ms === 0) return "0 ms";
     if (ms < 1) return `${ms.toFixed(2)} ms`;
     if (ms < 1000) return `${Math.round(ms)} ms`;
     if (ms < 60000) return `${(ms / 1000).toFixed(ms < 10000 ? 2 : 1)} s`;
@@ -227,6 +228,7 @@
     $("#detail-body").dataset.orderId = order.orderId;
     $("#detail-status").replaceChildren(badge(order.status));
     $("#detail-id").textContent = order.orderId;
+    $("#detail-id").title = order.orderId;
     $("#detail-customer").textContent = order.customerId;
     $("#detail-total").textContent = money(order.totalAmount, order.currency);
     $("#detail-placed").textContent = new Date(order.placedAt).toLocaleString([], { hour12: false });
@@ -262,7 +264,7 @@
     const laneX = [90, 300, 510];
     const top = 46;
     const row = 58;
-    const height = top + Math.max(messages.length, 1) * row + 18;
+    const height = top + Math.max(messages.length, 1) * row + 2;
     const placed = Date.parse(order.placedAt);
     const root = svg("svg", {
       viewBox: `0 0 ${width} ${height}`, width: "100%", role: "img",
