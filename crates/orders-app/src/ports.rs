@@ -152,10 +152,13 @@ pub trait OrderStore: Send + Sync + 'static {
     /// [`StoreError::Unavailable`].
     async fn prune(&self, before: Timestamp) -> Result<PruneReport, StoreError>;
 
-    /// The newest orders first, at most `limit`; only `customer`'s when given. Newest by
-    /// id: order ids are time-ordered ([`OrderId::time_ordered`]), so the primary key
-    /// gives the order without another index. For the live page's list
-    /// (`GET /orders?limit=N`).
+    /// The newest orders first (by when they were placed), at most `limit`; only
+    /// `customer`'s when given. For the live page's list (`GET /orders?limit=N`).
+    ///
+    /// The SQL adapters find them by id: order ids are time-ordered to the millisecond
+    /// ([`OrderId::time_ordered`]), so the primary key finds them without another index.
+    /// Among orders placed within the same millisecond as the oldest one listed, the
+    /// ones listed are not necessarily the latest of that millisecond.
     ///
     /// The store adapters implement it; the default, for test doubles, answers
     /// [`StoreError::Unavailable`].

@@ -107,23 +107,26 @@ impl InMemoryOrderStore {
 }
 
 impl InMemoryOrderStore {
-    /// The newest `limit` orders (of `customer` only, when given), newest first: ids are
-    /// gathered shard by shard (no order is cloned but the ones answered), then sorted.
+    /// The newest `limit` orders (of `customer` only, when given), newest first by when
+    /// they were placed: ids are gathered shard by shard (no order is cloned but the ones
+    /// answered), then sorted.
     fn newest(&self, limit: usize, customer: Option<&str>) -> Vec<Order> {
-        let mut ids: Vec<OrderId> = Vec::new();
+        let mut placed: Vec<(Timestamp, OrderId)> = Vec::new();
         for shard in &*self.orders {
             let shard = shard.lock();
-            ids.extend(
+            placed.extend(
                 shard
                     .orders
                     .values()
                     .filter(|o| customer.is_none_or(|c| o.customer_id().as_str() == c))
-                    .map(|o| o.id()),
+                    .map(|o| (o.placed_at(), o.id())),
             );
         }
-        ids.sort_unstable_by_key(|id| std::cmp::Reverse(id.as_uuid()));
-        ids.truncate(limit);
-        ids.into_iter()
+        placed.sort_unstable_by_key(|(at, id)| std::cmp::Reverse((*at, id.as_uuid())));
+        placed.truncate(limit);
+        placed
+            .into_iter()
+            .map(|(_, id)| id)
             .filter_map(|id| self.order_shard(id).orders.get(&id).map(|o| (**o).clone()))
             .collect()
     }

@@ -205,3 +205,9 @@ mod tests {
         assert_eq!(batch.park[0].0, 2);
     }
 }
+
+/// Sorts orders newest first by when they were placed (ids break ties): the SQL adapters
+/// select the newest by id, time-ordered only to the millisecond.
+pub(crate) fn newest_first(orders: &mut [orders_domain::Order]) {
+    orders.sort_unstable_by_key(|o| std::cmp::Reverse((o.placed_at(), o.id().as_uuid())));
+}

@@ -191,9 +191,12 @@ impl PostgresOrderStore {
             .await;
         let rows: Vec<(Uuid, i64, String)> = conn.check(rows)?;
         drop(conn);
-        rows.into_iter()
+        let mut orders = rows
+            .into_iter()
             .map(|(id, version, data)| snapshot::decode_row(OrderId::from_uuid(id), version, &data))
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        crate::sql::newest_first(&mut orders);
+        Ok(orders)
     }
 }
 

@@ -304,11 +304,14 @@ impl SqliteOrderStore {
                 rows.collect::<Result<Vec<_>, _>>().map_err(sqlite_error)
             })
             .await?;
-        rows.into_iter()
+        let mut orders = rows
+            .into_iter()
             .map(|(id, version, data)| {
                 snapshot::decode_row(snapshot::parse(&id, "order id")?, version, &data)
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        crate::sql::newest_first(&mut orders);
+        Ok(orders)
     }
 }
 

@@ -922,5 +922,26 @@ pub async fn recent_orders_are_the_newest_first_of_everyone_or_of_one_customer(f
     let alice = store.recent_orders(2, Some("alice")).await.unwrap();
     assert_eq!(ids(&alice), [placed[3].id(), placed[2].id()]);
     assert_eq!(store.recent_orders(50, Some("carol")).await.unwrap(), []);
+
+    // Within one millisecond ids are random: the time of placement orders them.
+    let mut same_ms = Vec::new();
+    for nanos in [300, 100, 200] {
+        let at_nanos = at(20) + chrono::Duration::nanoseconds(nanos);
+        let mut order = order_of("dave", 20);
+        order = Order::place(
+            OrderId::time_ordered(at_nanos),
+            order.customer_id().clone(),
+            order.items().to_vec(),
+            order.shipping_address().clone(),
+            at_nanos,
+        )
+        .unwrap();
+        same_ms.push(save(store, order, None).await);
+    }
+    let dave = store.recent_orders(3, Some("dave")).await.unwrap();
+    assert_eq!(
+        ids(&dave),
+        [same_ms[0].id(), same_ms[2].id(), same_ms[1].id()]
+    );
     assert_eq!(store.recent_orders(0, None).await.unwrap(), []);
 }

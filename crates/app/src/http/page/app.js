@@ -10,6 +10,13 @@
   const FINAL = new Set(["StockReserved", "Cancelled"]);
 
   const $ = (selector, root = document) => root.querySelector(selector);
+  // Newest first: by placement time, then id (ids are time-ordered to the millisecond).
+  const newestFirst = (a, b) => {
+    const x = state.orders.get(a);
+    const y = state.orders.get(b);
+    if (x.placedAt !== y.placedAt) return x.placedAt < y.placedAt ? 1 : -1;
+    return a < b ? 1 : a > b ? -1 : 0;
+  };
   const $$ = (selector, root = document) => Array.from(root.querySelectorAll(selector));
 
   const state = {
@@ -120,7 +127,7 @@
     state.orders.set(order.orderId, order);
     if (state.orders.size > MAX_ORDERS) {
       // Newest first by id (time-ordered): drop the oldest, never the chosen one.
-      const ids = Array.from(state.orders.keys()).sort().reverse();
+      const ids = Array.from(state.orders.keys()).sort(newestFirst);
       for (const id of ids.slice(MAX_ORDERS)) {
         if (id !== state.selected) state.orders.delete(id);
       }
@@ -140,7 +147,7 @@
 
   function renderOrders() {
     const body = $("#orders tbody");
-    const ids = Array.from(state.orders.keys()).sort().reverse();
+    const ids = Array.from(state.orders.keys()).sort(newestFirst);
     const rows = new Map($$("tr", body).map((row) => [row.dataset.orderId, row]));
     let previous = null;
     for (const id of ids) {
