@@ -180,6 +180,12 @@ pub(crate) async fn relay_from_table<T: RelayTable>(
     })
 }
 
+/// Sorts orders newest first by when they were placed (ids break ties): the SQL adapters
+/// select the newest by id, time-ordered only to the millisecond.
+pub(crate) fn newest_first(orders: &mut [orders_domain::Order]) {
+    orders.sort_unstable_by_key(|o| std::cmp::Reverse((o.placed_at(), o.id().as_uuid())));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,10 +210,4 @@ mod tests {
         assert_eq!(batch.park.len(), 1);
         assert_eq!(batch.park[0].0, 2);
     }
-}
-
-/// Sorts orders newest first by when they were placed (ids break ties): the SQL adapters
-/// select the newest by id, time-ordered only to the millisecond.
-pub(crate) fn newest_first(orders: &mut [orders_domain::Order]) {
-    orders.sort_unstable_by_key(|o| std::cmp::Reverse((o.placed_at(), o.id().as_uuid())));
 }
