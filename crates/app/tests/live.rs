@@ -2,7 +2,9 @@
 //! socket): the event stream (`GET /events`) following an order to StockReserved, telling
 //! a client that fell behind to resync and ending when the service stops; the flow figures
 //! (`GET /flow`); the list of recent orders (`GET /orders?limit=N`) with its bounds and
-//! its customer scope; and the page's own files, served without a token.
+//! its customer scope; the page's own files, served without a token; and, on
+//! PostgreSQL, another replica's commit reaching this one's feed (`NOTIFY`; needs
+//! `ORDERS_TEST_POSTGRES_URL`, skipped without it, failing when `CI` is set).
 //!
 //! Streams are read frame by frame, each under a deadline; flows are awaited, never slept
 //! on.
@@ -344,4 +346,65 @@ async fn the_page_and_its_files_load_without_a_token_with_their_types() {
         );
     }
     system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_another_replicas_commit_reaches_this_ones_feed() {
+    let Ok(admin_url) = std::env::var("ORDERS_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "ORDERS_TEST_POSTGRES_URL must be set in CI"
+        );
+        println!("skipping: ORDERS_TEST_POSTGRES_URL not set");
+        return;
+    };
+    let database = orders_store::scratch::ScratchDatabase::create(&admin_url)
+        .await
+        .unwrap();
+    let spec: app::serve::StoreSpec = database.url().parse().unwrap();
+    let a = app::serve::open_store(&spec).await.unwrap();
+    let b = app::serve::open_store(&spec).await.unwrap();
+    let changes = Arc::new(app::changes::OrderChanges::default());
+    a.follow_commits(changes.clone()).await.unwrap();
+    let mut feed = changes.feed();
+
+    // Replica B commits; replica A's page hears of it.
+    let price = orders_domain::Money::new(
+        rust_decimal::Decimal::from_str_exact("9.99").unwrap(),
+        orders_domain::Currency::new("EUR").unwrap(),
+    )
+    .unwrap();
+    let mut order = orders_domain::Order::place(
+        OrderId::random(),
+        orders_domain::CustomerId::new("customer-1").unwrap(),
+        vec![orders_domain::OrderItem::new(
+            orders_domain::ProductId::new("sku-a").unwrap(),
+            orders_domain::Quantity::new(1).unwrap(),
+            price,
+        )],
+        orders_domain::ShippingAddress::new("Main Street 1", "Berlin", "10115", "DE").unwrap(),
+        chrono::Utc::now(),
+    )
+    .unwrap();
+    let _ = order.take_events();
+    let id = order.id();
+    b.stores
+        .store
+        .commit(orders_app::Commit {
+            order: Some(order),
+            outbox: vec![],
+            inbox: None,
+            idempotency_key: None,
+        })
+        .await
+        .unwrap();
+    let heard = tokio::time::timeout(DEADLINE, feed.recv())
+        .await
+        .expect("the feed heard nothing")
+        .unwrap();
+    assert_eq!(heard, id);
+
+    a.close().await;
+    b.close().await;
+    database.remove().await.unwrap();
 }
