@@ -3,8 +3,9 @@
 //! WebDriver (fantoccini). An operator places an order through the form and sees it reach
 //! StockReserved in the list, opens its diagram and sees its four messages in order,
 //! submits an invalid form and sees the errors by their fields, cancels the order and
-//! sees it Cancelled with `order.cancelled` in its diagram, then sees the page reconnect
-//! after the server restarts. A screenshot goes to
+//! sees it Cancelled with `order.cancelled` in its diagram, sees the list stay bounded and
+//! live through a burst of a thousand orders, then sees the page reconnect after the
+//! server restarts. A screenshot goes to
 //! `$CARGO_TARGET_TMPDIR/browser/live-page.png` (its path is printed).
 //!
 //! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (Debian's `chromium` and
@@ -25,11 +26,14 @@ use std::{
 };
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use futures_util::FutureExt as _;
+use futures_util::{FutureExt as _, StreamExt as _};
 use serde_json::{Value, json};
 
 /// How long any one thing may take to show on the page.
 const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Orders placed at once to see that the page stays bounded and live.
+const BURST: usize = 1000;
 
 /// How often a wait looks at the DOM again.
 const POLL: Duration = Duration::from_millis(50);
@@ -373,6 +377,59 @@ async fn story(client: &Client, port: u16, server: Process, out: &Path) {
     )
     .await;
     assert_eq!(finished, "1", "one order reached a final state");
+
+    // A thousand orders: the list stays bounded, the page keeps up.
+    let http = reqwest::Client::new();
+    let placed: Vec<String> = futures_util::stream::iter(0..BURST)
+        .map(|i| {
+            let http = http.clone();
+            let url = format!("{base}/orders");
+            async move {
+                let body = json!({
+                    "customerId": format!("customer-{}", i % 7),
+                    "currency": "EUR",
+                    "items": [{"productId": format!("sku-{}", i % 13), "quantity": 1 + i % 3, "price": 4.5}],
+                    "shippingAddress": {"street": "Main Street 1", "city": "Berlin", "postalCode": "10115", "country": "DE"},
+                });
+                let reply = http.post(&url).json(&body).send().await.unwrap();
+                assert_eq!(reply.status(), reqwest::StatusCode::CREATED);
+                let order: Value = reply.json().await.unwrap();
+                order["orderId"].as_str().unwrap().to_owned()
+            }
+        })
+        .buffered(16)
+        .collect()
+        .await;
+    let last = placed.last().unwrap();
+    until(
+        client,
+        "the last of the burst reaches StockReserved in the list",
+        &format!("#orders tr[data-order-id=\"{last}\"][data-status=\"StockReserved\"]"),
+    )
+    .await;
+    let rows = eval(
+        client,
+        "return document.querySelectorAll('#orders tbody tr').length;",
+    )
+    .await;
+    assert!(
+        rows.as_u64().unwrap() <= 51,
+        "the 50 newest and the chosen one, not {rows}"
+    );
+    assert!(
+        client
+            .find(Locator::Css("#connection[data-state=\"live\"]"))
+            .await
+            .is_ok(),
+        "still live after the burst"
+    );
+    let figures = eval(
+        client,
+        "return ['#kpi-throughput', '#kpi-p50', '#kpi-p99', '#kpi-finished']
+            .map(k => document.querySelector(k).textContent).join(' | ');",
+    )
+    .await;
+    println!("after {BURST} orders the page shows throughput | p50 | p99 | finished: {figures}");
 
     let screenshot = out.join("live-page.png");
     std::fs::write(&screenshot, client.screenshot().await.unwrap()).unwrap();

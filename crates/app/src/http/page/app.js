@@ -475,7 +475,7 @@
     $("#kpi-p50").textContent = duration(flow.latencyMs.p50);
     $("#kpi-p99").textContent = duration(flow.latencyMs.p99);
     $("#kpi-finished").textContent = String(flow.finished);
-    $("#kpi-finished-note").textContent = `${flow.stockReserved} reserved · ${flow.cancelled} cancelled, last minute`;
+    $("#kpi-finished-note").textContent = `${flow.stockReserved} reserved · ${flow.cancelled} cancelled`;
     const dead = flow.deadLetters;
     $("#kpi-dead").textContent = dead === null || dead === undefined ? "–" : String(dead);
     $("#kpi-dead-card").classList.toggle("alert", Boolean(dead));
