@@ -311,6 +311,16 @@ async fn recent_orders_are_listed_newest_first_bounded_and_scoped_to_a_customer(
     );
     let (status, _) = call(&router, request(Method::GET, "/orders", None, None)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = call(
+        &router,
+        request(Method::GET, "/flow", Some("alice-token"), None),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "the figures are of every customer"
+    );
     system.shutdown().await;
 }
 

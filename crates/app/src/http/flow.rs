@@ -25,6 +25,7 @@ use serde::Serialize;
 
 use super::{
     AppState,
+    auth::Caller,
     problem::{Problem, ProblemType},
 };
 
@@ -194,8 +195,18 @@ pub(super) async fn figures(state: &AppState) -> Option<FlowFigures> {
     Some(figures)
 }
 
-/// `GET /flow`: 404 when the service has no change feed.
-pub(super) async fn flow(State(state): State<AppState>) -> Result<Json<FlowFigures>, Problem> {
+/// `GET /flow`: 404 when the service has no change feed; 403 for a customer-scoped token
+/// (the figures are of every customer's orders, like `/events`).
+pub(super) async fn flow(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<FlowFigures>, Problem> {
+    if caller.scope().is_some() {
+        return Err(Problem::new(
+            ProblemType::Forbidden,
+            "a token scoped to one customer cannot read data of every customer",
+        ));
+    }
     figures(&state).await.map(Json).ok_or_else(|| {
         Problem::new(
             ProblemType::NotFound,

@@ -9,7 +9,7 @@
 //! | `POST /orders/{id}/cancel` `{"reason"}` | 200 + the cancelled order; 409 when its state does not allow it |
 //! | `GET /orders/{id}/messages` | 200 + the messages the order sent and received, in commit order |
 //! | `GET /events` | Server-Sent Events: `order` after each commit of an order, `flow` every second ([`events`]) |
-//! | `GET /flow` | 200 + throughput, p50/p99 placed → final over the last minute, dead letters ([`flow`]) |
+//! | `GET /flow` | 200 + throughput, p50/p99 placed → final over the last minute, dead letters ([`flow`]); 403 for a customer-scoped token |
 //! | `GET /` | the live flow page, and its script and style under `/page/` ([`page`]); no token needed |
 //! | `GET /healthz` | 200 `{"status":"ok"}` while the process runs |
 //! | `GET /readyz` | 200 when the store and the bus answer, 503 otherwise |
