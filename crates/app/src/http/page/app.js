@@ -194,7 +194,14 @@
 
   async function loadOrders() {
     const result = await api(`/orders?limit=${MAX_ORDERS}`);
-    if (!result.ok || !result.data) return;
+    const empty = $("#orders-empty");
+    if (!result.ok || !result.data) {
+      if (state.orders.size === 0) {
+        empty.textContent = result.status === 401 ? "Enter an API token to see the orders." : problemText(result);
+      }
+      return;
+    }
+    empty.textContent = "No orders yet. Place one below.";
     const fresh = new Map();
     for (const order of result.data.orders) fresh.set(order.orderId, order);
     const chosen = state.selected && state.orders.get(state.selected);
@@ -497,7 +504,9 @@
     const letters = result.ok && result.data && Array.isArray(result.data.deadLetters) ? result.data.deadLetters : [];
     list.replaceChildren();
     if (!result.ok && result.status !== 404) {
-      empty.textContent = result.status === 403 ? "This token cannot see dead letters." : problemText(result);
+      empty.textContent = result.status === 403
+        ? "This token cannot see dead letters."
+        : result.status === 401 ? "Enter an API token to see them." : problemText(result);
       empty.hidden = false;
       return;
     }
