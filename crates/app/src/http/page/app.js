@@ -215,6 +215,8 @@
 
   function select(id) {
     state.selected = id;
+    // A link to the chosen order: /#order=<id>.
+    history.replaceState(null, "", `#order=${id}`);
     $("#cancel-result").textContent = "";
     queueRender();
     refreshDetail();
@@ -526,7 +528,9 @@
     topic.textContent = letter.topic;
     const meta = document.createElement("span");
     meta.className = "muted small";
-    meta.textContent = `${letter.group} · ${letter.attempts} attempt${letter.attempts === 1 ? "" : "s"} · ${letter.kind || ""} · last ${clock(letter.lastFailedAt)}`;
+    const kind = letter.kind ? ` · ${letter.kind}` : "";
+    meta.textContent = `${letter.group} · ${letter.attempts} attempt${letter.attempts === 1 ? "" : "s"}${kind} · last ${clock(letter.lastFailedAt)}`;
+    item.title = `message ${letter.messageId}, first failed ${letter.firstFailedAt}`;
     const replay = document.createElement("button");
     replay.type = "button";
     replay.className = "btn btn-small";
@@ -655,6 +659,8 @@
     setupPlace();
     setupCancel();
     $("#dead-refresh").addEventListener("click", loadDeadLetters);
+    const linked = /^#order=([0-9a-f-]{36})$/i.exec(location.hash);
+    if (linked) select(linked[1].toLowerCase());
     restart();
   });
 })();
