@@ -177,8 +177,9 @@ async fn the_stream_says_ready_then_follows_an_order_to_stock_reserved() {
             break;
         }
     }
+    // Each event carries the order as it is when the stream reads it: never older than
+    // the one before (the same version twice when a commit left it unchanged).
     assert!(versions.windows(2).all(|v| v[0] <= v[1]), "{versions:?}");
-    assert_eq!(versions.first(), Some(&1), "from its placement on");
 
     // The flow figures come every second and count it.
     let flow = events.until("flow", |f| f["finished"] == 1).await;
