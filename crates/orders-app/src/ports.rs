@@ -161,7 +161,8 @@ pub trait OrderStore: Send + Sync + 'static {
     /// ones listed are not necessarily the latest of that millisecond.
     ///
     /// The store adapters implement it; the default, for test doubles, answers
-    /// [`StoreError::Unavailable`].
+    /// [`StoreError::Unavailable`]. A decorator must forward it, or the list behind it
+    /// answers 503.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] or [`StoreError::Corrupt`].

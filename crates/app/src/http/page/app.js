@@ -484,6 +484,7 @@
     $("#kpi-p50").textContent = duration(flow.latencyMs.p50);
     $("#kpi-p99").textContent = duration(flow.latencyMs.p99);
     $("#kpi-finished").textContent = String(flow.finished);
+    $("#kpi-finished").dataset.value = String(flow.finished);
     $("#kpi-finished-note").textContent = `${flow.stockReserved} reserved · ${flow.cancelled} cancelled`;
     const dead = flow.deadLetters;
     $("#kpi-dead").textContent = dead === null || dead === undefined ? "–" : String(dead);
