@@ -1,7 +1,7 @@
 //! Bearer-token authentication of the API.
 //!
 //! With a tokens file (`--auth-tokens-file`, parsed by [`Tokens::parse`]) every route but
-//! the [`OPEN_PATHS`] (`/healthz`, `/readyz`, `/metrics`, `/stats`) needs
+//! the [`OPEN_PATHS`] (`/healthz`, `/readyz`, `/metrics`, `/stats`, `/openapi.json`) needs
 //! `Authorization: Bearer <token>`; a missing or unknown token is a 401 problem with
 //! `WWW-Authenticate: Bearer`. Routes are closed by default, so `/orders…`,
 //! `/dead-letters…`, `/events` and any route added later are protected.
@@ -30,7 +30,7 @@ use subtle::ConstantTimeEq as _;
 use super::problem::{Problem, ProblemType};
 
 /// The routes that never need a token: probes and operational counters.
-pub const OPEN_PATHS: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/stats"];
+pub const OPEN_PATHS: [&str; 5] = ["/healthz", "/readyz", "/metrics", "/stats", "/openapi.json"];
 
 /// The routes that show every customer's data; a customer-scoped token gets 403 there.
 pub const CROSS_CUSTOMER_PREFIXES: [&str; 2] = ["/dead-letters", "/events"];

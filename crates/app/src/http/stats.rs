@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 /// The counts `GET /stats` shows.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Stats {
     /// Inbound messages given up on (undecodable, or failing past their retries); kept
