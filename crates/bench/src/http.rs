@@ -16,10 +16,11 @@ use crate::{
     scratch::Scratch,
 };
 
-/// An `app serve` child process, killed when dropped.
-struct ServerProcess {
+/// An `app` child process (`serve`, `payments` or `stock`), killed when dropped.
+pub(crate) struct ServerProcess {
     child: Child,
-    base: String,
+    /// `http://127.0.0.1:PORT`.
+    pub(crate) base: String,
 }
 
 impl Drop for ServerProcess {
@@ -32,24 +33,26 @@ impl Drop for ServerProcess {
 impl ServerProcess {
     /// Starts `app serve` on a free loopback port and waits until `/readyz` answers 200.
     async fn start(app: &Path, store: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        let mut args = vec!["--store", store];
+        args.extend_from_slice(extra);
+        Self::start_role(app, "serve", &args).await
+    }
+
+    /// Starts `app ROLE --listen 127.0.0.1:PORT ARGS…` on a free port and waits until its
+    /// `/readyz` answers 200.
+    pub(crate) async fn start_role(app: &Path, role: &str, args: &[&str]) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let child = Command::new(app)
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--store",
-                store,
-            ])
-            .args(extra)
+            .args([role, "--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
             .env("RUST_LOG", "error")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .with_context(|| format!("start {} serve", app.display()))?;
+            .with_context(|| format!("start {} {role}", app.display()))?;
         let mut server = Self {
             child,
             base: format!("http://127.0.0.1:{port}"),
@@ -61,11 +64,11 @@ impl ServerProcess {
                 return Ok(server);
             }
             if let Some(status) = server.child.try_wait()? {
-                anyhow::bail!("app serve exited before it was ready ({status})");
+                anyhow::bail!("app {role} exited before it was ready ({status})");
             }
             anyhow::ensure!(
                 Instant::now() < deadline,
-                "app serve did not become ready within 30 s"
+                "app {role} did not become ready within 30 s"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -82,7 +85,7 @@ impl ServerProcess {
         )
     }
 
-    fn peak_rss(&self) -> u64 {
+    pub(crate) fn peak_rss(&self) -> u64 {
         crate::rss::peak_rss_of(self.child.id())
     }
 }
@@ -194,7 +197,9 @@ async fn http_flow(connection: &mut LoadConnection, i: usize) -> anyhow::Result<
     }
 }
 
-async fn http_load(
+/// `orders` flows (POST, then blocking reads until StockReserved) by `clients` keep-alive
+/// connections to `base`: the elapsed time and each flow's 201 → StockReserved time.
+pub(crate) async fn http_load(
     base: &str,
     clients: usize,
     orders: usize,
