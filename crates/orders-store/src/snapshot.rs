@@ -293,7 +293,10 @@ mod tests {
         let due = Utc.with_ymd_and_hms(2026, 1, 5, 10, 15, 0).unwrap();
         let order = paid_order().with_payment_deadline(due);
         let json = encode(&order).unwrap();
-        assert!(json.contains(r#""paymentDueAt":"2026-01-05T10:15:00Z""#), "{json}");
+        assert!(
+            json.contains(r#""paymentDueAt":"2026-01-05T10:15:00Z""#),
+            "{json}"
+        );
         assert_eq!(decode(&json, 2).unwrap().payment_due_at(), Some(due));
         // What a store wrote before deadlines existed: no such key.
         let old = encode(&paid_order()).unwrap();
