@@ -11,7 +11,7 @@ use messaging::{
 };
 use orders_app::{
     Clock, OrderStore, OrdersConfig, OrdersMessageHandler, OrdersService, Outbox, OutboxRelay,
-    RelayStopped, SystemClock,
+    PaymentDeadlines, RelayStopped, SystemClock,
 };
 use orders_domain::{Order, OrderId, OrderStatus};
 use orders_store::InMemoryOrderStore;
@@ -70,7 +70,8 @@ impl Stores {
 pub struct SystemConfig {
     /// The in-memory bus.
     pub bus: InMemoryBusConfig,
-    /// The Orders service.
+    /// The Orders service, its payment timeout included (the deadline task checks every
+    /// quarter of it, at most every second, on the clock the system is started with).
     pub orders: OrdersConfig,
     /// Simulated Payments behaviour.
     pub payments: PaymentsConfig,
@@ -106,6 +107,8 @@ pub struct InProcessSystem {
     tap_subscription: Option<SubscriptionHandle>,
     stop_relay: watch::Sender<bool>,
     relay: JoinHandle<RelayStopped>,
+    /// Cancels orders unpaid past their deadline; stops with the relay.
+    deadlines: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for InProcessSystem {
@@ -160,8 +163,16 @@ impl InProcessSystem {
         let (stop_relay, mut stop_rx) = watch::channel(false);
         let relayed = Arc::new(RelayedOutbox::new(stores.outbox.clone()));
         let relay = OutboxRelay::new(relayed.clone(), shared);
+        let mut stop_deadlines = stop_rx.clone();
         let relay = tokio::spawn(relay.run(async move {
             let _ = stop_rx.wait_for(|stop| *stop).await;
+        }));
+        let deadlines = PaymentDeadlines::new(
+            orders.clone(),
+            PaymentDeadlines::tick_for(config.orders.payment_timeout),
+        );
+        let deadlines = tokio::spawn(deadlines.run(async move {
+            let _ = stop_deadlines.wait_for(|stop| *stop).await;
         }));
         Ok(Self {
             bus,
@@ -178,6 +189,7 @@ impl InProcessSystem {
             tap_subscription,
             stop_relay,
             relay,
+            deadlines,
         })
     }
 
@@ -289,9 +301,13 @@ impl InProcessSystem {
         Ok(())
     }
 
-    /// Stops the relay (after a last flush), the subscribers and the simulators.
+    /// Stops the payment deadline task, the relay (after a last flush), the subscribers
+    /// and the simulators.
     pub async fn shutdown(self) {
         let _ = self.stop_relay.send(true);
+        if let Err(e) = self.deadlines.await {
+            tracing::error!(error = %e, "payment deadline task failed");
+        }
         if let Err(e) = self.relay.await {
             tracing::error!(error = %e, "relay task failed");
         }

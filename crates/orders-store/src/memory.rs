@@ -12,7 +12,7 @@
 //! (the history keeps a small record per message), inbox records and history are pruned
 //! after the idempotency window.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use async_trait::async_trait;
 use orders_app::{
@@ -51,6 +51,25 @@ struct OrderShard {
     /// The latest message of each order still waiting on another context, to send again
     /// if it was lost (see [`Outbox::requeue_stalled`]).
     waiting: HashMap<OrderId, Box<Envelope>>,
+    /// The index of payment deadlines: `(due at, order)` for every order of the shard
+    /// still AwaitingPayment with a deadline, earliest first.
+    deadlines: BTreeSet<(Timestamp, OrderId)>,
+}
+
+impl OrderShard {
+    /// Keeps the deadline index in step with a write of `order` (a new version of an
+    /// order, or a new one).
+    fn index_deadline(&mut self, order: &Order) {
+        let id = order.id();
+        if let Some(due) = self.orders.get(&id).and_then(|o| o.payment_due_at()) {
+            self.deadlines.remove(&(due, id));
+        }
+        if order.status() == OrderStatus::AwaitingPayment
+            && let Some(due) = order.payment_due_at()
+        {
+            self.deadlines.insert((due, id));
+        }
+    }
 }
 
 /// message id → the subscribers that handled it, with when.
@@ -202,6 +221,7 @@ impl OrderStore for InMemoryOrderStore {
                 keys.insert(key, order_id);
             }
             waiting = Some(waits_on_another_context(order.status()));
+            shard.index_deadline(&order);
             shard.orders.insert(order_id, Box::new(order));
         }
         if let (Some(record), Some(ids)) = (inbox, inbox_shard.as_mut()) {
@@ -250,6 +270,28 @@ impl OrderStore for InMemoryOrderStore {
             self.committed.notify_waiters();
         }
         Ok(version)
+    }
+
+    async fn due_for_payment(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<OrderId>, StoreError> {
+        // The earliest `limit` of each shard, then the earliest `limit` of those.
+        let mut due: Vec<(Timestamp, OrderId)> = Vec::new();
+        for shard in &*self.orders {
+            let shard = shard.lock();
+            due.extend(
+                shard
+                    .deadlines
+                    .iter()
+                    .take_while(|(at, _)| *at <= now)
+                    .take(limit)
+                    .copied(),
+            );
+        }
+        due.sort_unstable();
+        Ok(due.into_iter().take(limit).map(|(_, id)| id).collect())
     }
 
     async fn messages(&self, id: OrderId) -> Result<Vec<MessageRecord>, StoreError> {

@@ -1,12 +1,13 @@
 //! Wiring of `app serve`: binds the listener, opens the store, connects the bus
-//! (in-memory or NATS), and starts the Orders subscriber, the simulators, the outbox relay, the retention task and
-//! the HTTP server, handing back a [`RunningServer`].
+//! (in-memory or NATS), and starts the Orders subscriber, the simulators, the outbox relay, the retention task,
+//! the payment deadline task and the HTTP server, handing back a [`RunningServer`].
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use orders_app::{
-    ORDERS_SUBSCRIBER, OrdersMessageHandler, OrdersService, OutboxRelay, Retention, SystemClock,
+    ORDERS_SUBSCRIBER, OrdersMessageHandler, OrdersService, OutboxRelay, PaymentDeadlines,
+    Retention, SystemClock,
 };
 use payments_sim::PaymentsService;
 use stock_sim::StockService;
@@ -131,7 +132,15 @@ pub async fn spawn(config: ServeConfig) -> anyhow::Result<RunningServer> {
             orders.clone(),
             Duration::from_secs(config.retention_interval_secs),
         )
-        .run(stopped(stop_rx)),
+        .run(stopped(stop_rx.clone())),
+    );
+    // Orders unpaid past their deadline (kept in the store, so ones that passed while
+    // the service was down are found by the first pass) are cancelled; with several
+    // replicas each runs this, and a lost race is a conflict, so each is cancelled once.
+    let payment_timeout = config.orders().payment_timeout;
+    let deadlines = tokio::spawn(
+        PaymentDeadlines::new(orders.clone(), PaymentDeadlines::tick_for(payment_timeout))
+            .run(stopped(stop_rx)),
     );
 
     let probe_bus = bus.clone();
@@ -170,6 +179,7 @@ pub async fn spawn(config: ServeConfig) -> anyhow::Result<RunningServer> {
         stop_background,
         relay,
         retention,
+        deadlines,
         subscription,
         simulators,
         shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::support::{
     DEADLINE, Fixture, RecordingBus, at, eur, handled, inbox_only, messages_of, new_order,
-    new_order_with_id, place, save,
+    new_order_with_id, place, place_due, save,
 };
 
 /// One `#[tokio::test]` per check for the backend `$backend`; `durable` adds the checks
@@ -37,6 +37,7 @@ macro_rules! suite {
             a_commit_with_messages_wakes_the_relay,
             stalled_orders_get_their_latest_request_sent_again,
             a_stalled_order_gets_its_request_sent_again_not_a_later_refusal,
+            due_for_payment_lists_exactly_the_due_orders_awaiting_payment,
         );
     };
     ($backend:expr, durable) => {
@@ -868,4 +869,61 @@ pub async fn a_stalled_order_gets_its_request_sent_again_not_a_later_refusal(f: 
     want.sort_unstable();
     assert_eq!(got, want, "the same messages, same ids");
     assert_eq!(f.outbox.unsent().await.unwrap(), 0);
+}
+
+pub async fn due_for_payment_lists_exactly_the_due_orders_awaiting_payment(f: Fixture) {
+    let store = f.store.as_ref();
+    // Placed at 0, due at 100 and 200, awaiting payment.
+    let first = place_due(store, at(0), at(100)).await;
+    let second = place_due(store, at(0), at(200)).await;
+    assert_eq!(
+        store
+            .load(first.id())
+            .await
+            .unwrap()
+            .unwrap()
+            .payment_due_at(),
+        Some(at(100)),
+        "the deadline is kept with the order"
+    );
+    // Due earlier, but paid in time.
+    let mut paid = place_due(store, at(0), at(50)).await;
+    let _ = paid
+        .confirm_payment(PaymentId::new("pay-1").unwrap(), eur("60.27"), at(10))
+        .unwrap();
+    save(store, paid, None).await;
+    // Due earlier, but cancelled by the customer.
+    let mut cancelled = place_due(store, at(0), at(60)).await;
+    let _ = cancelled
+        .cancel(CancellationReason::new("changed my mind").unwrap(), at(10))
+        .unwrap();
+    save(store, cancelled, None).await;
+    // No deadline at all (placed before deadlines existed): never due.
+    place(store, at(0)).await;
+
+    assert_eq!(store.due_for_payment(at(99), 10).await.unwrap(), []);
+    assert_eq!(
+        store.due_for_payment(at(100), 10).await.unwrap(),
+        [first.id()],
+        "due at its deadline, not after it"
+    );
+    assert_eq!(
+        store.due_for_payment(at(10_000), 10).await.unwrap(),
+        [first.id(), second.id()],
+        "earliest deadline first"
+    );
+    assert_eq!(
+        store.due_for_payment(at(10_000), 1).await.unwrap(),
+        [first.id()],
+        "at most `limit`"
+    );
+
+    // Cancelled for the deadline: no longer due.
+    let mut expired = store.load(first.id()).await.unwrap().unwrap();
+    let _ = expired.expire_payment(at(100)).unwrap();
+    save(store, expired, None).await;
+    assert_eq!(
+        store.due_for_payment(at(10_000), 10).await.unwrap(),
+        [second.id()]
+    );
 }
