@@ -200,7 +200,7 @@ pub async fn replay_that_fails_again_is_listed_again(
     publish_envelope(bus.as_ref(), envelope).await;
     let first = wait_new_record(letters.as_ref(), &group, &[]).await;
     listed(letters.replay(&first.id).await);
-    let second = wait_new_record(letters.as_ref(), &group, &[first.id.clone()]).await;
+    let second = wait_new_record(letters.as_ref(), &group, std::slice::from_ref(&first.id)).await;
     assert_ne!(second.id, first.id);
     assert_eq!(second.message_id, message_id);
     assert_eq!(second.attempts, 1, "a replay starts with fresh attempts");
