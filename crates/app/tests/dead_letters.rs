@@ -8,7 +8,8 @@
 //! On the in-memory bus through `app::http::router` (flows awaited with
 //! `InMemoryBus::wait_idle`); once over NATS through the served app
 //! (`ORDERS_TEST_NATS_URL`, a unique prefix, its streams deleted at the end), where dead
-//! letters are awaited by hearing the dead-letter subjects, never by polling.
+//! letters are awaited by hearing the dead-letter subjects, never by polling; there an
+//! `app payments` role on the same prefix lists only its own group's dead letters.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
@@ -19,7 +20,8 @@ use std::{
 use app::{
     bus::BusFlags,
     http::{self, AppState, StoreAndBusProbe, Tokens},
-    serve::{self, ServeConfig, StopReason, StoreSpec},
+    roles::{self, PaymentsRoleConfig},
+    serve::{self, PaymentsFlags, ServeConfig, StopReason, StoreSpec},
 };
 use async_trait::async_trait;
 use axum::{
@@ -422,6 +424,38 @@ async fn over_nats_the_served_app_lists_and_replays_a_dead_letter() {
     let (status, stats) = get("/stats").await;
     assert_eq!(status, 200);
     assert_eq!(stats["deadLetters"], 1, "{stats}");
+
+    // `app payments` on the same prefix shows its own group's dead letters only.
+    let payments = roles::spawn_payments(PaymentsRoleConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        bus: BusFlags::nats(url.as_str(), Some(prefix.clone())),
+        payments: PaymentsFlags::default(),
+        duplicate_replies: false,
+        shutdown_grace_secs: 1,
+        auth_tokens_file: None,
+    })
+    .await
+    .unwrap();
+    let role = format!("http://{}", payments.local_addr());
+    let response = client
+        .get(format!("{role}/dead-letters"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body, json!({ "count": 0, "deadLetters": [] }));
+    let response = client
+        .post(format!("{role}/dead-letters/{id}/replay"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status().as_u16(),
+        404,
+        "Payments replayed Orders' letter"
+    );
+    payments.shutdown(StopReason::Requested).await.unwrap();
 
     let (status, body) = replay(&id).await;
     assert_eq!(status, 202, "{body}");

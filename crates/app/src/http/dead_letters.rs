@@ -250,3 +250,55 @@ impl DeadLetters for GroupDeadLetters {
         self.port.replay(id).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use messaging::{InMemoryBus, MessageBus, MessageHandler, Subscription};
+
+    use super::*;
+
+    struct Refuses;
+
+    #[async_trait]
+    impl MessageHandler for Refuses {
+        async fn handle(&self, _: &Envelope) -> Result<(), messaging::HandlerError> {
+            Err(messaging::HandlerError::permanent("no"))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_group_view_shows_and_replays_only_its_groups_letters() {
+        let bus = InMemoryBus::default();
+        let mut handles = Vec::new();
+        for group in ["mine", "theirs"] {
+            let subscription = Subscription::new(group).topic("t");
+            handles.push(
+                bus.subscribe(subscription, Arc::new(Refuses))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let envelope = Envelope::new(uuid::Uuid::now_v7(), "t", Utc::now(), "c", None, &1);
+        bus.publish(envelope.unwrap()).await.unwrap();
+        assert!(bus.wait_idle(std::time::Duration::from_secs(5)).await);
+        let all = bus.list(10).await.unwrap();
+        assert_eq!(all.len(), 2);
+        let theirs = all.iter().find(|r| r.group == "theirs").unwrap();
+
+        let view = GroupDeadLetters::new(Arc::new(bus.clone()), &["mine"]);
+        let listed = view.list(10).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].group, "mine");
+        assert_eq!(view.count().await.unwrap(), 1);
+        assert!(view.get(&theirs.id).await.unwrap().is_none());
+        assert!(matches!(
+            view.replay(&theirs.id).await,
+            Err(DeadLetterError::NotFound(_))
+        ));
+        assert_eq!(bus.count().await.unwrap(), 2, "their letter was replayed");
+        let replayed = view.replay(&listed[0].id).await.unwrap();
+        assert_eq!(replayed.group, "mine");
+    }
+}
