@@ -70,7 +70,7 @@ fn transport(what: impl std::fmt::Display, error: impl std::fmt::Display) -> Bus
 
 impl NatsBus {
     /// Connects to `config.url`, checks that the server has JetStream, and creates or
-    /// updates the dead-letter stream.
+    /// updates the dead-letter and replay streams.
     ///
     /// # Errors
     /// [`BusError::Transport`] naming what is wrong: the server cannot be reached, has
@@ -132,7 +132,8 @@ impl NatsBus {
     /// # Errors
     /// [`BusError::Transport`] when the stream cannot be read.
     pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, BusError> {
-        dead_letter::read_all(&self.inner).await
+        let letters = dead_letter::read(&self.inner, usize::MAX).await?;
+        Ok(letters.into_iter().map(|(_, letter)| letter).collect())
     }
 
     /// Whether the client is connected now.
@@ -178,6 +179,9 @@ impl Inner {
     async fn ensure_dead_letter_stream(&self) -> Result<(), BusError> {
         let name = self.names.dead_letter_stream();
         self.create_or_update_stream(&name, self.names.dead_letter_subjects())
+            .await?;
+        let name = self.names.replay_stream();
+        self.create_or_update_stream(&name, self.names.replay_subjects())
             .await
     }
 
@@ -214,10 +218,31 @@ impl Inner {
         group: &str,
     ) -> Result<PullConsumer, BusError> {
         let stream_name = self.names.stream(topic);
+        let filter = self.names.subject(topic);
+        self.ensure_consumer_on(stream_name, filter, group).await
+    }
+
+    /// Creates or updates the durable pull consumer of `group` on the replay stream,
+    /// filtered to the group's replay subject: the dead letters replayed to it.
+    pub(crate) async fn ensure_replay_consumer(
+        &self,
+        group: &str,
+    ) -> Result<PullConsumer, BusError> {
+        let stream_name = self.names.replay_stream();
+        let filter = self.names.replay_subject(group);
+        self.ensure_consumer_on(stream_name, filter, group).await
+    }
+
+    async fn ensure_consumer_on(
+        &self,
+        stream_name: String,
+        filter_subject: String,
+        group: &str,
+    ) -> Result<PullConsumer, BusError> {
         let consumer = Names::consumer(group);
         let config = pull::Config {
             durable_name: Some(consumer.clone()),
-            filter_subject: self.names.subject(topic),
+            filter_subject,
             ack_policy: AckPolicy::Explicit,
             ack_wait: self.config.ack_wait,
             deliver_policy: DeliverPolicy::All,

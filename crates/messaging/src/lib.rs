@@ -6,6 +6,8 @@
 //!   [`HandlerError::Retryable`] redelivers with backoff, [`HandlerError::Permanent`]
 //!   dead-letters at once.
 //! * [`MessageBusExt::publish_json`] and [`typed_handler`] keep raw JSON out of call sites.
+//! * [`DeadLetters`] is the dead-letter port: list what a group gave up on, replay one
+//!   to that group only.
 //! * [`InMemoryBus`] runs everything in one process on tokio.
 //! * `conformance` (feature `conformance`, for adapters' tests) is the suite every
 //!   adapter must pass.
@@ -14,12 +16,14 @@
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod dead_letters;
 mod envelope;
 mod error;
 mod memory;
 mod port;
 mod typed;
 
+pub use dead_letters::{DeadLetterError, DeadLetterKind, DeadLetterRecord, DeadLetters, Replayed};
 pub use envelope::{Envelope, MessageId};
 pub use error::{BusError, ErrorKind, HandlerError};
 pub use memory::{DeadLetter, InMemoryBus, InMemoryBusConfig, OverflowPolicy, RetryPolicy};

@@ -7,6 +7,8 @@
 //! | `GET /orders/{id}` | 200 + the order |
 //! | `POST /orders/{id}/cancel` `{"reason"}` | 200 + the cancelled order; 409 when its state does not allow it |
 //! | `GET /orders/{id}/messages` | 200 + the messages the order sent and received, in commit order |
+//! | `GET /dead-letters?limit=N` | 200 + the dead-letter count and the oldest N dead letters ([`dead_letters`]) |
+//! | `POST /dead-letters/{id}/replay` | 202: the message goes back to its group; 404 for an unknown id |
 //! | `GET /healthz` | 200 `{"status":"ok"}` while the process runs |
 //! | `GET /readyz` | 200 when the store and the bus answer, 503 otherwise |
 //! | `GET /stats` | dead letters, parked and unsent outbox rows |
@@ -24,6 +26,7 @@
 //! are logged, never shown.
 
 pub mod auth;
+pub mod dead_letters;
 pub mod extract;
 pub mod limits;
 pub mod openapi;
@@ -75,6 +78,8 @@ pub struct AppState {
     changes: Option<Arc<crate::changes::OrderChanges>>,
     /// Feeds `GET /stats`; `None`: the route answers 404.
     stats: Option<Arc<dyn stats::StatsProbe>>,
+    /// The bus's dead letters (`/dead-letters…`); `None`: those routes answer 404.
+    dead_letters: Option<Arc<dyn messaging::DeadLetters>>,
     /// The accepted bearer tokens; `None`: no authentication.
     tokens: Option<Arc<Tokens>>,
     /// The per-client request rate; `None`: unlimited.
@@ -103,6 +108,7 @@ impl AppState {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             changes: None,
             stats: None,
+            dead_letters: None,
             tokens: None,
             rate_limiter: None,
         }
@@ -127,6 +133,13 @@ impl AppState {
     #[must_use]
     pub fn stats(mut self, probe: Arc<dyn stats::StatsProbe>) -> Self {
         self.stats = Some(probe);
+        self
+    }
+
+    /// Enables `GET /dead-letters` and `POST /dead-letters/{id}/replay` over `port`.
+    #[must_use]
+    pub fn dead_letters(mut self, port: Arc<dyn messaging::DeadLetters>) -> Self {
+        self.dead_letters = Some(port);
         self
     }
 
@@ -204,6 +217,8 @@ pub(crate) fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(routes::healthz))
         .routes(routes!(routes::readyz))
         .routes(routes!(routes::stats))
+        .routes(routes!(dead_letters::list))
+        .routes(routes!(dead_letters::replay))
         .routes(routes!(openapi::openapi_json))
 }
 

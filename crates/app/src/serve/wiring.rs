@@ -152,7 +152,9 @@ pub async fn spawn(config: ServeConfig) -> anyhow::Result<RunningServer> {
         .changes(changes)
         .auth(edge.tokens)
         .rate_limit(edge.rate_limit)
+        .dead_letters(bus.dead_letters())
         .stats(Arc::new(ServiceStats {
+            dead_letters: bus.dead_letters(),
             bus: bus.clone(),
             outbox: stores.outbox.clone(),
             store: opened.clone(),
@@ -189,6 +191,7 @@ pub async fn spawn(config: ServeConfig) -> anyhow::Result<RunningServer> {
 
 /// `GET /stats` of the running service.
 struct ServiceStats {
+    dead_letters: Arc<dyn messaging::DeadLetters>,
     bus: ConnectedBus,
     outbox: Arc<dyn orders_app::Outbox>,
     store: Arc<OpenedStore>,
@@ -197,8 +200,15 @@ struct ServiceStats {
 #[async_trait::async_trait]
 impl http::StatsProbe for ServiceStats {
     async fn stats(&self) -> http::Stats {
+        let dead_letters = match self.dead_letters.count().await {
+            Ok(count) => count,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot count the dead letters; /stats shows this process's");
+                self.bus.dead_letter_count()
+            }
+        };
         http::Stats {
-            dead_letters: self.bus.dead_letter_count(),
+            dead_letters,
             parked_outbox_rows: self.store.parked().await,
             unsent_outbox_rows: self.outbox.unsent().await.ok(),
         }

@@ -6,6 +6,8 @@
 //! [`run_all`] needs only a bus. [`run_extended`] needs a [`Harness`]: more instances of
 //! the bus on the same broker (as separate processes would have), the dead letters, the
 //! retry policy; a check an adapter cannot model is skipped with its reason printed.
+//! [`run_dead_letters`] needs the bus and its [`DeadLetters`](crate::DeadLetters) port:
+//! what is listed, and what a replay does.
 
 use std::{
     collections::HashSet,
@@ -303,6 +305,8 @@ pub async fn run_all(bus: Arc<dyn MessageBus>, prefix: &str) {
     returning_group_receives_what_it_missed(bus, prefix).await;
 }
 
+mod dead_letters;
 mod extended;
 
+pub use dead_letters::*;
 pub use extended::*;
