@@ -30,6 +30,7 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
 use crate::{
     bus::{BusFlags, ConnectedBus},
+    telemetry::Instruments,
     http::{Problem, ProblemType},
     serve::{PaymentsFlags, StockFlags, StopReason, shutdown_signal},
 };
@@ -59,6 +60,9 @@ pub struct PaymentsRoleConfig {
     /// How long in-flight requests may take to finish on shutdown, in seconds.
     #[arg(long, env = "ORDERS_SHUTDOWN_GRACE_SECS", default_value_t = DEFAULT_ROLE_SHUTDOWN_GRACE_SECS)]
     pub shutdown_grace_secs: u64,
+    /// Metrics (`GET /metrics`) and traces, or neither (`off`).
+    #[arg(long, env = "ORDERS_TELEMETRY", value_enum, default_value_t = crate::telemetry::Telemetry::On)]
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 /// The settings of `app stock`.
@@ -79,6 +83,9 @@ pub struct StockRoleConfig {
     /// How long in-flight requests may take to finish on shutdown, in seconds.
     #[arg(long, env = "ORDERS_SHUTDOWN_GRACE_SECS", default_value_t = DEFAULT_ROLE_SHUTDOWN_GRACE_SECS)]
     pub shutdown_grace_secs: u64,
+    /// Metrics (`GET /metrics`) and traces, or neither (`off`).
+    #[arg(long, env = "ORDERS_TELEMETRY", value_enum, default_value_t = crate::telemetry::Telemetry::On)]
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 /// The simulator a role runs.
@@ -145,8 +152,9 @@ pub async fn run_stock(config: StockRoleConfig) -> anyhow::Result<()> {
 pub async fn spawn_payments(config: PaymentsRoleConfig) -> anyhow::Result<RunningRole> {
     let bus = shared_bus("payments", &config.bus).await?;
     let listener = bind(config.listen).await?;
+    let instruments = Instruments::new(config.telemetry);
     let handle = PaymentsService::start(
-        bus.shared(),
+        instruments.subscriber_bus(bus.shared()),
         config.payments.config(config.duplicate_replies),
     )
     .await
@@ -156,7 +164,7 @@ pub async fn spawn_payments(config: PaymentsRoleConfig) -> anyhow::Result<Runnin
         listener,
         (bus, &config.bus),
         Simulator::Payments(handle),
-        config.shutdown_grace_secs,
+        (config.shutdown_grace_secs, instruments),
     )
 }
 
@@ -167,15 +175,19 @@ pub async fn spawn_payments(config: PaymentsRoleConfig) -> anyhow::Result<Runnin
 pub async fn spawn_stock(config: StockRoleConfig) -> anyhow::Result<RunningRole> {
     let bus = shared_bus("stock", &config.bus).await?;
     let listener = bind(config.listen).await?;
-    let handle = StockService::start(bus.shared(), config.stock.config(config.duplicate_replies))
-        .await
-        .context("cannot start the Stock simulator")?;
+    let instruments = Instruments::new(config.telemetry);
+    let handle = StockService::start(
+        instruments.subscriber_bus(bus.shared()),
+        config.stock.config(config.duplicate_replies),
+    )
+    .await
+    .context("cannot start the Stock simulator")?;
     serve(
         "stock",
         listener,
         (bus, &config.bus),
         Simulator::Stock(handle),
-        config.shutdown_grace_secs,
+        (config.shutdown_grace_secs, instruments),
     )
 }
 
@@ -202,7 +214,7 @@ fn serve(
     listener: TcpListener,
     (bus, flags): (ConnectedBus, &BusFlags),
     simulator: Simulator,
-    shutdown_grace_secs: u64,
+    (shutdown_grace_secs, instruments): (u64, Instruments),
 ) -> anyhow::Result<RunningRole> {
     let local_addr = listener
         .local_addr()
@@ -211,6 +223,7 @@ fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state((bus.clone(), name));
+    let router = with_metrics(router, &bus, instruments);
     let (stop_accepting, stop_rx) = oneshot::channel::<()>();
     let http = tokio::spawn(async move {
         axum::serve(listener, router)
@@ -230,6 +243,34 @@ fn serve(
         simulator,
         shutdown_grace: Duration::from_secs(shutdown_grace_secs),
     })
+}
+
+/// `GET /metrics` on a role's router, requests timed and traced, and the bus backlog
+/// sampled, when telemetry is on; the router as it is when off.
+fn with_metrics(router: Router, bus: &ConnectedBus, instruments: Instruments) -> Router {
+    let Some(handle) = instruments.metrics() else {
+        return router;
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let stop = std::sync::Arc::new(stop);
+    tokio::spawn(crate::telemetry::gauges::sample_every(
+        None,
+        bus.shared(),
+        crate::telemetry::gauges::DEFAULT_SAMPLE_INTERVAL,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    router
+        .route(
+            "/metrics",
+            get(move || {
+                // The sampler lives as long as the route (the server) does.
+                let _keep = stop.clone();
+                crate::telemetry::http::metrics(Some(handle.clone()))
+            }),
+        )
+        .layer(axum::middleware::from_fn(crate::telemetry::http::observe))
 }
 
 /// `GET /healthz`: the process answers.

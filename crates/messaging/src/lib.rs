@@ -7,6 +7,8 @@
 //!   dead-letters at once.
 //! * [`MessageBusExt::publish_json`] and [`typed_handler`] keep raw JSON out of call sites.
 //! * [`InMemoryBus`] runs everything in one process on tokio.
+//! * [`trace`] stamps new envelopes with the current W3C `traceparent`, once the
+//!   composition root says how to read it.
 //! * `conformance` (feature `conformance`, for adapters' tests) is the suite every
 //!   adapter must pass.
 #![forbid(unsafe_code)]
@@ -18,6 +20,7 @@ mod envelope;
 mod error;
 mod memory;
 mod port;
+pub mod trace;
 mod typed;
 
 pub use envelope::{Envelope, MessageId};

@@ -61,6 +61,11 @@ pub(crate) const REQUEUE_STALLED: &str = "\
         FROM orders d \
         WHERE d.status IN ('AwaitingPayment', 'Paid') AND d.updated_at < $1)";
 
+/// The commit time of the oldest unsent, unparked outbox row (the relay's index, one row).
+pub(crate) const OLDEST_UNSENT: &str = "\
+    SELECT created_at FROM outbox WHERE sent_at IS NULL AND parked_at IS NULL \
+    ORDER BY position LIMIT 1";
+
 /// Unsent outbox rows as read by a relay, split into those to publish and those to park.
 #[derive(Default)]
 pub(crate) struct RelayBatch {

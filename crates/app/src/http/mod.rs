@@ -9,6 +9,7 @@
 //! | `GET /orders/{id}/messages` | 200 + the messages the order sent and received, in commit order |
 //! | `GET /healthz` | 200 `{"status":"ok"}` while the process runs |
 //! | `GET /readyz` | 200 when the store and the bus answer, 503 otherwise |
+//! | `GET /metrics` | 200 + the Prometheus text format ([`crate::telemetry::metrics`]); 404 with telemetry off |
 //!
 //! Every error is an `application/problem+json` document ([`problem`]): 400 for a body
 //! that is not JSON, a malformed id or `Idempotency-Key`; 401 (with `WWW-Authenticate:
@@ -76,6 +77,9 @@ pub struct AppState {
     tokens: Option<Arc<Tokens>>,
     /// The per-client request rate; `None`: unlimited.
     rate_limiter: Option<Arc<RateLimiter>>,
+    /// Renders `GET /metrics`; `None` (telemetry off): the route answers 404 and
+    /// requests are neither timed nor traced.
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -102,7 +106,16 @@ impl AppState {
             stats: None,
             tokens: None,
             rate_limiter: None,
+            metrics: None,
         }
+    }
+
+    /// Serves `GET /metrics` from `handle`, and times and traces every request
+    /// ([`crate::telemetry::http`]); `None` leaves both off.
+    #[must_use]
+    pub fn metrics(mut self, handle: Option<metrics_exporter_prometheus::PrometheusHandle>) -> Self {
+        self.metrics = handle;
+        self
     }
 
     /// Requires a bearer token from `tokens` on every route but the open ones
@@ -159,6 +172,7 @@ pub fn router(state: AppState) -> Router {
     let timeout = state.request_timeout;
     let tokens = state.tokens.clone();
     let rate_limiter = state.rate_limiter.clone();
+    let metrics = state.metrics.clone();
     let mut router = Router::new()
         .route("/orders", post(routes::place_order))
         .route("/orders/{id}", get(routes::get_order))
@@ -167,6 +181,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/stats", get(routes::stats))
+        .route("/metrics", get(metrics_route))
         .fallback(routes::no_route)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
@@ -177,7 +192,7 @@ pub fn router(state: AppState) -> Router {
     if let Some(limiter) = rate_limiter {
         router = router.layer(middleware::from_fn_with_state(limiter, limits::rate_limit));
     }
-    router
+    let mut router = router
         // The handler's future is dropped at the deadline: a store transaction in
         // flight is rolled back, never half-done.
         .layer(TimeoutLayer::with_status_code(
@@ -186,13 +201,23 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(middleware::map_response(move |response: Response| {
             timed_out_as_problem(response, timeout)
-        }))
+        }));
+    if metrics.is_some() {
+        // Outside authentication, limits and the timeout: every answer is counted.
+        router = router.layer(middleware::from_fn(crate::telemetry::http::observe));
+    }
+    router
         .layer(
             TraceLayer::new_for_http()
                 // Causes of 5xx answers are logged where they arise; this is the summary.
                 .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
         )
         .with_state(state)
+}
+
+/// `GET /metrics` ([`crate::telemetry::http::metrics`]).
+async fn metrics_route(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    crate::telemetry::http::metrics(state.metrics).await
 }
 
 /// Turns the timeout layer's bare 503 (no body, no content type; every 503 of the
