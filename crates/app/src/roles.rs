@@ -30,9 +30,9 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
 use crate::{
     bus::{BusFlags, ConnectedBus},
-    telemetry::Instruments,
     http::{Problem, ProblemType},
     serve::{PaymentsFlags, StockFlags, StopReason, shutdown_signal},
+    telemetry::Instruments,
 };
 
 /// The default listen address of `app payments`.

@@ -55,10 +55,7 @@ fn parse(text: &str) -> Vec<Sample> {
                 .filter(|pair| !pair.is_empty())
                 .map(|pair| {
                     let (key, value) = pair.split_once('=').expect("label=value");
-                    (
-                        key.to_owned(),
-                        value.trim_matches('"').to_owned(),
-                    )
+                    (key.to_owned(), value.trim_matches('"').to_owned())
                 })
                 .collect();
             Sample {
@@ -117,7 +114,10 @@ async fn one_order_shows_the_flows_counters_histograms_and_gauges() {
     let id = order["orderId"].as_str().unwrap().to_owned();
     let deadline = Instant::now() + DEADLINE;
     while order["status"] != "StockReserved" {
-        assert!(Instant::now() < deadline, "order not StockReserved: {order}");
+        assert!(
+            Instant::now() < deadline,
+            "order not StockReserved: {order}"
+        );
         let version = order["version"].as_u64().unwrap();
         order = client
             .get(format!(
@@ -162,7 +162,10 @@ async fn one_order_shows_the_flows_counters_histograms_and_gauges() {
         if done {
             break (samples, text);
         }
-        assert!(Instant::now() < deadline, "the flow's metrics did not appear:\n{text}");
+        assert!(
+            Instant::now() < deadline,
+            "the flow's metrics did not appear:\n{text}"
+        );
     };
 
     // HTTP: by method, route template and status, with a duration histogram.
@@ -178,7 +181,11 @@ async fn one_order_shows_the_flows_counters_histograms_and_gauges() {
         .collect();
     assert!(buckets.len() > 10, "ms-range buckets: {buckets:?}");
     assert!(buckets.iter().any(|s| s.labels["le"] == "0.001"));
-    let read = [("method", "GET"), ("route", "/orders/{id}"), ("status", "200")];
+    let read = [
+        ("method", "GET"),
+        ("route", "/orders/{id}"),
+        ("status", "200"),
+    ];
     assert!(value(&samples, "http_requests_total", &read).unwrap() >= 1.0);
     let unmatched = [("route", "unmatched"), ("status", "404")];
     assert!(value(&samples, "http_requests_total", &unmatched).unwrap() >= 1.0);
@@ -209,11 +216,21 @@ async fn one_order_shows_the_flows_counters_histograms_and_gauges() {
     // The relay, the outbox and the bus.
     for topic in ["order.placed", "order.paid"] {
         assert!(
-            value(&samples, "relay_publish_duration_seconds_count", &[("topic", topic)]).unwrap()
+            value(
+                &samples,
+                "relay_publish_duration_seconds_count",
+                &[("topic", topic)]
+            )
+            .unwrap()
                 >= 1.0
         );
         assert!(
-            value(&samples, "relay_publish_lag_seconds_count", &[("topic", topic)]).unwrap()
+            value(
+                &samples,
+                "relay_publish_lag_seconds_count",
+                &[("topic", topic)]
+            )
+            .unwrap()
                 >= 1.0
         );
     }
@@ -270,10 +287,7 @@ async fn get(router: &axum::Router, uri: &str) -> (StatusCode, String) {
 
 #[tokio::test]
 async fn metrics_stay_open_when_tokens_are_configured() {
-    let router = router(
-        Some(Tokens::parse("admin-token\n").unwrap()),
-        Telemetry::On,
-    );
+    let router = router(Some(Tokens::parse("admin-token\n").unwrap()), Telemetry::On);
 
     let (orders, _) = get(&router, "/orders/9f3e1c1e-0000-4000-8000-000000000001").await;
     let (metrics, text) = get(&router, "/metrics").await;

@@ -73,7 +73,9 @@ async fn one_orders_spans_share_a_trace_and_form_the_flows_parent_chain() {
     let router = http::router(
         AppState::new(
             system.orders.clone(),
-            Arc::new(StoreAndBusProbe::new(system.orders.store().clone(), || true)),
+            Arc::new(StoreAndBusProbe::new(system.orders.store().clone(), || {
+                true
+            })),
         )
         .metrics(Instruments::new(Telemetry::On).metrics()),
     );
@@ -103,7 +105,11 @@ async fn one_orders_spans_share_a_trace_and_form_the_flows_parent_chain() {
     let spans = exporter.get_finished_spans().unwrap();
     let chain: Vec<&SpanData> = CHAIN.iter().map(|name| span(&spans, name)).collect();
     let trace: TraceId = chain[0].span_context.trace_id();
-    assert_eq!(chain[0].parent_span_id, SpanId::INVALID, "the request starts the trace");
+    assert_eq!(
+        chain[0].parent_span_id,
+        SpanId::INVALID,
+        "the request starts the trace"
+    );
     for pair in chain.windows(2) {
         let (parent, child) = (pair[0], pair[1]);
         assert_eq!(

@@ -156,7 +156,10 @@ mod tests {
         let with_extra = json.replacen('{', r#"{"extra":true,"#, 1);
         let back = Envelope::from_json(with_extra.as_bytes()).unwrap();
         assert_eq!(back.timestamp, at);
-        assert_eq!(back.traceparent, None, "an old message has no trace context");
+        assert_eq!(
+            back.traceparent, None,
+            "an old message has no trace context"
+        );
         assert_eq!(back.payload.get(), r#"{"a":1}"#);
     }
 

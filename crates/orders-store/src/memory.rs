@@ -330,7 +330,12 @@ impl Outbox for InMemoryOrderStore {
     /// The oldest queued row's timestamp (the rows of a relay pass in hand, older
     /// still, are not looked at: they are being published).
     async fn oldest_unsent(&self) -> Result<Option<Timestamp>, StoreError> {
-        Ok(self.outbox.lock().0.front().map(|envelope| envelope.timestamp))
+        Ok(self
+            .outbox
+            .lock()
+            .0
+            .front()
+            .map(|envelope| envelope.timestamp))
     }
 
     async fn requeue_stalled(&self, before: Timestamp) -> Result<u64, StoreError> {

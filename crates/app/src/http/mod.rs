@@ -113,7 +113,10 @@ impl AppState {
     /// Serves `GET /metrics` from `handle`, and times and traces every request
     /// ([`crate::telemetry::http`]); `None` leaves both off.
     #[must_use]
-    pub fn metrics(mut self, handle: Option<metrics_exporter_prometheus::PrometheusHandle>) -> Self {
+    pub fn metrics(
+        mut self,
+        handle: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    ) -> Self {
         self.metrics = handle;
         self
     }

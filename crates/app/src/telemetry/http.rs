@@ -64,10 +64,8 @@ pub async fn metrics(handle: Option<PrometheusHandle>) -> Response {
             names::render(&handle),
         )
             .into_response(),
-        None => Problem::new(
-            ProblemType::NotFound,
-            "metrics are off (--telemetry off)",
-        )
-        .into_response(),
+        None => {
+            Problem::new(ProblemType::NotFound, "metrics are off (--telemetry off)").into_response()
+        }
     }
 }

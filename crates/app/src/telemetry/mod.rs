@@ -88,7 +88,10 @@ pub fn init(format: LogFormat, default_filter: &str, telemetry: Telemetry) {
             .with_filter(filter_fn(|meta| meta.target() == SPAN_TARGET))
     });
     // A second call (tests) keeps the first subscriber.
-    let _ = tracing_subscriber::registry().with(logs).with(spans).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(logs)
+        .with(spans)
+        .try_init();
 }
 
 /// Flushes the spans not yet exported (OTLP), before the process exits.
@@ -117,7 +120,11 @@ impl Instruments {
     /// The metrics recorder's handle (installed on first use), `None` when off.
     #[must_use]
     pub fn metrics(self) -> Option<PrometheusHandle> {
-        if self.is_on() { metrics::install() } else { None }
+        if self.is_on() {
+            metrics::install()
+        } else {
+            None
+        }
     }
 
     /// The Orders store, counting finished orders ([`store::ObservedStore`]).

@@ -6,9 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use messaging::MessageId;
-use orders_app::{
-    Commit, HandlingOutcome, MessageRecord, OrderStore, PruneReport, StoreError,
-};
+use orders_app::{Commit, HandlingOutcome, MessageRecord, OrderStore, PruneReport, StoreError};
 use orders_domain::{Order, OrderId, OrderStatus, Timestamp};
 
 use super::metrics as names;

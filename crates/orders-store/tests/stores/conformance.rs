@@ -872,7 +872,11 @@ pub async fn a_stalled_order_gets_its_request_sent_again_not_a_later_refusal(f: 
 }
 
 pub async fn the_oldest_unsent_row_is_the_next_to_publish_and_keeps_its_trace_context(f: Fixture) {
-    assert_eq!(f.outbox.oldest_unsent().await.unwrap(), None, "nothing unsent");
+    assert_eq!(
+        f.outbox.oldest_unsent().await.unwrap(),
+        None,
+        "nothing unsent"
+    );
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let mut first = new_order(at(0));
     let mut outbox = messages_of(&mut first, None);
