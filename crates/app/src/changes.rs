@@ -230,4 +230,7 @@ impl Outbox for RelayedOutbox {
     async fn requeue_stalled(&self, before: Timestamp) -> Result<u64, StoreError> {
         self.inner.requeue_stalled(before).await
     }
+    async fn oldest_unsent(&self) -> Result<Option<Timestamp>, StoreError> {
+        self.inner.oldest_unsent().await
+    }
 }

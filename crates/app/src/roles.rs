@@ -36,6 +36,7 @@ use crate::{
     bus::{BusFlags, ConnectedBus},
     http::{Problem, ProblemType, Tokens, dead_letters},
     serve::{PaymentsFlags, StockFlags, StopReason, shutdown_signal},
+    telemetry::Instruments,
 };
 
 /// The default listen address of `app payments`.
@@ -67,6 +68,9 @@ pub struct PaymentsRoleConfig {
     /// they are served on a loopback address only.
     #[arg(long, env = "ORDERS_AUTH_TOKENS_FILE", value_name = "PATH")]
     pub auth_tokens_file: Option<PathBuf>,
+    /// Metrics (`GET /metrics`) and traces, or neither (`off`).
+    #[arg(long, env = "ORDERS_TELEMETRY", value_enum, default_value_t = crate::telemetry::Telemetry::On)]
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 /// The settings of `app stock`.
@@ -91,6 +95,9 @@ pub struct StockRoleConfig {
     /// they are served on a loopback address only.
     #[arg(long, env = "ORDERS_AUTH_TOKENS_FILE", value_name = "PATH")]
     pub auth_tokens_file: Option<PathBuf>,
+    /// Metrics (`GET /metrics`) and traces, or neither (`off`).
+    #[arg(long, env = "ORDERS_TELEMETRY", value_enum, default_value_t = crate::telemetry::Telemetry::On)]
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 /// The simulator a role runs.
@@ -163,8 +170,9 @@ pub async fn spawn_payments(config: PaymentsRoleConfig) -> anyhow::Result<Runnin
         config.listen,
     )?;
     let listener = bind(config.listen).await?;
+    let instruments = Instruments::new(config.telemetry);
     let handle = PaymentsService::start(
-        bus.shared(),
+        instruments.subscriber_bus(bus.shared()),
         config.payments.config(config.duplicate_replies),
     )
     .await
@@ -174,7 +182,7 @@ pub async fn spawn_payments(config: PaymentsRoleConfig) -> anyhow::Result<Runnin
         listener,
         (bus, &config.bus),
         Simulator::Payments(handle),
-        config.shutdown_grace_secs,
+        (config.shutdown_grace_secs, instruments),
         console,
     )
 }
@@ -192,15 +200,19 @@ pub async fn spawn_stock(config: StockRoleConfig) -> anyhow::Result<RunningRole>
         config.listen,
     )?;
     let listener = bind(config.listen).await?;
-    let handle = StockService::start(bus.shared(), config.stock.config(config.duplicate_replies))
-        .await
-        .context("cannot start the Stock simulator")?;
+    let instruments = Instruments::new(config.telemetry);
+    let handle = StockService::start(
+        instruments.subscriber_bus(bus.shared()),
+        config.stock.config(config.duplicate_replies),
+    )
+    .await
+    .context("cannot start the Stock simulator")?;
     serve(
         "stock",
         listener,
         (bus, &config.bus),
         Simulator::Stock(handle),
-        config.shutdown_grace_secs,
+        (config.shutdown_grace_secs, instruments),
         console,
     )
 }
@@ -252,7 +264,7 @@ fn serve(
     listener: TcpListener,
     (bus, flags): (ConnectedBus, &BusFlags),
     simulator: Simulator,
-    shutdown_grace_secs: u64,
+    (shutdown_grace_secs, instruments): (u64, Instruments),
     dead_letters: Option<Router>,
 ) -> anyhow::Result<RunningRole> {
     let local_addr = listener
@@ -265,6 +277,7 @@ fn serve(
     if let Some(dead_letters) = dead_letters {
         router = router.merge(dead_letters);
     }
+    let router = with_metrics(router, &bus, instruments);
     let (stop_accepting, stop_rx) = oneshot::channel::<()>();
     let http = tokio::spawn(async move {
         axum::serve(listener, router)
@@ -284,6 +297,34 @@ fn serve(
         simulator,
         shutdown_grace: Duration::from_secs(shutdown_grace_secs),
     })
+}
+
+/// `GET /metrics` on a role's router, requests timed and traced, and the bus backlog
+/// sampled, when telemetry is on; the router as it is when off.
+fn with_metrics(router: Router, bus: &ConnectedBus, instruments: Instruments) -> Router {
+    let Some(handle) = instruments.metrics() else {
+        return router;
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let stop = std::sync::Arc::new(stop);
+    tokio::spawn(crate::telemetry::gauges::sample_every(
+        None,
+        bus.shared(),
+        crate::telemetry::gauges::DEFAULT_SAMPLE_INTERVAL,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    router
+        .route(
+            "/metrics",
+            get(move || {
+                // The sampler lives as long as the route (the server) does.
+                let _keep = stop.clone();
+                crate::telemetry::http::metrics(Some(handle.clone()))
+            }),
+        )
+        .layer(axum::middleware::from_fn(crate::telemetry::http::observe))
 }
 
 /// `GET /healthz`: the process answers.

@@ -20,7 +20,10 @@ use payments_sim::{PaymentsConfig, PaymentsHandle, PaymentsService};
 use stock_sim::{StockConfig, StockHandle, StockService};
 use tokio::{sync::watch, task::JoinHandle};
 
-use crate::changes::{OrderChanges, RelayedOutbox, WatchedStore};
+use crate::{
+    changes::{OrderChanges, RelayedOutbox, WatchedStore},
+    telemetry::{Instruments, Telemetry},
+};
 
 /// The storage adapters the system runs on.
 #[derive(Clone)]
@@ -150,19 +153,23 @@ impl InProcessSystem {
         };
         let changes = Arc::new(OrderChanges::default());
         let watched = Arc::new(WatchedStore::new(stores.store.clone(), changes.clone()));
-        let orders = OrdersService::new(watched, clock, config.orders.clone());
+        // Spans and metrics cost next to nothing until the process installs a tracing
+        // layer or a metrics recorder (the telemetry tests do).
+        let instruments = Instruments::new(Telemetry::On);
+        let orders = OrdersService::new(instruments.store(watched), clock, config.orders.clone());
         let orders_subscription = shared
             .subscribe(
                 OrdersMessageHandler::subscription().concurrency(stores.handler_concurrency),
-                Arc::new(OrdersMessageHandler::new(orders.clone())),
+                instruments.orders_handler(OrdersMessageHandler::new(orders.clone())),
             )
             .await?;
-        let payments = PaymentsService::start(shared.clone(), config.payments.clone()).await?;
-        let stock = StockService::start(shared.clone(), config.stock.clone()).await?;
-        let shared_for_sims = shared.clone();
+        let shared_for_sims = instruments.subscriber_bus(shared.clone());
+        let payments =
+            PaymentsService::start(shared_for_sims.clone(), config.payments.clone()).await?;
+        let stock = StockService::start(shared_for_sims.clone(), config.stock.clone()).await?;
         let (stop_relay, mut stop_rx) = watch::channel(false);
         let relayed = Arc::new(RelayedOutbox::new(stores.outbox.clone()));
-        let relay = OutboxRelay::new(relayed.clone(), shared);
+        let relay = OutboxRelay::new(relayed.clone(), instruments.relay_bus(shared));
         let mut stop_deadlines = stop_rx.clone();
         let relay = tokio::spawn(relay.run(async move {
             let _ = stop_rx.wait_for(|stop| *stop).await;

@@ -433,6 +433,7 @@ async fn over_nats_the_served_app_lists_and_replays_a_dead_letter() {
         duplicate_replies: false,
         shutdown_grace_secs: 1,
         auth_tokens_file: None,
+        telemetry: app::telemetry::Telemetry::On,
     })
     .await
     .unwrap();

@@ -336,6 +336,43 @@ impl MessageBus for NatsBus {
     ) -> Result<SubscriptionHandle, BusError> {
         subscriber::start(self.inner.clone(), subscription, handler).await
     }
+
+    /// Per group attached in this process: the messages its consumers have yet to
+    /// deliver or to see acknowledged, on the topics this process knows, as the server
+    /// counts them (the consumers are shared with the group's other processes).
+    async fn backlogs(&self) -> Result<Vec<(String, u64)>, BusError> {
+        backlogs(&self.inner).await
+    }
+}
+
+/// See [`NatsBus`]'s `backlogs`: one consumer-info request per group and topic; a
+/// consumer that does not exist (a topic the group does not listen to) counts nothing.
+async fn backlogs(inner: &Inner) -> Result<Vec<(String, u64)>, BusError> {
+    let groups: Vec<String> = inner
+        .attached
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .cloned()
+        .collect();
+    let topics: Vec<String> = inner.streams.lock().await.iter().cloned().collect();
+    let mut backlogs = Vec::with_capacity(groups.len());
+    for group in groups {
+        let consumer = Names::consumer(&group);
+        let mut pending = 0;
+        for topic in &topics {
+            let stream = inner
+                .js
+                .get_stream_no_info(inner.names.stream(topic))
+                .await
+                .map_err(|e| transport(format_args!("cannot reach stream of {topic}"), e))?;
+            if let Ok(info) = stream.consumer_info(&consumer).await {
+                pending += info.num_pending + info.num_ack_pending as u64;
+            }
+        }
+        backlogs.push((group, pending));
+    }
+    Ok(backlogs)
 }
 
 /// The kind (`retryable` / `permanent`) and the reason of a handler's error.

@@ -9,6 +9,8 @@
 //! * [`DeadLetters`] is the dead-letter port: list what a group gave up on, replay one
 //!   to that group only.
 //! * [`InMemoryBus`] runs everything in one process on tokio.
+//! * [`trace`] stamps new envelopes with the current W3C `traceparent`, once the
+//!   composition root says how to read it.
 //! * `conformance` (feature `conformance`, for adapters' tests) is the suite every
 //!   adapter must pass.
 #![forbid(unsafe_code)]
@@ -21,6 +23,7 @@ mod envelope;
 mod error;
 mod memory;
 mod port;
+pub mod trace;
 mod typed;
 
 pub use dead_letters::{DeadLetterError, DeadLetterKind, DeadLetterRecord, DeadLetters, Replayed};

@@ -195,4 +195,14 @@ pub trait Outbox: Send + Sync + 'static {
     /// # Errors
     /// [`StoreError::Unavailable`].
     async fn requeue_stalled(&self, before: Timestamp) -> Result<u64, StoreError>;
+
+    /// When the oldest unsent message was committed (its envelope's timestamp), `None`
+    /// when nothing is unsent: the age the `outbox_oldest_unsent_age_seconds` gauge
+    /// shows. The default answers `None` (an adapter that cannot tell cheaply).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`].
+    async fn oldest_unsent(&self) -> Result<Option<Timestamp>, StoreError> {
+        Ok(None)
+    }
 }

@@ -369,6 +369,17 @@ impl Outbox for InMemoryOrderStore {
         &self.committed
     }
 
+    /// The oldest queued row's timestamp (the rows of a relay pass in hand, older
+    /// still, are not looked at: they are being published).
+    async fn oldest_unsent(&self) -> Result<Option<Timestamp>, StoreError> {
+        Ok(self
+            .outbox
+            .lock()
+            .0
+            .front()
+            .map(|envelope| envelope.timestamp))
+    }
+
     async fn requeue_stalled(&self, before: Timestamp) -> Result<u64, StoreError> {
         let mut again = Vec::new();
         for shard in &*self.orders {

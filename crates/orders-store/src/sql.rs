@@ -69,6 +69,11 @@ pub(crate) const DUE_FOR_PAYMENT: &str = "\
     WHERE status = 'AwaitingPayment' AND payment_due_at IS NOT NULL AND payment_due_at <= $1 \
     ORDER BY payment_due_at, id LIMIT $2";
 
+/// The commit time of the oldest unsent, unparked outbox row (the relay's index, one row).
+pub(crate) const OLDEST_UNSENT: &str = "\
+    SELECT created_at FROM outbox WHERE sent_at IS NULL AND parked_at IS NULL \
+    ORDER BY position LIMIT 1";
+
 /// Unsent outbox rows as read by a relay, split into those to publish and those to park.
 #[derive(Default)]
 pub(crate) struct RelayBatch {

@@ -13,6 +13,7 @@
 //! | `GET /readyz` | 200 when the store and the bus answer, 503 otherwise |
 //! | `GET /stats` | dead letters, parked and unsent outbox rows |
 //! | `GET /openapi.json` | the OpenAPI 3.1 document of all of this ([`openapi`]) |
+//! | `GET /metrics` | 200 + the Prometheus text format ([`crate::telemetry::metrics`]); 404 with telemetry off |
 //!
 //! Every error is an `application/problem+json` document ([`problem`]): 400 for a body
 //! that is not JSON, a malformed id or `Idempotency-Key`; 401 (with `WWW-Authenticate:
@@ -84,6 +85,9 @@ pub struct AppState {
     tokens: Option<Arc<Tokens>>,
     /// The per-client request rate; `None`: unlimited.
     rate_limiter: Option<Arc<RateLimiter>>,
+    /// Renders `GET /metrics`; `None` (telemetry off): the route answers 404 and
+    /// requests are neither timed nor traced.
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -111,7 +115,19 @@ impl AppState {
             dead_letters: None,
             tokens: None,
             rate_limiter: None,
+            metrics: None,
         }
+    }
+
+    /// Serves `GET /metrics` from `handle`, and times and traces every request
+    /// ([`crate::telemetry::http`]); `None` leaves both off.
+    #[must_use]
+    pub fn metrics(
+        mut self,
+        handle: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    ) -> Self {
+        self.metrics = handle;
+        self
     }
 
     /// Requires a bearer token from `tokens` on every route but the open ones
@@ -175,6 +191,7 @@ pub fn router(state: AppState) -> Router {
     let timeout = state.request_timeout;
     let tokens = state.tokens.clone();
     let rate_limiter = state.rate_limiter.clone();
+    let metrics = state.metrics.clone();
     let (router, _) = documented_routes().split_for_parts();
     let mut router = router
         .fallback(routes::no_route)
@@ -187,7 +204,7 @@ pub fn router(state: AppState) -> Router {
     if let Some(limiter) = rate_limiter {
         router = router.layer(middleware::from_fn_with_state(limiter, limits::rate_limit));
     }
-    router
+    let mut router = router
         // The handler's future is dropped at the deadline: a store transaction in
         // flight is rolled back, never half-done.
         .layer(TimeoutLayer::with_status_code(
@@ -196,7 +213,12 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(middleware::map_response(move |response: Response| {
             timed_out_as_problem(response, timeout)
-        }))
+        }));
+    if metrics.is_some() {
+        // Outside authentication, limits and the timeout: every answer is counted.
+        router = router.layer(middleware::from_fn(crate::telemetry::http::observe));
+    }
+    router
         .layer(
             TraceLayer::new_for_http()
                 // Causes of 5xx answers are logged where they arise; this is the summary.
@@ -220,6 +242,22 @@ pub(crate) fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(dead_letters::list))
         .routes(routes!(dead_letters::replay))
         .routes(routes!(openapi::openapi_json))
+        .routes(routes!(metrics_route))
+}
+
+/// `GET /metrics` ([`crate::telemetry::http::metrics`]).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Prometheus metrics of the flow",
+    responses(
+        (status = 200, description = "The Prometheus text exposition format", content_type = "text/plain; version=0.0.4"),
+        (status = 404, description = "Telemetry is off (--telemetry off)", body = Problem, content_type = openapi::PROBLEM),
+    )
+)]
+async fn metrics_route(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    crate::telemetry::http::metrics(state.metrics).await
 }
 
 /// Turns the timeout layer's bare 503 (no body, no content type; every 503 of the

@@ -80,6 +80,10 @@ pub struct ServeConfig {
     /// How long in-flight requests may take to finish on shutdown, in seconds.
     #[arg(long, env = "ORDERS_SHUTDOWN_GRACE_SECS", default_value_t = DEFAULT_SHUTDOWN_GRACE_SECS)]
     pub shutdown_grace_secs: u64,
+    /// Metrics (`GET /metrics`) and traces across the flow, or neither (`off`: to
+    /// measure what they cost).
+    #[arg(long, env = "ORDERS_TELEMETRY", value_enum, default_value_t = crate::telemetry::Telemetry::On)]
+    pub telemetry: crate::telemetry::Telemetry,
     /// Authentication and request limits of the HTTP API (boxed: the config is moved
     /// around by value, in `main`'s command enum among others).
     #[command(flatten)]
@@ -102,6 +106,7 @@ impl ServeConfig {
             request_timeout_secs: DEFAULT_REQUEST_TIMEOUT_SECS,
             shutdown_grace_secs: DEFAULT_SHUTDOWN_GRACE_SECS,
             edge: Box::default(),
+            telemetry: crate::telemetry::Telemetry::On,
         }
     }
 

@@ -83,17 +83,23 @@ pub async fn spawn(config: ServeConfig) -> anyhow::Result<RunningServer> {
         stores.store.clone(),
         changes.clone(),
     ));
-    let orders = OrdersService::new(watched, Arc::new(SystemClock), config.orders());
+    let instruments = crate::telemetry::Instruments::new(config.telemetry);
+    let orders = OrdersService::new(
+        instruments.store(watched),
+        Arc::new(SystemClock),
+        config.orders(),
+    );
     // Dropped handles stop their workers, so an early return below leaves nothing running.
     let subscription = shared
         .subscribe(
             OrdersMessageHandler::subscription().concurrency(stores.handler_concurrency),
-            Arc::new(OrdersMessageHandler::new(orders.clone())),
+            instruments.orders_handler(OrdersMessageHandler::new(orders.clone())),
         )
         .await
         .context("cannot subscribe the Orders handler")?;
     let simulators = match config.sims {
         SimsMode::InProcess => {
+            let shared = instruments.subscriber_bus(shared.clone());
             let payments = PaymentsService::start(shared.clone(), config.simulators.payments())
                 .await
                 .context("cannot start the Payments simulator")?;
@@ -125,8 +131,18 @@ pub async fn spawn(config: ServeConfig) -> anyhow::Result<RunningServer> {
         }
     }
     let (stop_background, stop_rx) = watch::channel(false);
-    let relay =
-        tokio::spawn(OutboxRelay::new(stores.outbox.clone(), shared).run(stopped(stop_rx.clone())));
+    if instruments.is_on() {
+        tokio::spawn(crate::telemetry::gauges::sample_every(
+            Some(stores.outbox.clone()),
+            shared.clone(),
+            crate::telemetry::gauges::DEFAULT_SAMPLE_INTERVAL,
+            stopped(stop_rx.clone()),
+        ));
+    }
+    let relay = tokio::spawn(
+        OutboxRelay::new(stores.outbox.clone(), instruments.relay_bus(shared))
+            .run(stopped(stop_rx.clone())),
+    );
     let retention = tokio::spawn(
         Retention::new(
             orders.clone(),
@@ -153,6 +169,7 @@ pub async fn spawn(config: ServeConfig) -> anyhow::Result<RunningServer> {
         .auth(edge.tokens)
         .rate_limit(edge.rate_limit)
         .dead_letters(bus.dead_letters())
+        .metrics(instruments.metrics())
         .stats(Arc::new(ServiceStats {
             dead_letters: bus.dead_letters(),
             bus: bus.clone(),

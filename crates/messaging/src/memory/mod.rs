@@ -386,4 +386,15 @@ impl MessageBus for InMemoryBus {
         tracing::debug!(subscriber = %subscription.name, topics = ?subscription.topics, "subscribed");
         Ok(SubscriptionHandle::new(subscription.name, stop_tx, workers))
     }
+
+    /// Every group's messages queued or in hand, attached or away.
+    async fn backlogs(&self) -> Result<Vec<(String, u64)>, BusError> {
+        Ok(self
+            .inner
+            .groups
+            .lock()
+            .iter()
+            .map(|(name, group)| (name.clone(), group.pending() as u64))
+            .collect())
+    }
 }

@@ -38,6 +38,7 @@ macro_rules! suite {
             stalled_orders_get_their_latest_request_sent_again,
             a_stalled_order_gets_its_request_sent_again_not_a_later_refusal,
             due_for_payment_lists_exactly_the_due_orders_awaiting_payment,
+            the_oldest_unsent_row_is_the_next_to_publish_and_keeps_its_trace_context,
         );
     };
     ($backend:expr, durable) => {
@@ -926,4 +927,38 @@ pub async fn due_for_payment_lists_exactly_the_due_orders_awaiting_payment(f: Fi
         store.due_for_payment(at(10_000), 10).await.unwrap(),
         [second.id()]
     );
+}
+
+pub async fn the_oldest_unsent_row_is_the_next_to_publish_and_keeps_its_trace_context(f: Fixture) {
+    assert_eq!(
+        f.outbox.oldest_unsent().await.unwrap(),
+        None,
+        "nothing unsent"
+    );
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut first = new_order(at(0));
+    let mut outbox = messages_of(&mut first, None);
+    outbox[0].traceparent = Some(traceparent.to_owned());
+    f.store
+        .commit(Commit {
+            order: Some(first),
+            outbox,
+            inbox: None,
+            idempotency_key: None,
+        })
+        .await
+        .unwrap();
+    let _second = place(f.store.as_ref(), at(5)).await;
+    assert_eq!(f.outbox.oldest_unsent().await.unwrap(), Some(at(0)));
+
+    let bus = RecordingBus::new();
+    assert_eq!(f.outbox.relay(1, bus.as_ref()).await.unwrap(), 1);
+    assert_eq!(f.outbox.oldest_unsent().await.unwrap(), Some(at(5)));
+    assert_eq!(
+        bus.published()[0].traceparent.as_deref(),
+        Some(traceparent),
+        "the outbox keeps the trace context of the commit"
+    );
+    assert_eq!(f.outbox.relay(100, bus.as_ref()).await.unwrap(), 1);
+    assert_eq!(f.outbox.oldest_unsent().await.unwrap(), None, "all sent");
 }
