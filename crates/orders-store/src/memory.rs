@@ -8,6 +8,9 @@
 //! paced-latency bench. With 64 shards each resize is 1/64 of the size and blocks only
 //! the orders of its shard.
 //!
+//! Each shard also indexes the payment deadlines of its orders still AwaitingPayment
+//! (ordered by deadline), so `due_for_payment` reads only the due ones.
+//!
 //! Memory stays proportional to the orders kept: sent outbox rows are dropped at once
 //! (the history keeps a small record per message), inbox records and history are pruned
 //! after the idempotency window.

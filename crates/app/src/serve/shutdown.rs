@@ -119,7 +119,8 @@ impl RunningServer {
 
     /// Graceful shutdown: stops accepting, lets in-flight requests finish (up to the
     /// grace period), then stops the relay (after a last flush), the subscriber (after
-    /// the message in hand), the retention task and the simulators. Logs `reason`.
+    /// the message in hand), the retention and payment deadline tasks and the simulators.
+    /// Logs `reason`.
     ///
     /// # Errors
     /// When the HTTP server failed while draining; everything else is stopped anyway.
