@@ -19,6 +19,8 @@
 //!   `app serve` on a scratch SQLite file;
 //! * `postgres` ([`sql`]): the service rows on a scratch PostgreSQL database, next to the
 //!   same transactions on raw sqlx;
+//! * `telemetry` ([`http`]): the HTTP rows against `app serve --telemetry off` and `on`,
+//!   alternated, with the cost of metrics and spans as a ratio;
 //! * `nats` ([`nats`]): Orders, Payments and Stock as three `app` processes on NATS
 //!   JetStream, next to the same messages through raw async-nats.
 #![forbid(unsafe_code)]
@@ -66,12 +68,13 @@ struct BenchConfig {
     /// Seconds of the paced-latency workload.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    /// Which groups of rows to run: memory, sqlite, postgres, http (both HTTP rows), nats, or
+    /// Which groups of rows to run: memory, sqlite, postgres, http (both HTTP rows),
+    /// telemetry (HTTP rows with telemetry off and on), nats, or
     /// one HTTP row alone: http-throughput, http-latency.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "memory,sqlite,postgres,http,nats"
+        default_value = "memory,sqlite,postgres,http,telemetry,nats"
     )]
     only: Vec<String>,
     /// Orders in the SQLite and PostgreSQL throughput workloads.
@@ -90,6 +93,12 @@ struct BenchConfig {
     /// peak RSS is also read after the first 2,000.
     #[arg(long, default_value_t = 10_000)]
     http_latency_orders: usize,
+    /// Orders per run of the telemetry-cost throughput rows (256 clients).
+    #[arg(long, default_value_t = 3_000)]
+    telemetry_orders: usize,
+    /// Orders per run of the telemetry-cost latency rows (64 clients, 10 ms simulators).
+    #[arg(long, default_value_t = 2_000)]
+    telemetry_latency_orders: usize,
     /// Orders in the NATS throughput row and flows of its raw baseline.
     #[arg(long, default_value_t = 5_000)]
     nats_orders: usize,
@@ -234,6 +243,16 @@ async fn run(config: &BenchConfig) -> anyhow::Result<Vec<Row>> {
         if http_latency {
             rows.push(http::latency(&app, config.http_latency_orders).await?);
         }
+    }
+    if wants("telemetry") {
+        rows.extend(
+            http::telemetry_cost(
+                &app()?,
+                config.telemetry_orders,
+                config.telemetry_latency_orders,
+            )
+            .await?,
+        );
     }
     // Before PostgreSQL for the same reason as HTTP.
     if wants("nats") {
