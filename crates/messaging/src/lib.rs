@@ -23,7 +23,9 @@ mod memory;
 mod port;
 mod typed;
 
-pub use dead_letters::{DeadLetterError, DeadLetterKind, DeadLetterRecord, DeadLetters, Replayed};
+pub use dead_letters::{
+    DeadLetterError, DeadLetterKind, DeadLetterRecord, DeadLetters, Replayed, numbered_id,
+};
 pub use envelope::{Envelope, MessageId};
 pub use error::{BusError, ErrorKind, HandlerError};
 pub use memory::{DeadLetter, InMemoryBus, InMemoryBusConfig, OverflowPolicy, RetryPolicy};

@@ -171,7 +171,7 @@ pub async fn replay_of_an_unknown_id_is_not_found(
     _prefix: &str,
 ) {
     let count = listed(letters.count().await);
-    for id in ["no-such-id", "999999999", ""] {
+    for id in ["no-such-id", "999999999", "0", "+1", "01", ""] {
         match letters.replay(id).await {
             Err(DeadLetterError::NotFound(unknown)) => assert_eq!(unknown, id),
             other => panic!("replay({id:?}) answered {other:?}, not NotFound"),
