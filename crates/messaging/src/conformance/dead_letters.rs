@@ -221,6 +221,34 @@ pub async fn replay_that_fails_again_is_listed_again(
     handle.unsubscribe().await;
 }
 
+/// A replay to a group that is away waits for it: the group gets the message when it
+/// comes back under its name.
+pub async fn replay_to_a_group_that_is_away_reaches_it_on_return(
+    bus: Arc<dyn MessageBus>,
+    letters: Arc<dyn DeadLetters>,
+    prefix: &str,
+) {
+    let topic = format!("{prefix}.dl-away");
+    let group = format!("{prefix}-dl-away");
+    let handle = subscribe(bus.as_ref(), &group, &topic, Recorder::new(1, true)).await;
+    publish(bus.as_ref(), &topic, "c", 1).await;
+    let record = wait_new_record(letters.as_ref(), &group, &[]).await;
+    handle.unsubscribe().await;
+    let replayed = listed(letters.replay(&record.id).await);
+    assert_eq!(replayed.group, group);
+    let back = Recorder::new(0, false);
+    let handle = subscribe(bus.as_ref(), &group, &topic, back.clone()).await;
+    assert_eq!(
+        back.wait_for(1, "back from away").await,
+        vec![("c".to_owned(), 1)]
+    );
+    assert!(
+        records_of(letters.as_ref(), &group).await.is_empty(),
+        "the replayed letter is listed"
+    );
+    handle.unsubscribe().await;
+}
+
 /// Runs every dead-letter check.
 pub async fn run_dead_letters(
     bus: Arc<dyn MessageBus>,
@@ -230,5 +258,6 @@ pub async fn run_dead_letters(
     permanent_failure_is_listed(bus.clone(), letters.clone(), prefix).await;
     replay_reaches_its_group_only_once(bus.clone(), letters.clone(), prefix).await;
     replay_of_an_unknown_id_is_not_found(bus.clone(), letters.clone(), prefix).await;
-    replay_that_fails_again_is_listed_again(bus, letters, prefix).await;
+    replay_that_fails_again_is_listed_again(bus.clone(), letters.clone(), prefix).await;
+    replay_to_a_group_that_is_away_reaches_it_on_return(bus, letters, prefix).await;
 }
