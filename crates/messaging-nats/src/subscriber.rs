@@ -231,8 +231,9 @@ const PULL_EXPIRES: Duration = Duration::from_secs(1);
 
 /// Pulls `source`'s consumer into the lanes until stopped, re-creating the consumer
 /// after errors. Each request asks for as many messages as there are free in-flight
-/// permits (for the replay subject: one at a time, from a permit of its own), and is read to its end (at most [`PULL_EXPIRES`]): what arrives after the
-/// stop signal is nak'ed at once, for the group's other processes or its return.
+/// permits (for the replay subject: one at a time, from a permit of its own), and is
+/// read to its end (at most [`PULL_EXPIRES`]): what arrives after the stop signal is
+/// nak'ed at once, for the group's other processes or its return.
 async fn pull(
     shared: Arc<Shared>,
     source: Source,
