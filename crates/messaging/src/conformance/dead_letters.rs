@@ -97,6 +97,30 @@ pub async fn permanent_failure_is_listed(
     handle.unsubscribe().await;
 }
 
+/// A message that keeps failing as retryable is listed as exhausted, after more than one
+/// attempt, its first failure a backoff before its last.
+pub async fn exhausted_retries_are_listed_with_first_and_last_failure(
+    bus: Arc<dyn MessageBus>,
+    letters: Arc<dyn DeadLetters>,
+    prefix: &str,
+) {
+    let topic = format!("{prefix}.dl-exhausted");
+    let group = format!("{prefix}-dl-exhausted");
+    let handle = subscribe(bus.as_ref(), &group, &topic, Recorder::new(u32::MAX, false)).await;
+    publish(bus.as_ref(), &topic, "c", 1).await;
+    let record = wait_new_record(letters.as_ref(), &group, &[]).await;
+    assert_eq!(record.kind, DeadLetterKind::Exhausted);
+    assert_eq!(record.reason, "not yet");
+    assert!(record.attempts > 1, "attempts: {}", record.attempts);
+    assert!(
+        record.last_failed_at - record.first_failed_at >= chrono::Duration::milliseconds(1),
+        "first failure {} is not before the last {}",
+        record.first_failed_at,
+        record.last_failed_at
+    );
+    handle.unsubscribe().await;
+}
+
 /// A replay of a message whose handler now succeeds reaches that group once, and only
 /// that group; the record leaves the list and the count follows.
 pub async fn replay_reaches_its_group_only_once(
@@ -256,6 +280,8 @@ pub async fn run_dead_letters(
     prefix: &str,
 ) {
     permanent_failure_is_listed(bus.clone(), letters.clone(), prefix).await;
+    exhausted_retries_are_listed_with_first_and_last_failure(bus.clone(), letters.clone(), prefix)
+        .await;
     replay_reaches_its_group_only_once(bus.clone(), letters.clone(), prefix).await;
     replay_of_an_unknown_id_is_not_found(bus.clone(), letters.clone(), prefix).await;
     replay_that_fails_again_is_listed_again(bus.clone(), letters.clone(), prefix).await;
