@@ -9,13 +9,17 @@
 //! `InMemoryBus::wait_idle`); once over NATS through the served app
 //! (`ORDERS_TEST_NATS_URL`, a unique prefix, its streams deleted at the end), where dead
 //! letters are awaited by hearing the dead-letter subjects, never by polling; there an
-//! `app payments` role on the same prefix lists only its own group's dead letters.
+//! `app payments` role on the same prefix lists only its own group's dead letters. On a
+//! private nats-server killed and started again: 503 problems while it is down, and the
+//! same record listed and replayed by a process connected after its restart.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
+
+use tokio::sync::mpsc;
 
 use app::{
     bus::BusFlags,
@@ -194,22 +198,34 @@ async fn a_message_orders_cannot_read_is_listed_with_the_missing_field_and_repla
     assert_eq!(body["type"], "urn:orders:problem:not-found");
 }
 
-/// Refuses the first message, accepts every later one; counts what it accepted.
-#[derive(Default)]
+/// Refuses the first message, accepts every later one and sends its id on `accepted`.
 struct RefusesOnce {
     refused: Mutex<bool>,
-    accepted: Mutex<Vec<Uuid>>,
+    accepted: mpsc::UnboundedSender<Uuid>,
+}
+
+impl RefusesOnce {
+    fn new() -> (Arc<Self>, mpsc::UnboundedReceiver<Uuid>) {
+        let (accepted, rx) = mpsc::unbounded_channel();
+        let handler = Self {
+            refused: Mutex::new(false),
+            accepted,
+        };
+        (Arc::new(handler), rx)
+    }
 }
 
 #[async_trait]
 impl MessageHandler for RefusesOnce {
     async fn handle(&self, envelope: &Envelope) -> Result<(), HandlerError> {
-        let mut refused = self.refused.lock().unwrap();
-        if !*refused {
-            *refused = true;
-            return Err(HandlerError::permanent("not today"));
+        {
+            let mut refused = self.refused.lock().unwrap();
+            if !*refused {
+                *refused = true;
+                return Err(HandlerError::permanent("not today"));
+            }
         }
-        self.accepted.lock().unwrap().push(envelope.message_id);
+        let _ = self.accepted.send(envelope.message_id);
         Ok(())
     }
 }
@@ -217,13 +233,10 @@ impl MessageHandler for RefusesOnce {
 #[tokio::test]
 async fn a_replayed_message_that_now_succeeds_leaves_the_list() {
     let app = TestApp::new(None).await;
-    let audit = Arc::new(RefusesOnce::default());
+    let (audit, mut accepted) = RefusesOnce::new();
     let _handle = app
         .bus
-        .subscribe(
-            Subscription::new("audit").topic("audit.noted"),
-            audit.clone(),
-        )
+        .subscribe(Subscription::new("audit").topic("audit.noted"), audit)
         .await
         .unwrap();
     let envelope =
@@ -240,7 +253,8 @@ async fn a_replayed_message_that_now_succeeds_leaves_the_list() {
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["group"], "audit");
     assert!(app.bus.wait_idle(DEADLINE).await);
-    assert_eq!(*audit.accepted.lock().unwrap(), vec![envelope.message_id]);
+    assert_eq!(accepted.try_recv().ok(), Some(envelope.message_id));
+    assert!(accepted.try_recv().is_err(), "handled twice");
     assert_eq!(app.list().await, json!({ "count": 0, "deadLetters": [] }));
 }
 
@@ -476,4 +490,87 @@ async fn over_nats_the_served_app_lists_and_replays_a_dead_letter() {
     assert_eq!(body["type"], "urn:orders:problem:not-found");
 
     server.shutdown(StopReason::Requested).await.unwrap();
+}
+
+/// The API over `port` alone, unauthenticated.
+fn console(port: Arc<dyn messaging::DeadLetters>) -> Router {
+    let store = Arc::new(InMemoryOrderStore::new());
+    let orders = OrdersService::new(
+        store.clone(),
+        Arc::new(ManualClock::new(Utc::now())),
+        OrdersConfig::default(),
+    );
+    http::router(
+        AppState::new(orders, Arc::new(StoreAndBusProbe::new(store, || true))).dead_letters(port),
+    )
+}
+
+async fn call(router: &Router, method: Method, uri: &str) -> (StatusCode, Value) {
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Body::empty())
+        .unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_nats_the_list_is_503_while_the_broker_is_down_and_survives_its_restart() {
+    if !testing::server_available(
+        "over_nats_the_list_is_503_while_the_broker_is_down_and_survives_its_restart",
+    ) {
+        return;
+    }
+    let mut server = testing::NatsServer::start().await.unwrap();
+    let url = server.url();
+    let config = || {
+        let mut config =
+            NatsBusConfig::new(url.as_str()).request_timeout(Duration::from_millis(500));
+        config.max_reconnect_delay = Duration::from_millis(200);
+        config
+    };
+    let bus = NatsBus::connect(config()).await.unwrap();
+    let (audit, mut accepted) = RefusesOnce::new();
+    let _handle = bus
+        .subscribe(Subscription::new("audit").topic("audit.noted"), audit)
+        .await
+        .unwrap();
+    let mut watch = testing::DeadLetterWatch::start(&url, None).await.unwrap();
+    let envelope =
+        Envelope::new(Uuid::now_v7(), "audit.noted", Utc::now(), "a-1", None, &1).unwrap();
+    bus.publish(envelope.clone()).await.unwrap();
+    assert_eq!(watch.next(DEADLINE).await.as_deref(), Some("audit"));
+    let router = console(Arc::new(bus.clone()));
+    let (status, body) = call(&router, Method::GET, "/dead-letters").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let id = body["deadLetters"][0]["id"].as_str().unwrap().to_owned();
+
+    server.kill();
+    let (status, body) = call(&router, Method::GET, "/dead-letters").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["type"], "urn:orders:problem:unavailable");
+    let (status, body) = call(&router, Method::POST, &format!("/dead-letters/{id}/replay")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+
+    // Back on the same store: a process started now sees the same record, and its
+    // replay reaches the group, whose subscription reconnected by itself.
+    server.restart().await.unwrap();
+    let later = console(Arc::new(NatsBus::connect(config()).await.unwrap()));
+    let (status, body) = call(&later, Method::GET, "/dead-letters").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["count"], 1, "{body}");
+    assert_eq!(body["deadLetters"][0]["id"], id.as_str());
+    assert_eq!(
+        body["deadLetters"][0]["messageId"],
+        envelope.message_id.to_string()
+    );
+    let (status, body) = call(&later, Method::POST, &format!("/dead-letters/{id}/replay")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let handled = tokio::time::timeout(Duration::from_secs(20), accepted.recv()).await;
+    assert_eq!(handled.ok().flatten(), Some(envelope.message_id));
+    let (_, body) = call(&later, Method::GET, "/dead-letters").await;
+    assert_eq!(body, json!({ "count": 0, "deadLetters": [] }));
 }

@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use messaging::{
     BusError, DeadLetter, DeadLetterError, DeadLetterRecord, DeadLetters, Envelope, HandlerError,
-    Replayed,
+    Replayed, numbered_id,
 };
 
 use crate::{
@@ -206,7 +206,7 @@ impl DeadLetters for NatsBus {
     }
 
     async fn get(&self, id: &str) -> Result<Option<DeadLetterRecord>, DeadLetterError> {
-        let Ok(sequence) = id.parse::<u64>() else {
+        let Some(sequence) = numbered_id(id) else {
             return Ok(None);
         };
         Ok(read_one(&self.inner, sequence)
@@ -233,7 +233,7 @@ impl DeadLetters for NatsBus {
 
     async fn replay(&self, id: &str) -> Result<Replayed, DeadLetterError> {
         let not_found = || DeadLetterError::NotFound(id.to_owned());
-        let sequence = id.parse::<u64>().map_err(|_| not_found())?;
+        let sequence = numbered_id(id).ok_or_else(not_found)?;
         let inner = &self.inner;
         let name = inner.names.dead_letter_stream();
         let stream = inner

@@ -16,7 +16,7 @@
 //! cancelled and its process steps back so another process of the group takes the
 //! message; a process that dies stops its progress acks, and the server redelivers after
 //! the ack wait. Order per correlation id within a process; at most `max_in_flight`
-//! messages held per subscription. The client reconnects by itself; a publish while it
+//! messages held per subscription (and one replayed dead letter). The client reconnects by itself; a publish while it
 //! is disconnected fails as retryable.
 //!
 //! Tests: the module `testing` (feature `testing`) starts private servers and cleans up streams.

@@ -4,7 +4,7 @@
 //!
 //! * A puller asks the server for as many messages as it has free in-flight permits,
 //!   so a subscription holds at most `max_in_flight` messages in this process (queued
-//!   or in hand).
+//!   or in hand), plus one replayed dead letter (its puller has a permit of its own).
 //! * A message goes to the lane holding its flow's earlier messages, else to an idle
 //!   lane ([`Lanes`]): one worker per lane handles them in arrival order, so one flow's
 //!   messages are handled in order within the process while other flows go on.
@@ -231,8 +231,9 @@ const PULL_EXPIRES: Duration = Duration::from_secs(1);
 
 /// Pulls `source`'s consumer into the lanes until stopped, re-creating the consumer
 /// after errors. Each request asks for as many messages as there are free in-flight
-/// permits, and is read to its end (at most [`PULL_EXPIRES`]): what arrives after the
-/// stop signal is nak'ed at once, for the group's other processes or its return.
+/// permits (for the replay subject: one at a time, from a permit of its own), and is
+/// read to its end (at most [`PULL_EXPIRES`]): what arrives after the stop signal is
+/// nak'ed at once, for the group's other processes or its return.
 async fn pull(
     shared: Arc<Shared>,
     source: Source,
@@ -240,7 +241,15 @@ async fn pull(
     lanes: Vec<mpsc::UnboundedSender<Delivery>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let most = shared.inner.config.max_in_flight.clamp(1, 256);
+    // Replays are rare and take one permit of their own: an idle request for them never
+    // holds back the topics' messages.
+    let (permits_of, most) = match source {
+        Source::Topic(_) => (
+            shared.permits.clone(),
+            shared.inner.config.max_in_flight.clamp(1, 256),
+        ),
+        Source::Replay => (Arc::new(Semaphore::new(1)), 1),
+    };
     let mut failures = 0u32;
     loop {
         let paused = *shared
@@ -256,7 +265,7 @@ async fn pull(
         let first = tokio::select! {
             biased;
             _ = stop.changed() => return,
-            permit = shared.permits.clone().acquire_owned() => match permit {
+            permit = permits_of.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => return,
             },
@@ -266,7 +275,7 @@ async fn pull(
         }
         let mut permits = vec![first];
         while permits.len() < most {
-            match shared.permits.clone().try_acquire_owned() {
+            match permits_of.clone().try_acquire_owned() {
                 Ok(permit) => permits.push(permit),
                 Err(_) => break,
             }

@@ -77,6 +77,16 @@ pub struct Replayed {
     pub group: String,
 }
 
+/// The number an id written as a number names: a decimal without sign or leading zeros,
+/// from 1 (the form adapters that number their letters write). `None` for any other id,
+/// which then names no letter.
+#[must_use]
+pub fn numbered_id(id: &str) -> Option<u64> {
+    id.parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0 && n.to_string() == id)
+}
+
 /// Why the port could not answer.
 #[derive(Debug, thiserror::Error)]
 pub enum DeadLetterError {

@@ -26,7 +26,9 @@ mod port;
 pub mod trace;
 mod typed;
 
-pub use dead_letters::{DeadLetterError, DeadLetterKind, DeadLetterRecord, DeadLetters, Replayed};
+pub use dead_letters::{
+    DeadLetterError, DeadLetterKind, DeadLetterRecord, DeadLetters, Replayed, numbered_id,
+};
 pub use envelope::{Envelope, MessageId};
 pub use error::{BusError, ErrorKind, HandlerError};
 pub use memory::{DeadLetter, InMemoryBus, InMemoryBusConfig, OverflowPolicy, RetryPolicy};

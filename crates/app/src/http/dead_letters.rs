@@ -334,4 +334,27 @@ mod tests {
         let replayed = view.replay(&listed[0].id).await.unwrap();
         assert_eq!(replayed.group, "mine");
     }
+
+    #[tokio::test]
+    async fn a_roles_routes_need_a_token_and_refuse_a_customer_token() {
+        use axum::{body::Body, http::Request};
+        use tower::ServiceExt as _;
+
+        let tokens = Tokens::parse("admin-token\nalice-token c-1\n").unwrap();
+        let router = role_router(Arc::new(InMemoryBus::default()), Some(tokens));
+        let status = |token: Option<&'static str>| {
+            let router = router.clone();
+            async move {
+                let mut request = Request::builder().uri("/dead-letters");
+                if let Some(token) = token {
+                    request = request.header("authorization", format!("Bearer {token}"));
+                }
+                let request = request.body(Body::empty()).unwrap();
+                router.oneshot(request).await.unwrap().status()
+            }
+        };
+        assert_eq!(status(None).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(status(Some("alice-token")).await, StatusCode::FORBIDDEN);
+        assert_eq!(status(Some("admin-token")).await, StatusCode::OK);
+    }
 }

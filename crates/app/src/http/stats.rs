@@ -10,7 +10,8 @@ use serde::Serialize;
 #[serde(rename_all = "camelCase")]
 pub struct Stats {
     /// Inbound messages given up on (undecodable, or failing past their retries); kept
-    /// by the bus for inspection and replay.
+    /// by the bus for inspection and replay (`/dead-letters`): the count of its
+    /// dead-letter port, on NATS every process's of the prefix.
     pub dead_letters: u64,
     /// Outbox rows whose envelope could not be decoded, kept aside and never published;
     /// `None` for a store that cannot park (in-memory).

@@ -97,6 +97,30 @@ pub async fn permanent_failure_is_listed(
     handle.unsubscribe().await;
 }
 
+/// A message that keeps failing as retryable is listed as exhausted, after more than one
+/// attempt, its first failure a backoff before its last.
+pub async fn exhausted_retries_are_listed_with_first_and_last_failure(
+    bus: Arc<dyn MessageBus>,
+    letters: Arc<dyn DeadLetters>,
+    prefix: &str,
+) {
+    let topic = format!("{prefix}.dl-exhausted");
+    let group = format!("{prefix}-dl-exhausted");
+    let handle = subscribe(bus.as_ref(), &group, &topic, Recorder::new(u32::MAX, false)).await;
+    publish(bus.as_ref(), &topic, "c", 1).await;
+    let record = wait_new_record(letters.as_ref(), &group, &[]).await;
+    assert_eq!(record.kind, DeadLetterKind::Exhausted);
+    assert_eq!(record.reason, "not yet");
+    assert!(record.attempts > 1, "attempts: {}", record.attempts);
+    assert!(
+        record.last_failed_at - record.first_failed_at >= chrono::Duration::milliseconds(1),
+        "first failure {} is not before the last {}",
+        record.first_failed_at,
+        record.last_failed_at
+    );
+    handle.unsubscribe().await;
+}
+
 /// A replay of a message whose handler now succeeds reaches that group once, and only
 /// that group; the record leaves the list and the count follows.
 pub async fn replay_reaches_its_group_only_once(
@@ -171,7 +195,7 @@ pub async fn replay_of_an_unknown_id_is_not_found(
     _prefix: &str,
 ) {
     let count = listed(letters.count().await);
-    for id in ["no-such-id", "999999999", ""] {
+    for id in ["no-such-id", "999999999", "0", "+1", "01", ""] {
         match letters.replay(id).await {
             Err(DeadLetterError::NotFound(unknown)) => assert_eq!(unknown, id),
             other => panic!("replay({id:?}) answered {other:?}, not NotFound"),
@@ -221,6 +245,34 @@ pub async fn replay_that_fails_again_is_listed_again(
     handle.unsubscribe().await;
 }
 
+/// A replay to a group that is away waits for it: the group gets the message when it
+/// comes back under its name.
+pub async fn replay_to_a_group_that_is_away_reaches_it_on_return(
+    bus: Arc<dyn MessageBus>,
+    letters: Arc<dyn DeadLetters>,
+    prefix: &str,
+) {
+    let topic = format!("{prefix}.dl-away");
+    let group = format!("{prefix}-dl-away");
+    let handle = subscribe(bus.as_ref(), &group, &topic, Recorder::new(1, true)).await;
+    publish(bus.as_ref(), &topic, "c", 1).await;
+    let record = wait_new_record(letters.as_ref(), &group, &[]).await;
+    handle.unsubscribe().await;
+    let replayed = listed(letters.replay(&record.id).await);
+    assert_eq!(replayed.group, group);
+    let back = Recorder::new(0, false);
+    let handle = subscribe(bus.as_ref(), &group, &topic, back.clone()).await;
+    assert_eq!(
+        back.wait_for(1, "back from away").await,
+        vec![("c".to_owned(), 1)]
+    );
+    assert!(
+        records_of(letters.as_ref(), &group).await.is_empty(),
+        "the replayed letter is listed"
+    );
+    handle.unsubscribe().await;
+}
+
 /// Runs every dead-letter check.
 pub async fn run_dead_letters(
     bus: Arc<dyn MessageBus>,
@@ -228,7 +280,10 @@ pub async fn run_dead_letters(
     prefix: &str,
 ) {
     permanent_failure_is_listed(bus.clone(), letters.clone(), prefix).await;
+    exhausted_retries_are_listed_with_first_and_last_failure(bus.clone(), letters.clone(), prefix)
+        .await;
     replay_reaches_its_group_only_once(bus.clone(), letters.clone(), prefix).await;
     replay_of_an_unknown_id_is_not_found(bus.clone(), letters.clone(), prefix).await;
-    replay_that_fails_again_is_listed_again(bus, letters, prefix).await;
+    replay_that_fails_again_is_listed_again(bus.clone(), letters.clone(), prefix).await;
+    replay_to_a_group_that_is_away_reaches_it_on_return(bus, letters, prefix).await;
 }

@@ -203,7 +203,7 @@ mod tests {
     }
 
     #[test]
-    fn letters_not_sent_go_back_in_front_in_their_order() {
+    fn letters_not_sent_go_back_to_their_place_oldest_first() {
         let store = DeadLetterStore::new(10);
         for (subscriber, n) in [("a", 1), ("b", 2), ("a", 3), ("a", 4)] {
             store.record(letter(subscriber, n));
@@ -214,13 +214,39 @@ mod tests {
             unsent.sent();
             assert_eq!(attempts(&store.all()), [("b".to_owned(), 2)]);
         }
+        // A letter recorded later comes after them all.
+        store.record(letter("c", 5));
         assert_eq!(
             attempts(&store.all()),
             [
+                ("b".to_owned(), 2),
                 ("a".to_owned(), 3),
                 ("a".to_owned(), 4),
-                ("b".to_owned(), 2)
+                ("c".to_owned(), 5)
             ]
         );
+    }
+
+    #[test]
+    fn one_letter_is_taken_by_its_number() {
+        let store = DeadLetterStore::new(10);
+        for n in 1..=3 {
+            store.record(letter("a", n));
+        }
+        let numbers: Vec<u64> = store.oldest(10).iter().map(|(n, _)| *n).collect();
+        assert_eq!(numbers, [1, 2, 3]);
+        assert_eq!(store.get(2).map(|l| l.attempts), Some(2));
+        {
+            let mut unsent = store.take_one(2);
+            assert_eq!(unsent.next().map(|l| l.attempts), Some(2));
+            unsent.sent();
+        }
+        assert!(store.get(2).is_none());
+        assert!(store.take_one(2).next().is_none(), "taken twice");
+        assert_eq!(store.len(), 2);
+        // Numbers are not reused.
+        store.record(letter("a", 4));
+        let numbers: Vec<u64> = store.oldest(10).iter().map(|(n, _)| *n).collect();
+        assert_eq!(numbers, [1, 3, 4]);
     }
 }

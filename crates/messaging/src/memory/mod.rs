@@ -60,7 +60,7 @@ pub use self::{
 };
 use crate::{
     BusError, DeadLetterError, DeadLetterRecord, DeadLetters, Envelope, MessageBus, MessageHandler,
-    Replayed, Subscription, SubscriptionHandle,
+    Replayed, Subscription, SubscriptionHandle, numbered_id,
 };
 
 /// The in-memory message bus. Cheap to clone; clones share the bus.
@@ -255,9 +255,7 @@ impl DeadLetters for InMemoryBus {
     }
 
     async fn get(&self, id: &str) -> Result<Option<DeadLetterRecord>, DeadLetterError> {
-        Ok(id
-            .parse::<u64>()
-            .ok()
+        Ok(numbered_id(id)
             .and_then(|number| self.inner.dead_letters.get(number))
             .map(|letter| letter.record(id.to_owned())))
     }
@@ -268,7 +266,7 @@ impl DeadLetters for InMemoryBus {
 
     async fn replay(&self, id: &str) -> Result<Replayed, DeadLetterError> {
         let not_found = || DeadLetterError::NotFound(id.to_owned());
-        let number = id.parse::<u64>().map_err(|_| not_found())?;
+        let number = numbered_id(id).ok_or_else(not_found)?;
         // Taken out while it is queued; put back if that fails or is cancelled.
         let mut pending = self.inner.dead_letters.take_one(number);
         let Some(letter) = pending.next() else {
