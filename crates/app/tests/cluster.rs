@@ -387,11 +387,12 @@ impl Cluster {
         if let Some(n) = report.step(self.broker.dead_letters().await) {
             report.check(n == 0, format!("{n} message(s) dead-lettered"));
         }
-        self.orders_role.terminate(PROCESS).await;
-        if self.payments_started {
-            self.payments.terminate(PROCESS).await;
-        }
-        self.stock.terminate(PROCESS).await;
+        // All at once: a simulator may take a moment to end its pull from the broker.
+        tokio::join!(
+            self.orders_role.terminate(PROCESS),
+            self.payments.terminate(PROCESS),
+            self.stock.terminate(PROCESS),
+        );
         self.broker.close().await;
     }
 }
@@ -878,9 +879,12 @@ async fn a_thousand_concurrent_orders_over_two_orders_replicas_on_postgres() {
         settled.as_secs_f64()
     );
     broker.close().await;
-    for role in [&mut first, &mut second, &mut payments, &mut stock] {
-        role.terminate(PROCESS).await;
-    }
+    tokio::join!(
+        first.terminate(PROCESS),
+        second.terminate(PROCESS),
+        payments.terminate(PROCESS),
+        stock.terminate(PROCESS),
+    );
     database.remove().await.expect("drop the scratch database");
 }
 
