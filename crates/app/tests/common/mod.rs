@@ -554,7 +554,7 @@ impl Orders {
         let mut version = 0;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let wait = left.min(Duration::from_secs(5));
+            let wait = left.min(Duration::from_secs(3));
             let order = match timeout_at(
                 deadline + Duration::from_secs(1),
                 self.order(id, Some(version), wait),
