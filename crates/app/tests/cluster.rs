@@ -44,6 +44,10 @@ const PROCESS: Duration = Duration::from_secs(30);
 /// How late a "paused" simulator answers: time enough for the customer's cancel.
 const LATE_MS: &str = "1500";
 
+/// Held by each test that runs processes, so they run one after the other: a scenario
+/// whose simulator answers late must not be starved by the 1,000-order load.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A scenario's cross-process counterpart: its name in `app::scenarios::all()` and the
 /// story, given the server and a prefix of its own.
 struct Counterpart {
@@ -120,6 +124,7 @@ async fn every_demo_scenario_across_three_processes_over_nats() {
     else {
         return;
     };
+    let _turn = ONE_AT_A_TIME.lock().await;
     let run = common::unique_prefix("scn");
     let _cleanup = Cleanup {
         url: url.clone(),
@@ -760,6 +765,7 @@ async fn a_thousand_concurrent_orders_over_two_orders_replicas_on_postgres() {
         println!("{test}: skipped, ORDERS_TEST_POSTGRES_URL not set");
         return;
     };
+    let _turn = ONE_AT_A_TIME.lock().await;
     let database = orders_store::scratch::ScratchDatabase::create(&admin_url)
         .await
         .expect("a scratch database");
