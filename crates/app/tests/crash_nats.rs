@@ -293,7 +293,13 @@ async fn three_processes_and_the_broker_survive_repeated_sigkill_without_losing_
             .collect()
     };
     for (key, id) in to_cancel {
-        assert!(cancel(&orders, &id).await, "cancel of order {id}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cancel(&orders, &id).await {
+            assert!(Instant::now() < deadline, "cancel of order {id}");
+            // tidy: allow(sleep) — a client backing off before it retries the cancel
+            // (not a wait for the flow).
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let mut ledger = ledger.lock().unwrap();
         ledger.to_cancel.remove(&key);
         ledger.cancelled.insert(key);

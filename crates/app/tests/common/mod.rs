@@ -20,7 +20,7 @@ use std::{
 };
 
 use async_nats::jetstream;
-use futures_util::TryStreamExt as _;
+use futures_util::{StreamExt as _, TryStreamExt as _};
 use messaging::Envelope;
 use messaging_nats::testing;
 use serde_json::{Value, json};
@@ -321,8 +321,10 @@ impl Broker {
                 .try_collect()
                 .await
                 .map_err(|e| format!("consumers of {name}: {e}"))?;
+            // The durable groups only: a reader of the test's own is ephemeral.
             quiet &= consumers
                 .iter()
+                .filter(|c| c.config.durable_name.is_some())
                 .all(|c| c.num_pending == 0 && c.num_ack_pending == 0);
         }
         Ok(Snapshot { quiet, messages })
@@ -382,14 +384,33 @@ impl Broker {
             if state.messages == 0 {
                 continue;
             }
-            for sequence in state.first_sequence..=state.last_sequence {
-                let raw = stream
-                    .get_raw_message(sequence)
-                    .await
-                    .map_err(|e| format!("{name} #{sequence}: {e}"))?;
+            // An ephemeral ordered consumer without acks: one pass over the stream.
+            let reader = stream
+                .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                    deliver_policy: jetstream::consumer::DeliverPolicy::All,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| format!("read {name}: {e}"))?;
+            let mut messages = reader
+                .messages()
+                .await
+                .map_err(|e| format!("read {name}: {e}"))?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            for _ in 0..state.messages {
+                let message = match timeout_at(deadline, messages.next()).await {
+                    Ok(Some(Ok(message))) => message,
+                    Ok(Some(Err(e))) => return Err(format!("read {name}: {e}")),
+                    Ok(None) | Err(_) => {
+                        return Err(format!(
+                            "read {name}: fewer than {} messages",
+                            state.messages
+                        ));
+                    }
+                };
                 all.push(
-                    Envelope::from_json(&raw.payload)
-                        .map_err(|e| format!("{name} #{sequence} is not an envelope: {e}"))?,
+                    Envelope::from_json(&message.payload)
+                        .map_err(|e| format!("{name}: not an envelope: {e}"))?,
                 );
             }
         }
