@@ -267,6 +267,8 @@ fn e2e(root: &Path, _: &[String]) -> Result<()> {
     for test in CROSS_PROCESS_TESTS {
         command.args(["--test", test]);
     }
+    // Their counts (orders, kills, elapsed) and the scenarios' transcripts are the point.
+    command.args(["--", "--nocapture"]);
     services::provide_env(&mut command);
     shell::run(&mut command)
 }
