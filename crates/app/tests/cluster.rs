@@ -107,6 +107,12 @@ fn every_demo_scenario_has_a_cross_process_counterpart() {
         missing.is_empty(),
         "scenarios without a cross-process counterpart in crates/app/tests/cluster.rs: {missing:?}"
     );
+    let names: HashSet<&str> = COUNTERPARTS.iter().map(|c| c.name).collect();
+    assert_eq!(
+        names.len(),
+        COUNTERPARTS.len(),
+        "two counterparts of one scenario"
+    );
     let stale: Vec<&str> = COUNTERPARTS
         .iter()
         .map(|c| c.name)
@@ -892,11 +898,4 @@ async fn a_thousand_concurrent_orders_over_two_orders_replicas_on_postgres() {
         stock.terminate(PROCESS),
     );
     database.remove().await.expect("drop the scratch database");
-}
-
-/// The coverage test's list is the one the runner uses.
-#[test]
-fn counterpart_names_are_unique() {
-    let names: HashSet<&str> = COUNTERPARTS.iter().map(|c| c.name).collect();
-    assert_eq!(names.len(), COUNTERPARTS.len());
 }
