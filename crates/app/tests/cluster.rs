@@ -181,6 +181,8 @@ struct Report {
     status: Option<String>,
     transcript: Vec<String>,
     failures: Vec<String>,
+    /// The processes' last log lines, kept when something failed.
+    logs: Vec<String>,
 }
 
 impl Report {
@@ -190,6 +192,7 @@ impl Report {
             status: None,
             transcript: Vec::new(),
             failures: Vec::new(),
+            logs: Vec::new(),
         }
     }
 
@@ -228,6 +231,9 @@ impl Report {
         }
         for failure in &self.failures {
             out.push_str(&format!("   !! {failure}\n"));
+        }
+        for log in &self.logs {
+            out.push_str(&format!("{log}\n"));
         }
         out
     }
@@ -397,6 +403,13 @@ impl Cluster {
     async fn stop(mut self, report: &mut Report) {
         if let Some(n) = report.step(self.broker.dead_letters().await) {
             report.check(n == 0, format!("{n} message(s) dead-lettered"));
+        }
+        if !report.failures.is_empty() {
+            for role in [&self.orders_role, &self.payments, &self.stock] {
+                report
+                    .logs
+                    .push(format!("--- {} log\n{}", role.name, role.log()));
+            }
         }
         // All at once: a simulator may take a moment to end its pull from the broker.
         tokio::join!(
