@@ -93,6 +93,10 @@ const COUNTERPARTS: &[Counterpart] = &[
         name: "payment.approved for an unknown order",
         run: |s| Box::pin(payment_for_unknown_order(s)),
     },
+    Counterpart {
+        name: "payment after the deadline",
+        run: |s| Box::pin(payment_after_the_deadline(s)),
+    },
 ];
 
 #[test]
@@ -439,6 +443,31 @@ async fn straight_through(
     }
     cluster.stop(&mut report).await;
     report
+}
+
+/// Orders gives up on the payment after 1 s; Payments answers after 2.5 s: the order is
+/// cancelled for the deadline, the late approval is refused and refunded.
+async fn payment_after_the_deadline(setup: Setup) -> Report {
+    straight_through(
+        setup,
+        "payment after the deadline",
+        Flags {
+            orders: vec!["--payment-timeout-secs", "1"],
+            payments: vec!["--payments-delay-ms", "2500"],
+            ..Flags::default()
+        },
+        checkout("customer-42", "book-1", "15.00", 1),
+        "Cancelled",
+        &[
+            (topics::ORDER_CANCELLED, 1),
+            (topics::PAYMENT_APPROVED, 1),
+            (topics::ORDER_PAID, 0),
+            (topics::ORDER_PAYMENT_REFUSED, 1),
+            (topics::PAYMENT_REFUNDED, 1),
+            (topics::STOCK_RESERVED, 0),
+        ],
+    )
+    .await
 }
 
 async fn happy_path(setup: Setup) -> Report {
