@@ -5,6 +5,10 @@
 //! * A puller asks the server for as many messages as it has free in-flight permits,
 //!   so a subscription holds at most `max_in_flight` messages in this process (queued
 //!   or in hand), plus one replayed dead letter (its puller has a permit of its own).
+//!   Each topic's puller has its own share of the permits (`max_in_flight` split evenly,
+//!   at least one each): an open pull request holds its unused permits until it
+//!   expires, so with one pool for all topics the first puller would take them all and
+//!   the others' messages would wait up to a whole request (1 s) for a permit.
 //! * A message goes to the lane holding its flow's earlier messages, else to an idle
 //!   lane ([`Lanes`]): one worker per lane handles them in arrival order, so one flow's
 //!   messages are handled in order within the process while other flows go on.
@@ -63,7 +67,6 @@ struct Shared {
     handler: Arc<dyn MessageHandler>,
     held: Arc<Held>,
     next_id: AtomicU64,
-    permits: Arc<Semaphore>,
     /// No new pull requests before this instant: set when a handler ran out of time, so
     /// its message goes to the group's other processes.
     paused_until: Mutex<Option<tokio::time::Instant>>,
@@ -138,7 +141,6 @@ pub(crate) async fn start(
         .max(1);
     let period = (inner.config.ack_wait / 3).max(Duration::from_millis(30));
     let shared = Arc::new(Shared {
-        permits: Arc::new(Semaphore::new(inner.config.max_in_flight.max(1))),
         inner,
         group: group.clone(),
         handler,
@@ -159,10 +161,11 @@ pub(crate) async fn start(
         senders.push(tx);
         tasks.push(tokio::spawn(work(shared.clone(), rx, stop_rx.clone())));
     }
+    let share = permit_share(shared.inner.config.max_in_flight, subscription.topics.len());
     for (source, consumer) in consumers {
         tasks.push(tokio::spawn(pull(
             shared.clone(),
-            source,
+            (source, share),
             consumer,
             senders.clone(),
             stop_rx.clone(),
@@ -225,6 +228,15 @@ fn attempts_of(message: &jetstream::Message) -> u32 {
 /// How many first-failure times a subscription remembers at most.
 const FIRST_FAILURES_KEPT: usize = 10_000;
 
+/// The most messages one pull request asks for.
+const MAX_BATCH: usize = 256;
+
+/// Each topic puller's share of a subscription's `max_in_flight` permits: an even split,
+/// at least one.
+fn permit_share(max_in_flight: usize, topics: usize) -> usize {
+    (max_in_flight / topics.max(1)).max(1)
+}
+
 /// How long one pull request waits for messages. A stopping subscription waits for its
 /// open request to end, so no message is handed to a request nobody reads any more.
 const PULL_EXPIRES: Duration = Duration::from_secs(1);
@@ -236,20 +248,21 @@ const PULL_EXPIRES: Duration = Duration::from_secs(1);
 /// nak'ed at once, for the group's other processes or its return.
 async fn pull(
     shared: Arc<Shared>,
-    source: Source,
+    (source, share): (Source, usize),
     mut consumer: PullConsumer,
     lanes: Vec<mpsc::UnboundedSender<Delivery>>,
     mut stop: watch::Receiver<bool>,
 ) {
     // Replays are rare and take one permit of their own: an idle request for them never
     // holds back the topics' messages.
-    let (permits_of, most) = match source {
-        Source::Topic(_) => (
-            shared.permits.clone(),
-            shared.inner.config.max_in_flight.clamp(1, 256),
-        ),
-        Source::Replay => (Arc::new(Semaphore::new(1)), 1),
+    let most = match source {
+        Source::Topic(_) => share.clamp(1, MAX_BATCH),
+        Source::Replay => 1,
     };
+    let permits_of = Arc::new(Semaphore::new(match source {
+        Source::Topic(_) => share,
+        Source::Replay => 1,
+    }));
     let mut failures = 0u32;
     loop {
         let paused = *shared
@@ -588,5 +601,19 @@ impl Shared {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::permit_share;
+
+    #[test]
+    fn the_permits_are_split_evenly_among_topics_at_least_one_each() {
+        assert_eq!(permit_share(256, 1), 256);
+        assert_eq!(permit_share(256, 4), 64);
+        assert_eq!(permit_share(10, 3), 3);
+        assert_eq!(permit_share(2, 5), 1);
+        assert_eq!(permit_share(8, 0), 8);
     }
 }
