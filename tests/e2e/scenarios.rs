@@ -51,6 +51,11 @@ async fn declined_payment_cancels_the_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_after_the_deadline_is_refunded_after_the_order_is_cancelled() {
+    run_scenario("payment after the deadline").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_stock_after_payment_cancels_and_refunds() {
     run_scenario("out of stock after payment").await;
 }

@@ -6,9 +6,11 @@
 //! first failing step. Every child process is killed and reaped when its step ends, even
 //! when the step fails.
 //!
-//! Dependencies are anyhow, serde_json, cargo_metadata (for `deps`) and `contracts`
-//! (with its `schema` feature, for `schemas`); arguments are parsed by hand.
+//! Dependencies are anyhow, serde_json, cargo_metadata (for `deps`), `contracts`
+//! (with its `schema` feature, for `schemas`) and tokio (for `cluster`'s child processes
+//! and Ctrl-C); arguments are parsed by hand.
 
+mod cluster;
 mod deps;
 mod schemas;
 mod services;
@@ -44,8 +46,14 @@ const TASKS: &[Task] = &[
     Task {
         name: "e2e",
         args: "",
-        about: "the cross-crate end-to-end tests: cargo test -p tests",
+        about: "the end-to-end tests: cargo test -p tests, then the app's cross-process tests over NATS",
         run: e2e,
+    },
+    Task {
+        name: "cluster",
+        args: "[--nats URL] [--orders-port N] [--payments-port N] [--stock-port N] [--store S] [--prefix P]",
+        about: "Orders, Payments and Stock as three processes on NATS (started if none answers); Ctrl-C stops all",
+        run: cluster::task,
     },
     Task {
         name: "bench",
@@ -242,11 +250,25 @@ fn seconds(elapsed: Duration) -> String {
     }
 }
 
-/// `cargo xtask e2e`: the end-to-end test package, with the service addresses.
+/// The `app` test targets that run the `app` binary as processes over NATS: the roles,
+/// every demo scenario and the two-replica load (`cluster`), the crash test.
+const CROSS_PROCESS_TESTS: &[&str] = &["roles", "cluster", "crash_nats"];
+
+/// `cargo xtask e2e`: the end-to-end test package, then the cross-process tests of
+/// `app`, with the service addresses.
 fn e2e(root: &Path, _: &[String]) -> Result<()> {
     services::report_reachability();
     let mut command = shell::cargo_command(root);
     command.args(["test", "-p", "tests"]);
+    services::provide_env(&mut command);
+    shell::run(&mut command)?;
+    let mut command = shell::cargo_command(root);
+    command.args(["test", "-p", "app"]);
+    for test in CROSS_PROCESS_TESTS {
+        command.args(["--test", test]);
+    }
+    // Their counts (orders, kills, elapsed) and the scenarios' transcripts are the point.
+    command.args(["--", "--nocapture"]);
     services::provide_env(&mut command);
     shell::run(&mut command)
 }
@@ -318,6 +340,15 @@ mod tests {
         let text = usage();
         for task in TASKS {
             assert!(text.contains(&format!("  {}", signature(task))), "{text}");
+        }
+    }
+
+    #[test]
+    fn every_cross_process_test_of_e2e_exists() {
+        let root = shell::repo_root().unwrap();
+        for test in CROSS_PROCESS_TESTS {
+            let file = root.join("crates/app/tests").join(format!("{test}.rs"));
+            assert!(file.is_file(), "{} is missing", file.display());
         }
     }
 

@@ -74,7 +74,7 @@ pub fn report_reachability() {
 }
 
 /// Whether something accepts a TCP connection at `address` within the timeout.
-fn answers(address: &str) -> Result<(), String> {
+pub(crate) fn answers(address: &str) -> Result<(), String> {
     let candidates = address
         .to_socket_addrs()
         .map_err(|error| format!("cannot resolve: {error}"))?;

@@ -5,7 +5,7 @@
 use std::{fmt, str::FromStr, sync::Arc};
 
 use anyhow::Context as _;
-use messaging::{InMemoryBus, InMemoryBusConfig, MessageBus};
+use messaging::{DeadLetters, InMemoryBus, InMemoryBusConfig, MessageBus};
 use messaging_nats::{NatsBus, NatsBusConfig};
 
 /// The bus a `--bus` value names.
@@ -140,7 +140,18 @@ impl ConnectedBus {
         }
     }
 
-    /// Messages this process has dead-lettered.
+    /// The bus's dead letters behind the [`DeadLetters`] port: the in-memory bus's own,
+    /// or the NATS dead-letter stream of this prefix (every process's).
+    #[must_use]
+    pub fn dead_letters(&self) -> Arc<dyn DeadLetters> {
+        match self {
+            Self::Memory(bus) => Arc::new(bus.clone()),
+            Self::Nats(bus) => Arc::new(bus.clone()),
+        }
+    }
+
+    /// Messages this process has dead-lettered (what `/stats` falls back to when the
+    /// [`DeadLetters`] port cannot count).
     #[must_use]
     pub fn dead_letter_count(&self) -> u64 {
         match self {

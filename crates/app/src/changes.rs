@@ -225,6 +225,13 @@ impl OrderStore for WatchedStore {
     async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<OrderId>, StoreError> {
         self.inner.find_by_idempotency_key(key).await
     }
+    async fn due_for_payment(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<OrderId>, StoreError> {
+        self.inner.due_for_payment(now, limit).await
+    }
     async fn commit(&self, commit: Commit) -> Result<u64, StoreError> {
         let handled = commit.inbox.as_ref().map(|record| record.order_id);
         let changed = commit
@@ -310,5 +317,8 @@ impl Outbox for RelayedOutbox {
     }
     async fn requeue_stalled(&self, before: Timestamp) -> Result<u64, StoreError> {
         self.inner.requeue_stalled(before).await
+    }
+    async fn oldest_unsent(&self) -> Result<Option<Timestamp>, StoreError> {
+        self.inner.oldest_unsent().await
     }
 }

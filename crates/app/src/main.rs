@@ -68,24 +68,30 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Demo => {
-            telemetry::init(cli.log_format, "warn");
+            telemetry::init(cli.log_format, "warn", telemetry::Telemetry::Off);
             report_huge_pages(huge_pages);
             runtime.block_on(demo())
         }
         Command::Serve(config) => {
-            telemetry::init(cli.log_format, "info");
+            telemetry::init(cli.log_format, "info", config.telemetry);
             report_huge_pages(huge_pages);
-            exit_code(runtime.block_on(app::serve::run(config)))
+            let outcome = runtime.block_on(app::serve::run(config));
+            telemetry::shutdown();
+            exit_code(outcome)
         }
         Command::Payments(config) => {
-            telemetry::init(cli.log_format, "info");
+            telemetry::init(cli.log_format, "info", config.telemetry);
             report_huge_pages(huge_pages);
-            exit_code(runtime.block_on(app::roles::run_payments(config)))
+            let outcome = runtime.block_on(app::roles::run_payments(config));
+            telemetry::shutdown();
+            exit_code(outcome)
         }
         Command::Stock(config) => {
-            telemetry::init(cli.log_format, "info");
+            telemetry::init(cli.log_format, "info", config.telemetry);
             report_huge_pages(huge_pages);
-            exit_code(runtime.block_on(app::roles::run_stock(config)))
+            let outcome = runtime.block_on(app::roles::run_stock(config));
+            telemetry::shutdown();
+            exit_code(outcome)
         }
     }
 }

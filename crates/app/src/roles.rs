@@ -13,8 +13,12 @@
 //! it listens, and stops gracefully on SIGINT or SIGTERM (no new connections, then the
 //! simulator unsubscribes after the message in hand). Every flag is also an environment
 //! variable. The in-memory bus is refused: it cannot reach another process.
+//!
+//! Each also serves the dead-letter console of its own group (`GET /dead-letters`,
+//! `POST /dead-letters/{id}/replay`, as in `serve`, see [`crate::http::dead_letters`]):
+//! behind `--auth-tokens-file` when given; without it only on a loopback address.
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use axum::{
@@ -30,8 +34,9 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
 use crate::{
     bus::{BusFlags, ConnectedBus},
-    http::{Problem, ProblemType},
+    http::{Problem, ProblemType, Tokens, dead_letters},
     serve::{PaymentsFlags, StockFlags, StopReason, shutdown_signal},
+    telemetry::Instruments,
 };
 
 /// The default listen address of `app payments`.
@@ -59,6 +64,13 @@ pub struct PaymentsRoleConfig {
     /// How long in-flight requests may take to finish on shutdown, in seconds.
     #[arg(long, env = "ORDERS_SHUTDOWN_GRACE_SECS", default_value_t = DEFAULT_ROLE_SHUTDOWN_GRACE_SECS)]
     pub shutdown_grace_secs: u64,
+    /// Bearer tokens for the dead-letter routes (the format of `serve`'s); without it
+    /// they are served on a loopback address only.
+    #[arg(long, env = "ORDERS_AUTH_TOKENS_FILE", value_name = "PATH")]
+    pub auth_tokens_file: Option<PathBuf>,
+    /// Metrics (`GET /metrics`) and traces, or neither (`off`).
+    #[arg(long, env = "ORDERS_TELEMETRY", value_enum, default_value_t = crate::telemetry::Telemetry::On)]
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 /// The settings of `app stock`.
@@ -79,6 +91,13 @@ pub struct StockRoleConfig {
     /// How long in-flight requests may take to finish on shutdown, in seconds.
     #[arg(long, env = "ORDERS_SHUTDOWN_GRACE_SECS", default_value_t = DEFAULT_ROLE_SHUTDOWN_GRACE_SECS)]
     pub shutdown_grace_secs: u64,
+    /// Bearer tokens for the dead-letter routes (the format of `serve`'s); without it
+    /// they are served on a loopback address only.
+    #[arg(long, env = "ORDERS_AUTH_TOKENS_FILE", value_name = "PATH")]
+    pub auth_tokens_file: Option<PathBuf>,
+    /// Metrics (`GET /metrics`) and traces, or neither (`off`).
+    #[arg(long, env = "ORDERS_TELEMETRY", value_enum, default_value_t = crate::telemetry::Telemetry::On)]
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 /// The simulator a role runs.
@@ -144,9 +163,16 @@ pub async fn run_stock(config: StockRoleConfig) -> anyhow::Result<()> {
 /// As [`run_payments`]; whatever was started is stopped again.
 pub async fn spawn_payments(config: PaymentsRoleConfig) -> anyhow::Result<RunningRole> {
     let bus = shared_bus("payments", &config.bus).await?;
+    let console = dead_letter_console(
+        &bus,
+        payments_sim::CONSUMER_GROUP,
+        config.auth_tokens_file.as_deref(),
+        config.listen,
+    )?;
     let listener = bind(config.listen).await?;
+    let instruments = Instruments::new(config.telemetry);
     let handle = PaymentsService::start(
-        bus.shared(),
+        instruments.subscriber_bus(bus.shared()),
         config.payments.config(config.duplicate_replies),
     )
     .await
@@ -156,7 +182,8 @@ pub async fn spawn_payments(config: PaymentsRoleConfig) -> anyhow::Result<Runnin
         listener,
         (bus, &config.bus),
         Simulator::Payments(handle),
-        config.shutdown_grace_secs,
+        (config.shutdown_grace_secs, instruments),
+        console,
     )
 }
 
@@ -166,16 +193,27 @@ pub async fn spawn_payments(config: PaymentsRoleConfig) -> anyhow::Result<Runnin
 /// As [`run_payments`]; whatever was started is stopped again.
 pub async fn spawn_stock(config: StockRoleConfig) -> anyhow::Result<RunningRole> {
     let bus = shared_bus("stock", &config.bus).await?;
+    let console = dead_letter_console(
+        &bus,
+        stock_sim::CONSUMER_GROUP,
+        config.auth_tokens_file.as_deref(),
+        config.listen,
+    )?;
     let listener = bind(config.listen).await?;
-    let handle = StockService::start(bus.shared(), config.stock.config(config.duplicate_replies))
-        .await
-        .context("cannot start the Stock simulator")?;
+    let instruments = Instruments::new(config.telemetry);
+    let handle = StockService::start(
+        instruments.subscriber_bus(bus.shared()),
+        config.stock.config(config.duplicate_replies),
+    )
+    .await
+    .context("cannot start the Stock simulator")?;
     serve(
         "stock",
         listener,
         (bus, &config.bus),
         Simulator::Stock(handle),
-        config.shutdown_grace_secs,
+        (config.shutdown_grace_secs, instruments),
+        console,
     )
 }
 
@@ -190,6 +228,30 @@ async fn shared_bus(role: &str, flags: &BusFlags) -> anyhow::Result<ConnectedBus
     ConnectedBus::connect(flags).await
 }
 
+/// The dead-letter routes of `group` on a role's port: behind the tokens of
+/// `tokens_file`, or without authentication on a loopback `listen` address; `None`
+/// (logged) on another address without tokens.
+///
+/// # Errors
+/// The tokens file cannot be read or is malformed.
+fn dead_letter_console(
+    bus: &ConnectedBus,
+    group: &str,
+    tokens_file: Option<&std::path::Path>,
+    listen: SocketAddr,
+) -> anyhow::Result<Option<Router>> {
+    let tokens = tokens_file.map(Tokens::load).transpose()?;
+    if tokens.is_none() && !listen.ip().is_loopback() {
+        tracing::warn!(%listen, "no --auth-tokens-file: the dead-letter routes are not served on a non-loopback address");
+        return Ok(None);
+    }
+    let port = Arc::new(dead_letters::GroupDeadLetters::new(
+        bus.dead_letters(),
+        &[group],
+    ));
+    Ok(Some(dead_letters::role_router(port, tokens)))
+}
+
 async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
@@ -202,15 +264,20 @@ fn serve(
     listener: TcpListener,
     (bus, flags): (ConnectedBus, &BusFlags),
     simulator: Simulator,
-    shutdown_grace_secs: u64,
+    (shutdown_grace_secs, instruments): (u64, Instruments),
+    dead_letters: Option<Router>,
 ) -> anyhow::Result<RunningRole> {
     let local_addr = listener
         .local_addr()
         .context("cannot read the bound address")?;
-    let router = Router::new()
+    let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state((bus.clone(), name));
+    if let Some(dead_letters) = dead_letters {
+        router = router.merge(dead_letters);
+    }
+    let router = with_metrics(router, &bus, instruments);
     let (stop_accepting, stop_rx) = oneshot::channel::<()>();
     let http = tokio::spawn(async move {
         axum::serve(listener, router)
@@ -230,6 +297,34 @@ fn serve(
         simulator,
         shutdown_grace: Duration::from_secs(shutdown_grace_secs),
     })
+}
+
+/// `GET /metrics` on a role's router, requests timed and traced, and the bus backlog
+/// sampled, when telemetry is on; the router as it is when off.
+fn with_metrics(router: Router, bus: &ConnectedBus, instruments: Instruments) -> Router {
+    let Some(handle) = instruments.metrics() else {
+        return router;
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let stop = std::sync::Arc::new(stop);
+    tokio::spawn(crate::telemetry::gauges::sample_every(
+        None,
+        bus.shared(),
+        crate::telemetry::gauges::DEFAULT_SAMPLE_INTERVAL,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    router
+        .route(
+            "/metrics",
+            get(move || {
+                // The sampler lives as long as the route (the server) does.
+                let _keep = stop.clone();
+                crate::telemetry::http::metrics(Some(handle.clone()))
+            }),
+        )
+        .layer(axum::middleware::from_fn(crate::telemetry::http::observe))
 }
 
 /// `GET /healthz`: the process answers.

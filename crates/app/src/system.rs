@@ -11,7 +11,7 @@ use messaging::{
 };
 use orders_app::{
     Clock, OrderStore, OrdersConfig, OrdersMessageHandler, OrdersService, Outbox, OutboxRelay,
-    RelayStopped, SystemClock,
+    PaymentDeadlines, RelayStopped, SystemClock,
 };
 use orders_domain::{Order, OrderId, OrderStatus};
 use orders_store::InMemoryOrderStore;
@@ -20,7 +20,10 @@ use payments_sim::{PaymentsConfig, PaymentsHandle, PaymentsService};
 use stock_sim::{StockConfig, StockHandle, StockService};
 use tokio::{sync::watch, task::JoinHandle};
 
-use crate::changes::{OrderChanges, RelayedOutbox, WatchedStore};
+use crate::{
+    changes::{OrderChanges, RelayedOutbox, WatchedStore},
+    telemetry::{Instruments, Telemetry},
+};
 
 /// The storage adapters the system runs on.
 #[derive(Clone)]
@@ -70,7 +73,8 @@ impl Stores {
 pub struct SystemConfig {
     /// The in-memory bus.
     pub bus: InMemoryBusConfig,
-    /// The Orders service.
+    /// The Orders service, its payment timeout included (the deadline task checks every
+    /// quarter of it, at most every second, on the clock the system is started with).
     pub orders: OrdersConfig,
     /// Simulated Payments behaviour.
     pub payments: PaymentsConfig,
@@ -106,6 +110,8 @@ pub struct InProcessSystem {
     tap_subscription: Option<SubscriptionHandle>,
     stop_relay: watch::Sender<bool>,
     relay: JoinHandle<RelayStopped>,
+    /// Cancels orders unpaid past their deadline; stops with the relay.
+    deadlines: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for InProcessSystem {
@@ -147,21 +153,33 @@ impl InProcessSystem {
         };
         let changes = Arc::new(OrderChanges::default());
         let watched = Arc::new(WatchedStore::new(stores.store.clone(), changes.clone()));
-        let orders = OrdersService::new(watched, clock, config.orders.clone());
+        // Spans and metrics cost next to nothing until the process installs a tracing
+        // layer or a metrics recorder (the telemetry tests do).
+        let instruments = Instruments::new(Telemetry::On);
+        let orders = OrdersService::new(instruments.store(watched), clock, config.orders.clone());
         let orders_subscription = shared
             .subscribe(
                 OrdersMessageHandler::subscription().concurrency(stores.handler_concurrency),
-                Arc::new(OrdersMessageHandler::new(orders.clone())),
+                instruments.orders_handler(OrdersMessageHandler::new(orders.clone())),
             )
             .await?;
-        let payments = PaymentsService::start(shared.clone(), config.payments.clone()).await?;
-        let stock = StockService::start(shared.clone(), config.stock.clone()).await?;
-        let shared_for_sims = shared.clone();
+        let shared_for_sims = instruments.subscriber_bus(shared.clone());
+        let payments =
+            PaymentsService::start(shared_for_sims.clone(), config.payments.clone()).await?;
+        let stock = StockService::start(shared_for_sims.clone(), config.stock.clone()).await?;
         let (stop_relay, mut stop_rx) = watch::channel(false);
         let relayed = Arc::new(RelayedOutbox::new(stores.outbox.clone()));
-        let relay = OutboxRelay::new(relayed.clone(), shared);
+        let relay = OutboxRelay::new(relayed.clone(), instruments.relay_bus(shared));
+        let mut stop_deadlines = stop_rx.clone();
         let relay = tokio::spawn(relay.run(async move {
             let _ = stop_rx.wait_for(|stop| *stop).await;
+        }));
+        let deadlines = PaymentDeadlines::new(
+            orders.clone(),
+            PaymentDeadlines::tick_for(config.orders.payment_timeout),
+        );
+        let deadlines = tokio::spawn(deadlines.run(async move {
+            let _ = stop_deadlines.wait_for(|stop| *stop).await;
         }));
         Ok(Self {
             bus,
@@ -178,6 +196,7 @@ impl InProcessSystem {
             tap_subscription,
             stop_relay,
             relay,
+            deadlines,
         })
     }
 
@@ -289,9 +308,13 @@ impl InProcessSystem {
         Ok(())
     }
 
-    /// Stops the relay (after a last flush), the subscribers and the simulators.
+    /// Stops the payment deadline task, the relay (after a last flush), the subscribers
+    /// and the simulators.
     pub async fn shutdown(self) {
         let _ = self.stop_relay.send(true);
+        if let Err(e) = self.deadlines.await {
+            tracing::error!(error = %e, "payment deadline task failed");
+        }
         if let Err(e) = self.relay.await {
             tracing::error!(error = %e, "relay task failed");
         }

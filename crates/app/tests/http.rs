@@ -1089,6 +1089,13 @@ impl OrderStore for BrokenStore {
     async fn find_by_idempotency_key(&self, _key: &str) -> Result<Option<OrderId>, StoreError> {
         self.fail().await
     }
+    async fn due_for_payment(
+        &self,
+        _now: Timestamp,
+        _limit: usize,
+    ) -> Result<Vec<OrderId>, StoreError> {
+        self.fail().await
+    }
     async fn commit(&self, _commit: Commit) -> Result<u64, StoreError> {
         self.fail().await
     }

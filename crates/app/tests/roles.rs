@@ -218,6 +218,31 @@ async fn await_status(
     order
 }
 
+/// Scrapes `{base}/metrics` until it counts a message of `topic` applied by `group`
+/// (the counter is written just after the handler returns; each scrape is a request).
+async fn await_metric(client: &reqwest::Client, base: &str, topic: &str, group: &str) {
+    let deadline = Instant::now() + DEADLINE;
+    let group = format!(r#"group="{group}""#);
+    loop {
+        let response = client.get(format!("{base}/metrics")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let text = response.text().await.unwrap();
+        let counted = text.lines().any(|line| {
+            line.starts_with("messages_handled_total{")
+                && line.contains(topic)
+                && line.contains(&group)
+                && line.contains(r#"outcome="applied""#)
+        });
+        if counted && text.contains(&format!("bus_backlog_messages{{{group}}}")) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{base}/metrics lacks {topic} {group}:\n{text}"
+        );
+    }
+}
+
 /// Forwards the `(topic, orderId)` of every message it handles: the test's own group
 /// on the run's prefix, watching what Payments and Stock publish that Orders ignores.
 struct Watcher(tokio::sync::mpsc::UnboundedSender<(String, String)>);
@@ -294,8 +319,8 @@ async fn orders_payments_and_stock_as_three_processes_over_nats() {
         .expect("subscribe the watcher");
     let client = reqwest::Client::new();
     let base = orders.ready(&client).await;
-    payments.ready(&client).await;
-    stock.ready(&client).await;
+    let payments_base = payments.ready(&client).await;
+    let stock_base = stock.ready(&client).await;
 
     // One order through all three processes: the ids are the simulators', derived
     // from the order id.
@@ -311,6 +336,16 @@ async fn orders_payments_and_stock_as_three_processes_over_nats() {
         reserved["reservationId"],
         stock_sim::reservation_id_for(id).as_str()
     );
+
+    // Each role serves its own metrics: what its simulator handled, by topic and group.
+    await_metric(
+        &client,
+        &payments_base,
+        r#"topic="order.placed""#,
+        "payments",
+    )
+    .await;
+    await_metric(&client, &stock_base, r#"topic="order.paid""#, "stock").await;
 
     // Another, cancelled once reserved: Payments refunds it and Stock releases it.
     let placed = place(&client, &base, "roles-2").await;

@@ -16,10 +16,11 @@ use crate::{
     scratch::Scratch,
 };
 
-/// An `app serve` child process, killed when dropped.
-struct ServerProcess {
+/// An `app` child process (`serve`, `payments` or `stock`), killed when dropped.
+pub(crate) struct ServerProcess {
     child: Child,
-    base: String,
+    /// `http://127.0.0.1:PORT`.
+    pub(crate) base: String,
 }
 
 impl Drop for ServerProcess {
@@ -32,24 +33,26 @@ impl Drop for ServerProcess {
 impl ServerProcess {
     /// Starts `app serve` on a free loopback port and waits until `/readyz` answers 200.
     async fn start(app: &Path, store: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        let mut args = vec!["--store", store];
+        args.extend_from_slice(extra);
+        Self::start_role(app, "serve", &args).await
+    }
+
+    /// Starts `app ROLE --listen 127.0.0.1:PORT ARGS…` on a free port and waits until its
+    /// `/readyz` answers 200.
+    pub(crate) async fn start_role(app: &Path, role: &str, args: &[&str]) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let child = Command::new(app)
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--store",
-                store,
-            ])
-            .args(extra)
+            .args([role, "--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
             .env("RUST_LOG", "error")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .with_context(|| format!("start {} serve", app.display()))?;
+            .with_context(|| format!("start {} {role}", app.display()))?;
         let mut server = Self {
             child,
             base: format!("http://127.0.0.1:{port}"),
@@ -61,11 +64,11 @@ impl ServerProcess {
                 return Ok(server);
             }
             if let Some(status) = server.child.try_wait()? {
-                anyhow::bail!("app serve exited before it was ready ({status})");
+                anyhow::bail!("app {role} exited before it was ready ({status})");
             }
             anyhow::ensure!(
                 Instant::now() < deadline,
-                "app serve did not become ready within 30 s"
+                "app {role} did not become ready within 30 s"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -82,7 +85,7 @@ impl ServerProcess {
         )
     }
 
-    fn peak_rss(&self) -> u64 {
+    pub(crate) fn peak_rss(&self) -> u64 {
         crate::rss::peak_rss_of(self.child.id())
     }
 }
@@ -194,7 +197,9 @@ async fn http_flow(connection: &mut LoadConnection, i: usize) -> anyhow::Result<
     }
 }
 
-async fn http_load(
+/// `orders` flows (POST, then blocking reads until StockReserved) by `clients` keep-alive
+/// connections to `base`: the elapsed time and each flow's 201 → StockReserved time.
+pub(crate) async fn http_load(
     base: &str,
     clients: usize,
     orders: usize,
@@ -291,4 +296,125 @@ pub async fn latency(app: &Path, orders: usize) -> anyhow::Result<Row> {
             mib(peak)
         ),
     })
+}
+
+/// Rounds of the telemetry-cost rows: each runs the workload with telemetry off, then on.
+const TELEMETRY_ROUNDS: usize = 3;
+
+/// The cost of telemetry: the HTTP throughput workload (256 clients, no delay, `orders`
+/// flows) and the HTTP latency workload (64 clients, 10 ms simulators, `latency_orders`
+/// flows) against `app serve --telemetry off` and `--telemetry on` (metrics recorded,
+/// spans made, no exporter), alternated [`TELEMETRY_ROUNDS`] times so that both see the
+/// same moods of the machine. Rows: throughput off / on (on as a ratio of off), p99 off /
+/// on (the same).
+///
+/// # Errors
+/// When a server does not start or a flow fails.
+pub async fn telemetry_cost(
+    app: &Path,
+    orders: usize,
+    latency_orders: usize,
+) -> anyhow::Result<Vec<Row>> {
+    eprintln!(
+        "bench: telemetry cost ({TELEMETRY_ROUNDS} rounds of off/on: {orders} orders at 256 clients, {latency_orders} at 64 clients with 10 ms simulators)…"
+    );
+    let mut throughput = [Vec::new(), Vec::new()];
+    let mut latency: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    let mut latency_elapsed = [Duration::ZERO; 2];
+    for _ in 0..TELEMETRY_ROUNDS {
+        for (index, mode) in ["off", "on"].into_iter().enumerate() {
+            let scratch = Scratch::sqlite();
+            let server = ServerProcess::start(app, &scratch.url, &["--telemetry", mode]).await?;
+            let (elapsed, _) = http_load(&server.base, 256, orders).await?;
+            drop(server);
+            scratch.remove().await;
+            throughput[index].push(orders as f64 / elapsed.as_secs_f64());
+
+            let scratch = Scratch::sqlite();
+            let server = ServerProcess::start(
+                app,
+                &scratch.url,
+                &[
+                    "--telemetry",
+                    mode,
+                    "--payments-delay-ms",
+                    "10",
+                    "--stock-delay-ms",
+                    "10",
+                ],
+            )
+            .await?;
+            let (elapsed, samples) = http_load(&server.base, 64, latency_orders).await?;
+            drop(server);
+            scratch.remove().await;
+            latency_elapsed[index] += elapsed;
+            latency[index].extend(samples);
+        }
+    }
+    let mean = |runs: &[f64]| runs.iter().sum::<f64>() / runs.len().max(1) as f64;
+    let runs = |runs: &[f64]| {
+        runs.iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    let [off_runs, on_runs] = &throughput;
+    let (off, on) = (mean(off_runs), mean(on_runs));
+    let [off_lat, on_lat] = [Percentiles::of(&latency[0]), Percentiles::of(&latency[1])];
+    let p99_ratio = match (off_lat, on_lat) {
+        (Some(off), Some(on)) => Some(format!(
+            "p99 {:.2} × off",
+            on.p99.as_secs_f64() / off.p99.as_secs_f64()
+        )),
+        _ => None,
+    };
+    let total = TELEMETRY_ROUNDS * orders;
+    let latency_total = TELEMETRY_ROUNDS * latency_orders;
+    Ok(vec![
+        Row {
+            workload: "HTTP: 256 clients, POST → StockReserved (SQLite), telemetry off".to_owned(),
+            count: total,
+            latency: None,
+            throughput: Some((off, "flows/s")),
+            ratio: None,
+            note: format!(
+                "mean of {TELEMETRY_ROUNDS} runs: {} flows/s",
+                runs(off_runs)
+            ),
+        },
+        Row {
+            workload: "HTTP: the same, telemetry on (metrics + spans, no exporter)".to_owned(),
+            count: total,
+            latency: None,
+            throughput: Some((on, "flows/s")),
+            ratio: Some(format!("{:.3} × off", on / off)),
+            note: format!(
+                "mean of {TELEMETRY_ROUNDS} runs, alternated with the off runs: {} flows/s",
+                runs(on_runs)
+            ),
+        },
+        Row {
+            workload: "HTTP: 64 clients, Payments + Stock 10 ms each (SQLite), telemetry off"
+                .to_owned(),
+            count: latency_total,
+            latency: off_lat,
+            throughput: Some((
+                latency_total as f64 / latency_elapsed[0].as_secs_f64(),
+                "flows/s",
+            )),
+            ratio: None,
+            note: String::new(),
+        },
+        Row {
+            workload: "HTTP: the same, telemetry on (metrics + spans, no exporter)".to_owned(),
+            count: latency_total,
+            latency: on_lat,
+            throughput: Some((
+                latency_total as f64 / latency_elapsed[1].as_secs_f64(),
+                "flows/s",
+            )),
+            ratio: p99_ratio,
+            note: String::new(),
+        },
+    ])
 }

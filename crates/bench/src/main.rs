@@ -18,13 +18,18 @@
 //! * `http`, `http-throughput`, `http-latency` ([`http`]): keep-alive clients against
 //!   `app serve` on a scratch SQLite file;
 //! * `postgres` ([`sql`]): the service rows on a scratch PostgreSQL database, next to the
-//!   same transactions on raw sqlx.
+//!   same transactions on raw sqlx;
+//! * `telemetry` ([`http`]): the HTTP rows against `app serve --telemetry off` and `on`,
+//!   alternated, with the cost of metrics and spans as a ratio;
+//! * `nats` ([`nats`]): Orders, Payments and Stock as three `app` processes on NATS
+//!   JetStream, next to the same messages through raw async-nats.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 mod flows;
 mod http;
 mod memory;
+mod nats;
 mod report;
 mod rss;
 mod scratch;
@@ -63,12 +68,13 @@ struct BenchConfig {
     /// Seconds of the paced-latency workload.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    /// Which groups of rows to run: memory, sqlite, postgres, http (both HTTP rows), or
+    /// Which groups of rows to run: memory, sqlite, postgres, http (both HTTP rows),
+    /// telemetry (HTTP rows with telemetry off and on), nats, or
     /// one HTTP row alone: http-throughput, http-latency.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "memory,sqlite,postgres,http"
+        default_value = "memory,sqlite,postgres,http,telemetry,nats"
     )]
     only: Vec<String>,
     /// Orders in the SQLite and PostgreSQL throughput workloads.
@@ -87,6 +93,26 @@ struct BenchConfig {
     /// peak RSS is also read after the first 2,000.
     #[arg(long, default_value_t = 10_000)]
     http_latency_orders: usize,
+    /// Orders per run of the telemetry-cost throughput rows (256 clients).
+    #[arg(long, default_value_t = 3_000)]
+    telemetry_orders: usize,
+    /// Orders per run of the telemetry-cost latency rows (64 clients, 10 ms simulators).
+    #[arg(long, default_value_t = 2_000)]
+    telemetry_latency_orders: usize,
+    /// Orders in the NATS throughput row and flows of its raw baseline.
+    #[arg(long, default_value_t = 5_000)]
+    nats_orders: usize,
+    /// Orders in the NATS latency row (64 clients, simulated delays).
+    #[arg(long, default_value_t = 5_000)]
+    nats_latency_orders: usize,
+    /// The NATS server (with JetStream) of the NATS rows; streams are made under a
+    /// prefix of the run and deleted afterwards.
+    #[arg(
+        long,
+        env = "ORDERS_BENCH_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    nats_url: String,
     /// The PostgreSQL server to create scratch databases on.
     #[arg(
         long,
@@ -197,7 +223,7 @@ async fn run(config: &BenchConfig) -> anyhow::Result<Vec<Row>> {
     // dropping the scratch database) after its rows and would share the cores.
     let http_throughput = wants("http") || wants("http-throughput");
     let http_latency = wants("http") || wants("http-latency");
-    if http_throughput || http_latency {
+    let app = || -> anyhow::Result<PathBuf> {
         let app = match &config.app_bin {
             Some(path) => path.clone(),
             None => default_app_bin()?,
@@ -207,11 +233,42 @@ async fn run(config: &BenchConfig) -> anyhow::Result<Vec<Row>> {
             "no app binary at {} (build it with `cargo build --release -p app`, or pass --app-bin)",
             app.display()
         );
+        Ok(app)
+    };
+    if http_throughput || http_latency {
+        let app = app()?;
         if http_throughput {
             rows.push(http::throughput(&app, config.http_orders).await?);
         }
         if http_latency {
             rows.push(http::latency(&app, config.http_latency_orders).await?);
+        }
+    }
+    if wants("telemetry") {
+        rows.extend(
+            http::telemetry_cost(
+                &app()?,
+                config.telemetry_orders,
+                config.telemetry_latency_orders,
+            )
+            .await?,
+        );
+    }
+    // Before PostgreSQL for the same reason as HTTP.
+    if wants("nats") {
+        match nats::rows(
+            &app()?,
+            &config.nats_url,
+            config.nats_orders,
+            config.nats_latency_orders,
+        )
+        .await
+        {
+            Ok(more) => rows.extend(more),
+            Err(e) => {
+                eprintln!("bench: NATS rows failed: {e:#}");
+                rows.push(Row::skipped("NATS", &format!("{e:#}")));
+            }
         }
     }
     if wants("postgres") {

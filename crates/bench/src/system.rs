@@ -228,6 +228,13 @@ impl OrderStore for ObservedStore {
     async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<OrderId>, StoreError> {
         self.inner.find_by_idempotency_key(key).await
     }
+    async fn due_for_payment(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<OrderId>, StoreError> {
+        self.inner.due_for_payment(now, limit).await
+    }
     async fn commit(&self, commit: Commit) -> Result<u64, StoreError> {
         let changed = commit.order.as_ref().map(|o| (o.id(), o.status()));
         let version = self.inner.commit(commit).await?;

@@ -75,6 +75,23 @@ fn a_reaction_envelope_names_the_message_that_caused_it() {
 }
 
 #[test]
+fn a_traced_envelope_carries_its_w3c_traceparent_last() {
+    let mut envelope = Envelope::new(
+        MESSAGE_ID,
+        topics::PAYMENT_APPROVED,
+        at(),
+        ORDER_ID.to_string(),
+        Some(CAUSATION_ID),
+        &payment_approved(),
+    )
+    .unwrap();
+    envelope.traceparent =
+        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned());
+
+    insta::assert_snapshot!(redacted(&pretty(&envelope)));
+}
+
+#[test]
 fn an_order_payment_refused_names_the_refused_payment_its_amount_and_why() {
     let json = serde_json::to_string(&order_payment_refused()).unwrap();
 

@@ -70,7 +70,7 @@ fn transport(what: impl std::fmt::Display, error: impl std::fmt::Display) -> Bus
 
 impl NatsBus {
     /// Connects to `config.url`, checks that the server has JetStream, and creates or
-    /// updates the dead-letter stream.
+    /// updates the dead-letter and replay streams.
     ///
     /// # Errors
     /// [`BusError::Transport`] naming what is wrong: the server cannot be reached, has
@@ -132,7 +132,8 @@ impl NatsBus {
     /// # Errors
     /// [`BusError::Transport`] when the stream cannot be read.
     pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, BusError> {
-        dead_letter::read_all(&self.inner).await
+        let letters = dead_letter::read(&self.inner, usize::MAX).await?;
+        Ok(letters.into_iter().map(|(_, letter)| letter).collect())
     }
 
     /// Whether the client is connected now.
@@ -178,6 +179,9 @@ impl Inner {
     async fn ensure_dead_letter_stream(&self) -> Result<(), BusError> {
         let name = self.names.dead_letter_stream();
         self.create_or_update_stream(&name, self.names.dead_letter_subjects())
+            .await?;
+        let name = self.names.replay_stream();
+        self.create_or_update_stream(&name, self.names.replay_subjects())
             .await
     }
 
@@ -214,10 +218,31 @@ impl Inner {
         group: &str,
     ) -> Result<PullConsumer, BusError> {
         let stream_name = self.names.stream(topic);
+        let filter = self.names.subject(topic);
+        self.ensure_consumer_on(stream_name, filter, group).await
+    }
+
+    /// Creates or updates the durable pull consumer of `group` on the replay stream,
+    /// filtered to the group's replay subject: the dead letters replayed to it.
+    pub(crate) async fn ensure_replay_consumer(
+        &self,
+        group: &str,
+    ) -> Result<PullConsumer, BusError> {
+        let stream_name = self.names.replay_stream();
+        let filter = self.names.replay_subject(group);
+        self.ensure_consumer_on(stream_name, filter, group).await
+    }
+
+    async fn ensure_consumer_on(
+        &self,
+        stream_name: String,
+        filter_subject: String,
+        group: &str,
+    ) -> Result<PullConsumer, BusError> {
         let consumer = Names::consumer(group);
         let config = pull::Config {
             durable_name: Some(consumer.clone()),
-            filter_subject: self.names.subject(topic),
+            filter_subject,
             ack_policy: AckPolicy::Explicit,
             ack_wait: self.config.ack_wait,
             deliver_policy: DeliverPolicy::All,
@@ -311,6 +336,43 @@ impl MessageBus for NatsBus {
     ) -> Result<SubscriptionHandle, BusError> {
         subscriber::start(self.inner.clone(), subscription, handler).await
     }
+
+    /// Per group attached in this process: the messages its consumers have yet to
+    /// deliver or to see acknowledged, on the topics this process knows, as the server
+    /// counts them (the consumers are shared with the group's other processes).
+    async fn backlogs(&self) -> Result<Vec<(String, u64)>, BusError> {
+        backlogs(&self.inner).await
+    }
+}
+
+/// See [`NatsBus`]'s `backlogs`: one consumer-info request per group and topic; a
+/// consumer that does not exist (a topic the group does not listen to) counts nothing.
+async fn backlogs(inner: &Inner) -> Result<Vec<(String, u64)>, BusError> {
+    let groups: Vec<String> = inner
+        .attached
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .cloned()
+        .collect();
+    let topics: Vec<String> = inner.streams.lock().await.iter().cloned().collect();
+    let mut backlogs = Vec::with_capacity(groups.len());
+    for group in groups {
+        let consumer = Names::consumer(&group);
+        let mut pending = 0;
+        for topic in &topics {
+            let stream = inner
+                .js
+                .get_stream_no_info(inner.names.stream(topic))
+                .await
+                .map_err(|e| transport(format_args!("cannot reach stream of {topic}"), e))?;
+            if let Ok(info) = stream.consumer_info(&consumer).await {
+                pending += info.num_pending + info.num_ack_pending as u64;
+            }
+        }
+        backlogs.push((group, pending));
+    }
+    Ok(backlogs)
 }
 
 /// The kind (`retryable` / `permanent`) and the reason of a handler's error.

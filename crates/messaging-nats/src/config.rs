@@ -27,7 +27,8 @@ pub struct NatsBusConfig {
     /// when its subscription does not say.
     pub lanes: usize,
     /// Messages a subscription holds in this process at once, queued or in hand: the
-    /// backpressure bound (pulling stops until one is done).
+    /// backpressure bound (pulling stops until one is done). A replayed dead letter
+    /// comes on top, one at a time.
     pub max_in_flight: usize,
     /// Unacknowledged messages the server hands out per consumer over all processes.
     pub max_ack_pending: i64,

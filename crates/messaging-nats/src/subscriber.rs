@@ -1,9 +1,14 @@
-//! One subscription: a puller per topic (its durable pull consumer), lanes keyed by
+//! One subscription: a puller per topic (its durable pull consumer) and one for the
+//! group's replay subject (dead letters sent back to this group only), lanes keyed by
 //! correlation id, and a keep-alive that sends progress acks for every message held.
 //!
 //! * A puller asks the server for as many messages as it has free in-flight permits,
 //!   so a subscription holds at most `max_in_flight` messages in this process (queued
-//!   or in hand).
+//!   or in hand), plus one replayed dead letter (its puller has a permit of its own).
+//!   Each topic's puller has its own share of the permits (`max_in_flight` split evenly,
+//!   at least one each): an open pull request holds its unused permits until it
+//!   expires, so with one pool for all topics the first puller would take them all and
+//!   the others' messages would wait up to a whole request (1 s) for a permit.
 //! * A message goes to the lane holding its flow's earlier messages, else to an idle
 //!   lane ([`Lanes`]): one worker per lane handles them in arrival order, so one flow's
 //!   messages are handled in order within the process while other flows go on.
@@ -17,6 +22,9 @@
 //! * Messages held get a progress ack every third of the ack wait, so a slow handler or
 //!   a long queue does not make the server redeliver; a process that dies stops sending
 //!   them, and the server redelivers after the ack wait.
+//! * When a message first failed is remembered in the process (by stream and sequence)
+//!   until it is acked or dead-lettered, for the dead letter's first-failure time; a
+//!   message that failed first in another process counts from its failure here.
 //! * Attempts are the server's delivery count: every delivery counts, including one
 //!   given back unhandled when a subscription stops or a process steps back.
 //! * On stop, the open pull request is read to its end, each lane finishes its message
@@ -25,6 +33,7 @@
 
 use std::{
     collections::HashMap,
+    fmt,
     panic::AssertUnwindSafe,
     sync::{
         Arc, Mutex, PoisonError, Weak,
@@ -34,6 +43,7 @@ use std::{
 };
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use chrono::{DateTime, Utc};
 use futures_util::{FutureExt, StreamExt};
 use messaging::{
     BusError, Envelope, HandlerError, MessageHandler, Subscription, SubscriptionHandle,
@@ -57,10 +67,12 @@ struct Shared {
     handler: Arc<dyn MessageHandler>,
     held: Arc<Held>,
     next_id: AtomicU64,
-    permits: Arc<Semaphore>,
     /// No new pull requests before this instant: set when a handler ran out of time, so
     /// its message goes to the group's other processes.
     paused_until: Mutex<Option<tokio::time::Instant>>,
+    /// When each message that failed and was nak'ed failed first: (stream, sequence) →
+    /// time; removed when it is acked or dead-lettered.
+    first_failures: Mutex<HashMap<(String, u64), DateTime<Utc>>>,
     /// Detaches the group when the last task lets go.
     _attachment: Attachment,
 }
@@ -116,18 +128,19 @@ pub(crate) async fn start(
         inner: inner.clone(),
         group: group.clone(),
     };
-    let mut consumers = Vec::with_capacity(subscription.topics.len());
+    let mut consumers = Vec::with_capacity(subscription.topics.len() + 1);
     for topic in &subscription.topics {
         inner.ensure_stream(topic).await?;
-        consumers.push((topic.clone(), inner.ensure_consumer(topic, &group).await?));
+        let consumer = inner.ensure_consumer(topic, &group).await?;
+        consumers.push((Source::Topic(topic.clone()), consumer));
     }
+    consumers.push((Source::Replay, inner.ensure_replay_consumer(&group).await?));
     let lanes = subscription
         .concurrency
         .unwrap_or(inner.config.lanes)
         .max(1);
     let period = (inner.config.ack_wait / 3).max(Duration::from_millis(30));
     let shared = Arc::new(Shared {
-        permits: Arc::new(Semaphore::new(inner.config.max_in_flight.max(1))),
         inner,
         group: group.clone(),
         handler,
@@ -137,6 +150,7 @@ pub(crate) async fn start(
         }),
         next_id: AtomicU64::new(0),
         paused_until: Mutex::new(None),
+        first_failures: Mutex::new(HashMap::new()),
         _attachment: attachment,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -147,10 +161,11 @@ pub(crate) async fn start(
         senders.push(tx);
         tasks.push(tokio::spawn(work(shared.clone(), rx, stop_rx.clone())));
     }
-    for (topic, consumer) in consumers {
+    let share = permit_share(shared.inner.config.max_in_flight, subscription.topics.len());
+    for (source, consumer) in consumers {
         tasks.push(tokio::spawn(pull(
             shared.clone(),
-            topic,
+            (source, share),
             consumer,
             senders.clone(),
             stop_rx.clone(),
@@ -160,6 +175,31 @@ pub(crate) async fn start(
     tokio::spawn(keep_alive(Arc::downgrade(&shared), period));
     tracing::debug!(subscriber = %group, topics = ?subscription.topics, lanes, "subscribed");
     Ok(SubscriptionHandle::new(group, stop_tx, tasks))
+}
+
+/// Where a puller's consumer reads: a topic's stream, or the group's replay subject.
+enum Source {
+    Topic(String),
+    Replay,
+}
+
+impl Source {
+    /// Creates or updates the group's consumer on it.
+    async fn consumer(&self, inner: &Inner, group: &str) -> Result<PullConsumer, BusError> {
+        match self {
+            Self::Topic(topic) => inner.ensure_consumer(topic, group).await,
+            Self::Replay => inner.ensure_replay_consumer(group).await,
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Topic(topic) => f.write_str(topic),
+            Self::Replay => f.write_str("(replayed dead letters)"),
+        }
+    }
 }
 
 /// Whether the stop signal was raised (or its sender is gone).
@@ -185,22 +225,44 @@ fn attempts_of(message: &jetstream::Message) -> u32 {
         .max(1)
 }
 
+/// How many first-failure times a subscription remembers at most.
+const FIRST_FAILURES_KEPT: usize = 10_000;
+
+/// The most messages one pull request asks for.
+const MAX_BATCH: usize = 256;
+
+/// Each topic puller's share of a subscription's `max_in_flight` permits: an even split,
+/// at least one.
+fn permit_share(max_in_flight: usize, topics: usize) -> usize {
+    (max_in_flight / topics.max(1)).max(1)
+}
+
 /// How long one pull request waits for messages. A stopping subscription waits for its
 /// open request to end, so no message is handed to a request nobody reads any more.
 const PULL_EXPIRES: Duration = Duration::from_secs(1);
 
-/// Pulls `topic`'s consumer into the lanes until stopped, re-creating the consumer
+/// Pulls `source`'s consumer into the lanes until stopped, re-creating the consumer
 /// after errors. Each request asks for as many messages as there are free in-flight
-/// permits, and is read to its end (at most [`PULL_EXPIRES`]): what arrives after the
-/// stop signal is nak'ed at once, for the group's other processes or its return.
+/// permits (for the replay subject: one at a time, from a permit of its own), and is
+/// read to its end (at most [`PULL_EXPIRES`]): what arrives after the stop signal is
+/// nak'ed at once, for the group's other processes or its return.
 async fn pull(
     shared: Arc<Shared>,
-    topic: String,
+    (source, share): (Source, usize),
     mut consumer: PullConsumer,
     lanes: Vec<mpsc::UnboundedSender<Delivery>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let most = shared.inner.config.max_in_flight.clamp(1, 256);
+    // Replays are rare and take one permit of their own: an idle request for them never
+    // holds back the topics' messages.
+    let most = match source {
+        Source::Topic(_) => share.clamp(1, MAX_BATCH),
+        Source::Replay => 1,
+    };
+    let permits_of = Arc::new(Semaphore::new(match source {
+        Source::Topic(_) => share,
+        Source::Replay => 1,
+    }));
     let mut failures = 0u32;
     loop {
         let paused = *shared
@@ -216,7 +278,7 @@ async fn pull(
         let first = tokio::select! {
             biased;
             _ = stop.changed() => return,
-            permit = shared.permits.clone().acquire_owned() => match permit {
+            permit = permits_of.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => return,
             },
@@ -226,7 +288,7 @@ async fn pull(
         }
         let mut permits = vec![first];
         while permits.len() < most {
-            match shared.permits.clone().try_acquire_owned() {
+            match permits_of.clone().try_acquire_owned() {
                 Ok(permit) => permits.push(permit),
                 Err(_) => break,
             }
@@ -255,14 +317,14 @@ async fn pull(
                             }
                         }
                         Err(e) => {
-                            tracing::warn!(subscriber = %shared.group, %topic, error = %e, "pull failed");
+                            tracing::warn!(subscriber = %shared.group, %source, error = %e, "pull failed");
                             failed = true;
                         }
                     }
                 }
             }
             Err(e) => {
-                tracing::warn!(subscriber = %shared.group, %topic, error = %e, "cannot pull; retrying");
+                tracing::warn!(subscriber = %shared.group, %source, error = %e, "cannot pull; retrying");
                 failed = true;
             }
         }
@@ -275,9 +337,9 @@ async fn pull(
                 return;
             }
             failures = failures.saturating_add(1);
-            match shared.inner.ensure_consumer(&topic, &shared.group).await {
+            match source.consumer(&shared.inner, &shared.group).await {
                 Ok(fresh) => consumer = fresh,
-                Err(e) => tracing::warn!(subscriber = %shared.group, %topic, error = %e,
+                Err(e) => tracing::warn!(subscriber = %shared.group, %source, error = %e,
                     "cannot re-create consumer; retrying"),
             }
         }
@@ -357,9 +419,16 @@ impl Shared {
             Err(e) => {
                 let attempts = attempts_of(&message);
                 let error = HandlerError::permanent(format!("not an envelope: {e}"));
-                if let Err(e) =
-                    dead_letter::send(&self.inner, &self.group, &message, None, attempts, &error)
-                        .await
+                let first_failed_at = self.first_failure(&message, true).unwrap_or_else(Utc::now);
+                if let Err(e) = dead_letter::send(
+                    &self.inner,
+                    &self.group,
+                    &message,
+                    None,
+                    (attempts, first_failed_at),
+                    &error,
+                )
+                .await
                 {
                     tracing::error!(subscriber = %self.group, error = %e, "cannot dead-letter; will retry");
                     nak(
@@ -396,6 +465,38 @@ impl Shared {
             // The lane has stopped: the message goes back at once.
             nak(&self.group, &returned.0.message, None).await;
         }
+    }
+
+    /// When `message` first failed here, if it did: forgotten when `forget`. A message
+    /// without JetStream metadata has no key and no memory.
+    fn first_failure(&self, message: &jetstream::Message, forget: bool) -> Option<DateTime<Utc>> {
+        let info = message.info().ok()?;
+        let key = (info.stream.to_owned(), info.stream_sequence);
+        let mut failures = self
+            .first_failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if forget {
+            failures.remove(&key)
+        } else {
+            failures.get(&key).copied()
+        }
+    }
+
+    /// Remembers that `message` failed now, unless it had failed before.
+    fn failed(&self, message: &jetstream::Message) {
+        let Ok(info) = message.info() else { return };
+        let key = (info.stream.to_owned(), info.stream_sequence);
+        let mut failures = self
+            .first_failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Entries of messages another process took over are never removed here: bounded
+        // by forgetting them all at once, which only loses first-failure times.
+        if failures.len() >= FIRST_FAILURES_KEPT && !failures.contains_key(&key) {
+            failures.clear();
+        }
+        failures.entry(key).or_insert_with(Utc::now);
     }
 
     /// After a handler ran out of time: this process asks for no messages until the
@@ -456,6 +557,9 @@ impl Shared {
         let retry = self.inner.config.retry;
         match outcome {
             Ok(()) => {
+                if attempts > 1 {
+                    self.first_failure(&delivery.message, true);
+                }
                 if let Err(e) = self.ack_confirmed(&delivery.message).await {
                     tracing::warn!(parent: &span, error = %e,
                         "ack not confirmed by the server; the message may come again");
@@ -467,28 +571,49 @@ impl Shared {
                     wait = self.step_back(wait);
                 }
                 tracing::warn!(parent: &span, ?wait, error = %error, "handler failed, will retry");
+                self.failed(&delivery.message);
                 nak(&self.group, &delivery.message, Some(wait)).await;
             }
             Err(error) => {
+                let first_failed_at = self
+                    .first_failure(&delivery.message, false)
+                    .unwrap_or_else(Utc::now);
                 if let Err(e) = dead_letter::send(
                     &self.inner,
                     &self.group,
                     &delivery.message,
                     Some(envelope),
-                    attempts,
+                    (attempts, first_failed_at),
                     &error,
                 )
                 .await
                 {
                     tracing::error!(parent: &span, error = %e, "cannot dead-letter; will retry");
+                    self.failed(&delivery.message);
                     nak(
                         &self.group,
                         &delivery.message,
                         Some(retry.backoff(attempts)),
                     )
                     .await;
+                } else {
+                    self.first_failure(&delivery.message, true);
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::permit_share;
+
+    #[test]
+    fn the_permits_are_split_evenly_among_topics_at_least_one_each() {
+        assert_eq!(permit_share(256, 1), 256);
+        assert_eq!(permit_share(256, 4), 64);
+        assert_eq!(permit_share(10, 3), 3);
+        assert_eq!(permit_share(2, 5), 1);
+        assert_eq!(permit_share(8, 0), 8);
     }
 }

@@ -190,3 +190,52 @@ pub async fn delete_streams(url: &str, prefix: &str) -> Result<usize, String> {
     }
     Ok(deleted)
 }
+
+/// Sees dead letters as they are written, without polling: a plain NATS subscription to
+/// the dead-letter subjects of one prefix (the stream stores them; this hears them).
+pub struct DeadLetterWatch {
+    subscriber: async_nats::Subscriber,
+    _client: async_nats::Client,
+}
+
+impl DeadLetterWatch {
+    /// Starts hearing the dead letters of bus prefix `prefix` (`None`: no prefix) on the
+    /// server at `url`. Start it before the message that will fail is published.
+    ///
+    /// # Errors
+    /// A description of what failed.
+    pub async fn start(url: &str, prefix: Option<&str>) -> Result<Self, String> {
+        let client = async_nats::connect(url)
+            .await
+            .map_err(|e| format!("connect {url}: {e}"))?;
+        let subject = crate::names::Names::new(prefix.map(str::to_owned)).dead_letter_subjects();
+        let subscriber = client
+            .subscribe(subject.clone())
+            .await
+            .map_err(|e| format!("subscribe {subject}: {e}"))?;
+        // Round trip: the server has the subscription before anything is published.
+        client
+            .flush()
+            .await
+            .map_err(|e| format!("flush {url}: {e}"))?;
+        Ok(Self {
+            subscriber,
+            _client: client,
+        })
+    }
+
+    /// Waits up to `timeout` for the next dead letter; returns its group, `None` if none
+    /// came in time.
+    pub async fn next(&mut self, timeout: Duration) -> Option<String> {
+        use futures_util::StreamExt as _;
+        let message = tokio::time::timeout(timeout, self.subscriber.next())
+            .await
+            .ok()??;
+        let group = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(crate::GROUP_HEADER))
+            .map(|v| v.as_str().to_owned());
+        Some(group.unwrap_or_default())
+    }
+}

@@ -4,7 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use messaging::{DeadLetter, MessageBus, RetryPolicy, conformance};
+use messaging::{DeadLetter, DeadLetters, MessageBus, RetryPolicy, conformance};
 use messaging_nats::{NatsBus, NatsBusConfig, testing};
 
 /// A prefix no other run uses.
@@ -129,4 +129,20 @@ async fn extended_conformance_suite_passes_on_nats() {
     conformance::run_extended(&harness, &prefix).await;
     // The refused message and the exhausted one, both dead-lettered through this bus.
     assert_eq!(harness.bus.dead_letter_count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_checks_pass_on_nats() {
+    let Some(url) = testing::test_url("dead_letter_checks_pass_on_nats") else {
+        return;
+    };
+    let prefix = unique_prefix("dl");
+    let _cleanup = Cleanup {
+        url: url.clone(),
+        prefix: prefix.clone(),
+    };
+    let bus = connect(&url, &prefix).await;
+    // The port from another connection, as an operator's process would have.
+    let port: Arc<dyn DeadLetters> = Arc::new(connect(&url, &prefix).await);
+    conformance::run_dead_letters(Arc::new(bus), port, &prefix).await;
 }

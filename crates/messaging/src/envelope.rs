@@ -2,8 +2,12 @@
 //!
 //! ```json
 //! { "messageId": "uuid", "topic": "order.placed", "timestamp": "2026-01-05T10:00:00.000Z",
-//!   "correlationId": "<orderId>", "causationId": null, "payload": { } }
+//!   "correlationId": "<orderId>", "causationId": null, "payload": { },
+//!   "traceparent": "00-<trace id>-<parent span id>-01" }
 //! ```
+//!
+//! `traceparent` (W3C Trace Context) is optional: written only when the producer ran in
+//! a traced span ([`crate::trace`]), and a message without it parses as before.
 
 use std::borrow::Cow;
 
@@ -36,10 +40,16 @@ pub struct Envelope {
     pub causation_id: Option<MessageId>,
     /// The payload as JSON.
     pub payload: Box<RawValue>,
+    /// The W3C Trace Context `traceparent` of the span that produced this message, so
+    /// its consumer's span joins the same trace; `None` (and absent on the wire) when
+    /// the producer was not traced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl Envelope {
-    /// Wraps `payload`, encoded as JSON.
+    /// Wraps `payload`, encoded as JSON. The trace context is the current span's
+    /// ([`crate::trace::current_traceparent`]).
     ///
     /// # Errors
     /// The serialization error if `payload` cannot be encoded.
@@ -58,6 +68,7 @@ impl Envelope {
             correlation_id: correlation_id.into(),
             causation_id,
             payload: serde_json::value::to_raw_value(payload)?,
+            traceparent: crate::trace::current_traceparent(),
         })
     }
 
@@ -145,7 +156,23 @@ mod tests {
         let with_extra = json.replacen('{', r#"{"extra":true,"#, 1);
         let back = Envelope::from_json(with_extra.as_bytes()).unwrap();
         assert_eq!(back.timestamp, at);
+        assert_eq!(
+            back.traceparent, None,
+            "an old message has no trace context"
+        );
         assert_eq!(back.payload.get(), r#"{"a":1}"#);
+    }
+
+    #[test]
+    fn a_traceparent_is_written_when_present_and_read_back() {
+        let at = Utc.with_ymd_and_hms(2026, 1, 5, 10, 0, 0).unwrap();
+        let mut env = Envelope::new(Uuid::nil(), "a", at, "o-1", None, &1).unwrap();
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        env.traceparent = Some(parent.to_owned());
+        let json = String::from_utf8(env.to_json().unwrap()).unwrap();
+        assert!(json.ends_with(&format!(r#""payload":1,"traceparent":"{parent}"}}"#)));
+        let back = Envelope::from_json(json.as_bytes()).unwrap();
+        assert_eq!(back.traceparent.as_deref(), Some(parent));
     }
 
     #[test]

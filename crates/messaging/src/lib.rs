@@ -6,7 +6,11 @@
 //!   [`HandlerError::Retryable`] redelivers with backoff, [`HandlerError::Permanent`]
 //!   dead-letters at once.
 //! * [`MessageBusExt::publish_json`] and [`typed_handler`] keep raw JSON out of call sites.
+//! * [`DeadLetters`] is the dead-letter port: list what a group gave up on, replay one
+//!   to that group only.
 //! * [`InMemoryBus`] runs everything in one process on tokio.
+//! * [`trace`] stamps new envelopes with the current W3C `traceparent`, once the
+//!   composition root says how to read it.
 //! * `conformance` (feature `conformance`, for adapters' tests) is the suite every
 //!   adapter must pass.
 #![forbid(unsafe_code)]
@@ -14,12 +18,17 @@
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod dead_letters;
 mod envelope;
 mod error;
 mod memory;
 mod port;
+pub mod trace;
 mod typed;
 
+pub use dead_letters::{
+    DeadLetterError, DeadLetterKind, DeadLetterRecord, DeadLetters, Replayed, numbered_id,
+};
 pub use envelope::{Envelope, MessageId};
 pub use error::{BusError, ErrorKind, HandlerError};
 pub use memory::{DeadLetter, InMemoryBus, InMemoryBusConfig, OverflowPolicy, RetryPolicy};

@@ -79,6 +79,16 @@ pub trait MessageBus: Send + Sync + 'static {
         subscription: Subscription,
         handler: Arc<dyn MessageHandler>,
     ) -> Result<SubscriptionHandle, BusError>;
+
+    /// Messages queued or in hand per consumer group, `(group, messages)`, as far as
+    /// this bus can tell cheaply (the `bus_backlog_messages` gauge). The default knows
+    /// none.
+    ///
+    /// # Errors
+    /// [`BusError`] when the transport cannot say.
+    async fn backlogs(&self) -> Result<Vec<(String, u64)>, BusError> {
+        Ok(Vec::new())
+    }
 }
 
 /// A running subscription. [`SubscriptionHandle::unsubscribe`] stops it after the

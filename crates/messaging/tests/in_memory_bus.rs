@@ -251,6 +251,13 @@ async fn extended_conformance_suite_passes() {
     conformance::run_extended(&harness, "ext").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_checks_pass() {
+    let bus = bus(InMemoryBusConfig::default());
+    let port: Arc<dyn messaging::DeadLetters> = Arc::new(bus.clone());
+    conformance::run_dead_letters(Arc::new(bus), port, "dl").await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_full_backlog_makes_publish_wait_until_the_subscriber_drains() {
     let bus = bus(InMemoryBusConfig::default()

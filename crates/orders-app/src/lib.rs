@@ -4,6 +4,7 @@
 //! * Ports: [`OrderStore`] (orders + outbox + inbox, committed atomically), [`Outbox`]
 //!   (what the relay reads), [`Clock`]. Adapters live in `orders-store`.
 //! * [`Retention`] prunes what the idempotency window no longer needs, on an interval.
+//! * [`PaymentDeadlines`] cancels orders whose payment did not come in time, on a tick.
 //! * [`OrdersService`] holds `Arc<dyn Port>`s; `app` wires them.
 //! * Every change is one [`Commit`]: the order at its expected version, the integration
 //!   messages its events became, and the inbox record of the message that caused it.
@@ -12,6 +13,7 @@
 
 mod clock;
 mod commands;
+mod deadline;
 mod error;
 mod handlers;
 mod ports;
@@ -23,6 +25,7 @@ mod service;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use commands::{AddressInput, CancelOrder, ItemInput, PlaceOrder};
+pub use deadline::{DUE_BATCH, DeadlinePass, PaymentDeadlines};
 pub use error::{AppError, Cause, StoreError};
 pub use handlers::{ORDERS_SUBSCRIBER, OrdersMessageHandler};
 pub use ports::{
@@ -31,7 +34,7 @@ pub use ports::{
 pub use publishing::envelope_for;
 pub use relay::{OutboxRelay, RelayStopped};
 pub use retention::Retention;
-pub use service::{OrdersConfig, OrdersService, Placed};
+pub use service::{OrdersConfig, OrdersService, Placed, default_payment_timeout};
 
 /// Re-exports so adapters and the composition root use the same versions.
 pub use messaging;

@@ -131,6 +131,19 @@ pub trait OrderStore: Send + Sync + 'static {
     /// [`StoreError::Unavailable`].
     async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<OrderId>, StoreError>;
 
+    /// Up to `limit` orders still AwaitingPayment whose payment deadline is at or before
+    /// `now`, earliest deadline first. Orders without a deadline (stored before
+    /// deadlines existed) are never due. Served by an index, so it stays cheap however
+    /// many orders are stored.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`], or [`StoreError::Corrupt`] for an undecodable id.
+    async fn due_for_payment(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<OrderId>, StoreError>;
+
     /// Stores `commit` atomically. Returns the order's new version (0 if no order).
     ///
     /// # Errors
@@ -205,4 +218,14 @@ pub trait Outbox: Send + Sync + 'static {
     /// # Errors
     /// [`StoreError::Unavailable`].
     async fn requeue_stalled(&self, before: Timestamp) -> Result<u64, StoreError>;
+
+    /// When the oldest unsent message was committed (its envelope's timestamp), `None`
+    /// when nothing is unsent: the age the `outbox_oldest_unsent_age_seconds` gauge
+    /// shows. The default answers `None` (an adapter that cannot tell cheaply).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`].
+    async fn oldest_unsent(&self) -> Result<Option<Timestamp>, StoreError> {
+        Ok(None)
+    }
 }

@@ -91,6 +91,13 @@ mod tests {
         async fn find_by_idempotency_key(&self, _: &str) -> Result<Option<OrderId>, StoreError> {
             Ok(None)
         }
+        async fn due_for_payment(
+            &self,
+            _: Timestamp,
+            _: usize,
+        ) -> Result<Vec<OrderId>, StoreError> {
+            Ok(Vec::new())
+        }
         async fn commit(&self, _: Commit) -> Result<u64, StoreError> {
             Ok(1)
         }

@@ -23,6 +23,16 @@ pub struct OrdersConfig {
     pub idempotency_window: IdempotencyWindow,
     /// How often a change is retried after an optimistic-concurrency conflict.
     pub conflict_retries: u32,
+    /// How long an order may wait for its payment: placed at `t`, it is cancelled with
+    /// reason `payment timeout` if still AwaitingPayment at `t + payment_timeout`
+    /// (default 15 minutes; see [`crate::PaymentDeadlines`]).
+    pub payment_timeout: chrono::Duration,
+}
+
+/// The default payment timeout: 15 minutes.
+#[must_use]
+pub fn default_payment_timeout() -> chrono::Duration {
+    chrono::Duration::minutes(15)
 }
 
 impl Default for OrdersConfig {
@@ -30,6 +40,7 @@ impl Default for OrdersConfig {
         Self {
             idempotency_window: default_idempotency_window(),
             conflict_retries: 8,
+            payment_timeout: default_payment_timeout(),
         }
     }
 }
@@ -103,7 +114,8 @@ impl OrdersService {
             valid.items,
             valid.address,
             now,
-        )?;
+        )?
+        .with_payment_deadline(now + self.config.payment_timeout);
         let outbox = self.outbox(&mut order, None)?;
         let order_id = order.id();
         match self
@@ -172,6 +184,68 @@ impl OrdersService {
         order.mark_saved(version);
         tracing::info!(order_id = %order.id(), "order cancelled on request");
         Ok(order)
+    }
+
+    /// Up to `limit` orders whose payment deadline has passed by the service's clock and
+    /// that still await payment (see [`OrderStore::due_for_payment`]).
+    ///
+    /// # Errors
+    /// [`AppError::Store`].
+    pub async fn due_for_payment(&self, limit: usize) -> Result<Vec<OrderId>, AppError> {
+        Ok(self.store.due_for_payment(self.clock.now(), limit).await?)
+    }
+
+    /// Cancels `order_id` with reason `payment timeout` if it still awaits payment and
+    /// its deadline has passed, committing its `order.cancelled` through the outbox.
+    /// Returns whether this call cancelled it. Not retried on a conflict: the order
+    /// changed meanwhile (paid, or cancelled by another replica's deadline worker), and
+    /// if it is still due the next pass finds it again; so of several replicas racing,
+    /// one cancels and the others skip, and one `order.cancelled` is published.
+    ///
+    /// # Errors
+    /// [`AppError::NotFound`]; [`AppError::Store`] when the store fails.
+    pub async fn expire_payment(&self, order_id: OrderId) -> Result<bool, AppError> {
+        let mut order = self
+            .store
+            .load(order_id)
+            .await?
+            .ok_or(AppError::NotFound(order_id))?;
+        let now = self.clock.now();
+        match order.expire_payment(now) {
+            Ok(Transition::Applied) => {}
+            Ok(Transition::AlreadyApplied) => {
+                tracing::debug!(%order_id, "payment deadline: already cancelled");
+                return Ok(false);
+            }
+            Err(error) => {
+                tracing::debug!(%order_id, status = %order.status(), %error,
+                    "payment deadline no longer applies");
+                return Ok(false);
+            }
+        }
+        order.prune_processed_ids(now, self.config.idempotency_window);
+        let outbox = self.outbox(&mut order, None)?;
+        match self
+            .store
+            .commit(Commit {
+                order: Some(order),
+                outbox,
+                inbox: None,
+                idempotency_key: None,
+            })
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(%order_id, reason = CancellationReason::PAYMENT_TIMEOUT,
+                    "order cancelled: its payment deadline passed");
+                Ok(true)
+            }
+            Err(e) if e.is_conflict() => {
+                tracing::debug!(%order_id, "payment deadline: the order changed meanwhile; skipped");
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Reads an order.

@@ -306,6 +306,10 @@ impl OrderStore for RecordingStore {
     async fn find_by_idempotency_key(&self, _: &str) -> Result<Option<OrderId>, StoreError> {
         Ok(None)
     }
+    async fn due_for_payment(&self, _: Timestamp, _: usize) -> Result<Vec<OrderId>, StoreError> {
+        // These tests run no payment deadline worker.
+        Ok(Vec::new())
+    }
     async fn commit(&self, commit: Commit) -> Result<u64, StoreError> {
         if commit.order.is_some() {
             let first = self.before_next_order_commit.lock().unwrap().take();

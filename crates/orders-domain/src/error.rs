@@ -66,6 +66,9 @@ pub enum OrderError {
         /// What Payments approved.
         approved: Money,
     },
+    /// The order's payment deadline has not passed (or it has none): it keeps waiting.
+    #[error("the order's payment deadline has not passed")]
+    PaymentNotDue,
     /// The order is already cancelled; cancelling twice is rejected, not ignored.
     #[error("order is already cancelled")]
     AlreadyCancelled,

@@ -9,6 +9,7 @@
 //! AwaitingPayment ──confirm_payment──► Paid ──confirm_stock_reservation──► StockReserved
 //!        │                              │                                     │
 //!        └── cancel / decline_payment ──┴── cancel / fail_stock_reservation ──┴── cancel ──► Cancelled
+//!            / expire_payment (deadline passed: reason `payment timeout`)
 //! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

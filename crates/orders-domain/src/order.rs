@@ -70,6 +70,8 @@ pub enum Action {
     DeclinePayment,
     /// Cancel because Stock could not reserve.
     FailStockReservation,
+    /// Cancel because the payment deadline passed.
+    ExpirePayment,
 }
 
 impl fmt::Display for Action {
@@ -80,6 +82,7 @@ impl fmt::Display for Action {
             Self::Cancel => "cancel",
             Self::DeclinePayment => "decline payment of",
             Self::FailStockReservation => "fail stock reservation of",
+            Self::ExpirePayment => "expire the payment deadline of",
         })
     }
 }
@@ -124,6 +127,9 @@ pub struct OrderSnapshot {
     pub placed_at: Timestamp,
     /// When it last changed.
     pub updated_at: Timestamp,
+    /// When it is cancelled if still unpaid; `None` for an order placed without a
+    /// deadline (before deadlines existed): it waits for Payments indefinitely.
+    pub payment_due_at: Option<Timestamp>,
     /// Payment ids already processed, with when.
     pub processed_payments: Vec<(PaymentId, Timestamp)>,
     /// Reservation ids already processed, with when.
@@ -148,6 +154,8 @@ pub struct Order {
     event_count: u64,
     placed_at: Timestamp,
     updated_at: Timestamp,
+    /// When it is cancelled if still AwaitingPayment (`None`: never).
+    payment_due_at: Option<Timestamp>,
     /// Why a map: O(1) look-up of "did I already apply this payment?", with the time it
     /// was applied so that entries past the idempotency window can be pruned.
     processed_payments: HashMap<PaymentId, Timestamp>,
@@ -198,6 +206,7 @@ impl Order {
             event_count: 0,
             placed_at: now,
             updated_at: now,
+            payment_due_at: None,
             processed_payments: HashMap::new(),
             processed_reservations: HashMap::new(),
             pending_events: Vec::new(),
@@ -215,6 +224,14 @@ impl Order {
                 occurred_at: now,
             }));
         Ok(order)
+    }
+
+    /// Gives a newly placed order its payment deadline: if it is still AwaitingPayment
+    /// at `due_at`, [`Order::expire_payment`] cancels it. Records no event.
+    #[must_use]
+    pub fn with_payment_deadline(mut self, due_at: Timestamp) -> Self {
+        self.payment_due_at = Some(due_at);
+        self
     }
 
     /// Applies an approved payment: AwaitingPayment → Paid, recording [`OrderPaid`].
@@ -370,6 +387,30 @@ impl Order {
         }
     }
 
+    /// The payment deadline passed: AwaitingPayment → Cancelled with reason
+    /// [`CancellationReason::PAYMENT_TIMEOUT`], recording [`OrderCancelled`] (so a late
+    /// approval is refused and refunded). A no-op when already cancelled.
+    ///
+    /// # Errors
+    /// [`OrderError::PaymentNotDue`] when AwaitingPayment but the deadline is later than
+    /// `now` or there is none; [`OrderError::InvalidTransition`] when Paid or
+    /// StockReserved (the payment came in time).
+    pub fn expire_payment(&mut self, now: Timestamp) -> Result<Transition, OrderError> {
+        match self.status {
+            OrderStatus::AwaitingPayment => match self.payment_due_at {
+                Some(due_at) if due_at <= now => {
+                    self.record_cancellation(CancellationReason::payment_timeout(), now);
+                    Ok(Transition::Applied)
+                }
+                _ => Err(OrderError::PaymentNotDue),
+            },
+            OrderStatus::Cancelled => Ok(Transition::AlreadyApplied),
+            OrderStatus::Paid | OrderStatus::StockReserved => {
+                Err(self.invalid(Action::ExpirePayment))
+            }
+        }
+    }
+
     /// Forgets processed payment and reservation ids older than `window`. The current
     /// payment and reservation stay recorded on the order itself, so a very late repeat
     /// is still refused as a second payment, never applied.
@@ -408,6 +449,7 @@ impl Order {
             event_count: self.event_count,
             placed_at: self.placed_at,
             updated_at: self.updated_at,
+            payment_due_at: self.payment_due_at,
             processed_payments: self
                 .processed_payments
                 .iter()
@@ -438,6 +480,7 @@ impl Order {
             event_count: snapshot.event_count,
             placed_at: snapshot.placed_at,
             updated_at: snapshot.updated_at,
+            payment_due_at: snapshot.payment_due_at,
             processed_payments: snapshot.processed_payments.into_iter().collect(),
             processed_reservations: snapshot.processed_reservations.into_iter().collect(),
             pending_events: Vec::new(),
@@ -508,6 +551,11 @@ impl Order {
     #[must_use]
     pub const fn updated_at(&self) -> Timestamp {
         self.updated_at
+    }
+    /// When it is cancelled if still unpaid (`None`: never).
+    #[must_use]
+    pub const fn payment_due_at(&self) -> Option<Timestamp> {
+        self.payment_due_at
     }
     /// How many payment ids are remembered (for tests and metrics).
     #[must_use]

@@ -167,6 +167,15 @@ fn check_text(field: &str, value: &str) -> Result<(), ValidationError> {
 pub struct CancellationReason(String);
 
 impl CancellationReason {
+    /// The reason of an order cancelled because its payment deadline passed.
+    pub const PAYMENT_TIMEOUT: &'static str = "payment timeout";
+
+    /// The reason `payment timeout` ([`CancellationReason::PAYMENT_TIMEOUT`]).
+    #[must_use]
+    pub fn payment_timeout() -> Self {
+        Self(Self::PAYMENT_TIMEOUT.to_owned())
+    }
+
     /// Validates a reason.
     ///
     /// # Errors

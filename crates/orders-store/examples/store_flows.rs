@@ -91,6 +91,13 @@ impl OrderStore for Timed {
     ) -> Result<Option<orders_domain::OrderId>, orders_app::StoreError> {
         self.inner.find_by_idempotency_key(key).await
     }
+    async fn due_for_payment(
+        &self,
+        now: orders_domain::Timestamp,
+        limit: usize,
+    ) -> Result<Vec<orders_domain::OrderId>, orders_app::StoreError> {
+        self.inner.due_for_payment(now, limit).await
+    }
     async fn commit(&self, commit: orders_app::Commit) -> Result<u64, orders_app::StoreError> {
         let t = Instant::now();
         let r = self.inner.commit(commit).await;

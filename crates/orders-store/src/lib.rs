@@ -10,7 +10,9 @@
 //! `migrations/`, embedded in the binary and applied when a store connects):
 //!
 //! * `orders`: one row per order, the whole snapshot as JSON in `data` (amounts as
-//!   strings, so they stay exact) and `version` for optimistic concurrency.
+//!   strings, so they stay exact) and `version` for optimistic concurrency;
+//!   `payment_due_at` (migration 0002) with a partial index over the orders still
+//!   AwaitingPayment, for `due_for_payment` (`NULL` in rows older than it: never due).
 //! * `idempotency_keys`: checkout keys → order ids.
 //! * `outbox`: integration messages in commit order (`position`), the whole envelope as
 //!   JSON; unsent until relayed, parked when the envelope cannot be decoded.

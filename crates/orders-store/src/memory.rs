@@ -8,11 +8,14 @@
 //! paced-latency bench. With 64 shards each resize is 1/64 of the size and blocks only
 //! the orders of its shard.
 //!
+//! Each shard also indexes the payment deadlines of its orders still AwaitingPayment
+//! (ordered by deadline), so `due_for_payment` reads only the due ones.
+//!
 //! Memory stays proportional to the orders kept: sent outbox rows are dropped at once
 //! (the history keeps a small record per message), inbox records and history are pruned
 //! after the idempotency window.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use async_trait::async_trait;
 use orders_app::{
@@ -51,6 +54,25 @@ struct OrderShard {
     /// The latest message of each order still waiting on another context, to send again
     /// if it was lost (see [`Outbox::requeue_stalled`]).
     waiting: HashMap<OrderId, Box<Envelope>>,
+    /// The index of payment deadlines: `(due at, order)` for every order of the shard
+    /// still AwaitingPayment with a deadline, earliest first.
+    deadlines: BTreeSet<(Timestamp, OrderId)>,
+}
+
+impl OrderShard {
+    /// Keeps the deadline index in step with a write of `order` (a new version of an
+    /// order, or a new one).
+    fn index_deadline(&mut self, order: &Order) {
+        let id = order.id();
+        if let Some(due) = self.orders.get(&id).and_then(|o| o.payment_due_at()) {
+            self.deadlines.remove(&(due, id));
+        }
+        if order.status() == OrderStatus::AwaitingPayment
+            && let Some(due) = order.payment_due_at()
+        {
+            self.deadlines.insert((due, id));
+        }
+    }
 }
 
 /// message id → the subscribers that handled it, with when.
@@ -236,6 +258,7 @@ impl OrderStore for InMemoryOrderStore {
                 keys.insert(key, order_id);
             }
             waiting = Some(waits_on_another_context(order.status()));
+            shard.index_deadline(&order);
             shard.orders.insert(order_id, Box::new(order));
         }
         if let (Some(record), Some(ids)) = (inbox, inbox_shard.as_mut()) {
@@ -284,6 +307,28 @@ impl OrderStore for InMemoryOrderStore {
             self.committed.notify_waiters();
         }
         Ok(version)
+    }
+
+    async fn due_for_payment(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<OrderId>, StoreError> {
+        // The earliest `limit` of each shard, then the earliest `limit` of those.
+        let mut due: Vec<(Timestamp, OrderId)> = Vec::new();
+        for shard in &*self.orders {
+            let shard = shard.lock();
+            due.extend(
+                shard
+                    .deadlines
+                    .iter()
+                    .take_while(|(at, _)| *at <= now)
+                    .take(limit)
+                    .copied(),
+            );
+        }
+        due.sort_unstable();
+        Ok(due.into_iter().take(limit).map(|(_, id)| id).collect())
     }
 
     async fn messages(&self, id: OrderId) -> Result<Vec<MessageRecord>, StoreError> {
@@ -359,6 +404,17 @@ impl Outbox for InMemoryOrderStore {
 
     fn committed(&self) -> &Notify {
         &self.committed
+    }
+
+    /// The oldest queued row's timestamp (the rows of a relay pass in hand, older
+    /// still, are not looked at: they are being published).
+    async fn oldest_unsent(&self) -> Result<Option<Timestamp>, StoreError> {
+        Ok(self
+            .outbox
+            .lock()
+            .0
+            .front()
+            .map(|envelope| envelope.timestamp))
     }
 
     async fn requeue_stalled(&self, before: Timestamp) -> Result<u64, StoreError> {

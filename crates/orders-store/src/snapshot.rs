@@ -34,6 +34,9 @@ struct OrderData {
     event_count: u64,
     placed_at: Timestamp,
     updated_at: Timestamp,
+    /// Absent in orders stored before payment deadlines existed: they have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    payment_due_at: Option<Timestamp>,
     processed_payments: Vec<ProcessedData>,
     processed_reservations: Vec<ProcessedData>,
 }
@@ -115,6 +118,7 @@ pub(crate) fn encode(order: &Order) -> Result<String, StoreError> {
         event_count: s.event_count,
         placed_at: s.placed_at,
         updated_at: s.updated_at,
+        payment_due_at: s.payment_due_at,
         processed_payments: processed(
             s.processed_payments
                 .into_iter()
@@ -210,6 +214,7 @@ pub(crate) fn decode(json: &str, version: u64) -> Result<Order, StoreError> {
         event_count: data.event_count,
         placed_at: data.placed_at,
         updated_at: data.updated_at,
+        payment_due_at: data.payment_due_at,
         processed_payments,
         processed_reservations,
     }))
@@ -281,6 +286,22 @@ mod tests {
         let json = encode(&order).unwrap();
         assert!(json.contains(r#""amount":"0.3""#), "{json}");
         assert_eq!(decode(&json, 2).unwrap(), order);
+    }
+
+    #[test]
+    fn the_payment_deadline_round_trips_and_an_old_order_has_none() {
+        let due = Utc.with_ymd_and_hms(2026, 1, 5, 10, 15, 0).unwrap();
+        let order = paid_order().with_payment_deadline(due);
+        let json = encode(&order).unwrap();
+        assert!(
+            json.contains(r#""paymentDueAt":"2026-01-05T10:15:00Z""#),
+            "{json}"
+        );
+        assert_eq!(decode(&json, 2).unwrap().payment_due_at(), Some(due));
+        // What a store wrote before deadlines existed: no such key.
+        let old = encode(&paid_order()).unwrap();
+        assert!(!old.contains("paymentDueAt"), "{old}");
+        assert_eq!(decode(&old, 2).unwrap().payment_due_at(), None);
     }
 
     #[test]

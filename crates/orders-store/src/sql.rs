@@ -61,6 +61,19 @@ pub(crate) const REQUEUE_STALLED: &str = "\
         FROM orders d \
         WHERE d.status IN ('AwaitingPayment', 'Paid') AND d.updated_at < $1)";
 
+/// The orders whose payment is due (see [`orders_app::OrderStore::due_for_payment`]):
+/// `$1` now, `$2` how many; earliest deadline first. Its conditions are those of the
+/// partial index `orders_payment_due`, so it is a range scan of that index.
+pub(crate) const DUE_FOR_PAYMENT: &str = "\
+    SELECT id FROM orders \
+    WHERE status = 'AwaitingPayment' AND payment_due_at IS NOT NULL AND payment_due_at <= $1 \
+    ORDER BY payment_due_at, id LIMIT $2";
+
+/// The commit time of the oldest unsent, unparked outbox row (the relay's index, one row).
+pub(crate) const OLDEST_UNSENT: &str = "\
+    SELECT created_at FROM outbox WHERE sent_at IS NULL AND parked_at IS NULL \
+    ORDER BY position LIMIT 1";
+
 /// Unsent outbox rows as read by a relay, split into those to publish and those to park.
 #[derive(Default)]
 pub(crate) struct RelayBatch {

@@ -1,7 +1,8 @@
 //! Bearer-token authentication of the API.
 //!
 //! With a tokens file (`--auth-tokens-file`, parsed by [`Tokens::parse`]) every route but
-//! the [`OPEN_PATHS`] (`/healthz`, `/readyz`, `/metrics`, `/stats`) needs
+//! the [`OPEN_PATHS`] (`/healthz`, `/readyz`, `/metrics`, `/stats`, `/openapi.json`, and
+//! the live page's files `/`, `/page/app.js`, `/page/app.css`, which hold no data) needs
 //! `Authorization: Bearer <token>`; a missing or unknown token is a 401 problem with
 //! `WWW-Authenticate: Bearer`. Routes are closed by default, so `/orders…`,
 //! `/dead-letters…`, `/events` and any route added later are protected.
@@ -30,7 +31,17 @@ use subtle::ConstantTimeEq as _;
 use super::problem::{Problem, ProblemType};
 
 /// The routes that never need a token: probes and operational counters.
-pub const OPEN_PATHS: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/stats"];
+pub const OPEN_PATHS: [&str; 8] = [
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/stats",
+    "/openapi.json",
+    // The live page's own files: they hold no data, and the page asks for a token.
+    "/",
+    "/page/app.js",
+    "/page/app.css",
+];
 
 /// The routes that show every customer's data; a customer-scoped token gets 403 there.
 pub const CROSS_CUSTOMER_PREFIXES: [&str; 2] = ["/dead-letters", "/events"];

@@ -63,6 +63,17 @@ enum Woken {
     Tick,
 }
 
+#[utoipa::path(
+    get,
+    path = "/events",
+    tag = "live",
+    summary = "Server-Sent Events: `ready`, then `order` after each commit of an order, `flow` every second, `resync` when behind",
+    responses(
+        (status = 200, description = "An endless `text/event-stream` (see the module docs of `app::http::events`)", body = String, content_type = "text/event-stream"),
+        (status = 403, description = "A customer-scoped token: the stream shows every customer", body = Problem, content_type = super::openapi::PROBLEM),
+        (status = 404, description = "This service has no change feed", body = Problem, content_type = super::openapi::PROBLEM),
+    )
+)]
 /// `GET /events`: 404 when the service has no change feed.
 pub(super) async fn events(
     State(state): State<AppState>,

@@ -42,7 +42,7 @@ pub const MAX_SAMPLES: usize = 100_000;
 pub const MAX_REMEMBERED: usize = 50_000;
 
 /// The figures of `GET /flow` (and of the `flow` event).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FlowFigures {
     /// The span of the counts and percentiles, in seconds (60).
@@ -62,7 +62,7 @@ pub struct FlowFigures {
 }
 
 /// Latency percentiles; `None` without any sample in the window.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Percentiles {
     /// The median.
     pub p50: Option<f64>,
@@ -195,6 +195,17 @@ pub(super) async fn figures(state: &AppState) -> Option<FlowFigures> {
     Some(figures)
 }
 
+#[utoipa::path(
+    get,
+    path = "/flow",
+    tag = "live",
+    summary = "Throughput and placed → final latency over the last minute, and the dead-letter count",
+    responses(
+        (status = 200, description = "The figures", body = FlowFigures),
+        (status = 403, description = "A customer-scoped token: the figures are of every customer", body = Problem, content_type = super::openapi::PROBLEM),
+        (status = 404, description = "This service does not follow its flow", body = Problem, content_type = super::openapi::PROBLEM),
+    )
+)]
 /// `GET /flow`: 404 when the service has no change feed; 403 for a customer-scoped token
 /// (the figures are of every customer's orders, like `/events`).
 pub(super) async fn flow(

@@ -8,11 +8,16 @@
 //! | `GET /orders/{id}` | 200 + the order |
 //! | `POST /orders/{id}/cancel` `{"reason"}` | 200 + the cancelled order; 409 when its state does not allow it |
 //! | `GET /orders/{id}/messages` | 200 + the messages the order sent and received, in commit order |
+//! | `GET /dead-letters?limit=N` | 200 + the dead-letter count and the oldest N dead letters ([`dead_letters`]) |
+//! | `POST /dead-letters/{id}/replay` | 202: the message goes back to its group; 404 for an unknown id |
 //! | `GET /events` | Server-Sent Events: `order` after each commit of an order, `flow` every second ([`events`]) |
 //! | `GET /flow` | 200 + throughput, p50/p99 placed → final over the last minute, dead letters ([`flow`]); 403 for a customer-scoped token |
-//! | `GET /` | the live flow page, and its script and style under `/page/` ([`page`]); no token needed |
+//! | `GET /` | the live flow page, and its script and style under `/page/` ([`page`]); open like the probes |
 //! | `GET /healthz` | 200 `{"status":"ok"}` while the process runs |
 //! | `GET /readyz` | 200 when the store and the bus answer, 503 otherwise |
+//! | `GET /stats` | dead letters, parked and unsent outbox rows |
+//! | `GET /openapi.json` | the OpenAPI 3.1 document of all of this ([`openapi`]) |
+//! | `GET /metrics` | 200 + the Prometheus text format ([`crate::telemetry::metrics`]); 404 with telemetry off |
 //!
 //! Every error is an `application/problem+json` document ([`problem`]): 400 for a body
 //! that is not JSON, a malformed id or `Idempotency-Key`; 401 (with `WWW-Authenticate:
@@ -26,10 +31,12 @@
 //! are logged, never shown.
 
 pub mod auth;
+pub mod dead_letters;
 pub mod events;
 pub mod extract;
 pub mod flow;
 pub mod limits;
+pub mod openapi;
 pub mod page;
 pub mod problem;
 pub mod readiness;
@@ -45,7 +52,6 @@ use axum::{
     http::{StatusCode, header},
     middleware,
     response::{IntoResponse, Response},
-    routing::{get, post},
 };
 use orders_app::OrdersService;
 use tower_http::{
@@ -53,6 +59,7 @@ use tower_http::{
     trace::{DefaultOnFailure, TraceLayer},
 };
 use tracing::Level;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 pub use auth::{Caller, Tokens};
 pub use limits::{RateLimit, RateLimiter};
@@ -79,10 +86,15 @@ pub struct AppState {
     changes: Option<Arc<crate::changes::OrderChanges>>,
     /// Feeds `GET /stats`; `None`: the route answers 404.
     stats: Option<Arc<dyn stats::StatsProbe>>,
+    /// The bus's dead letters (`/dead-letters…`); `None`: those routes answer 404.
+    dead_letters: Option<Arc<dyn messaging::DeadLetters>>,
     /// The accepted bearer tokens; `None`: no authentication.
     tokens: Option<Arc<Tokens>>,
     /// The per-client request rate; `None`: unlimited.
     rate_limiter: Option<Arc<RateLimiter>>,
+    /// Renders `GET /metrics`; `None` (telemetry off): the route answers 404 and
+    /// requests are neither timed nor traced.
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -107,9 +119,22 @@ impl AppState {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             changes: None,
             stats: None,
+            dead_letters: None,
             tokens: None,
             rate_limiter: None,
+            metrics: None,
         }
+    }
+
+    /// Serves `GET /metrics` from `handle`, and times and traces every request
+    /// ([`crate::telemetry::http`]); `None` leaves both off.
+    #[must_use]
+    pub fn metrics(
+        mut self,
+        handle: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    ) -> Self {
+        self.metrics = handle;
+        self
     }
 
     /// Requires a bearer token from `tokens` on every route but the open ones
@@ -131,6 +156,13 @@ impl AppState {
     #[must_use]
     pub fn stats(mut self, probe: Arc<dyn stats::StatsProbe>) -> Self {
         self.stats = Some(probe);
+        self
+    }
+
+    /// Enables `GET /dead-letters` and `POST /dead-letters/{id}/replay` over `port`.
+    #[must_use]
+    pub fn dead_letters(mut self, port: Arc<dyn messaging::DeadLetters>) -> Self {
+        self.dead_letters = Some(port);
         self
     }
 
@@ -166,30 +198,20 @@ pub fn router(state: AppState) -> Router {
     let timeout = state.request_timeout;
     let tokens = state.tokens.clone();
     let rate_limiter = state.rate_limiter.clone();
-    let mut router = Router::new()
-        .route("/orders", post(routes::place_order))
-        .route("/orders", get(routes::list_orders))
-        .route("/events", get(events::events))
-        .route("/flow", get(flow::flow))
-        .route("/orders/{id}", get(routes::get_order))
-        .route("/orders/{id}/cancel", post(routes::cancel_order))
-        .route("/orders/{id}/messages", get(routes::order_messages))
-        .route("/healthz", get(routes::healthz))
-        .route("/readyz", get(routes::readyz))
-        .route("/stats", get(routes::stats))
+    let metrics = state.metrics.clone();
+    let (router, _) = documented_routes().split_for_parts();
+    let mut router = router
         .fallback(routes::no_route)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
     if let Some(tokens) = tokens {
         router = router.layer(middleware::from_fn_with_state(tokens, auth::authenticate));
     }
-    // The page itself holds no data: it loads without a token and asks for one.
-    router = router.merge(page::router());
     // Outside authentication: guessing tokens counts against the rate too.
     if let Some(limiter) = rate_limiter {
         router = router.layer(middleware::from_fn_with_state(limiter, limits::rate_limit));
     }
-    router
+    let mut router = router
         // The handler's future is dropped at the deadline: a store transaction in
         // flight is rolled back, never half-done.
         .layer(TimeoutLayer::with_status_code(
@@ -198,13 +220,56 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(middleware::map_response(move |response: Response| {
             timed_out_as_problem(response, timeout)
-        }))
+        }));
+    if metrics.is_some() {
+        // Outside authentication, limits and the timeout: every answer is counted.
+        router = router.layer(middleware::from_fn(crate::telemetry::http::observe));
+    }
+    router
         .layer(
             TraceLayer::new_for_http()
                 // Causes of 5xx answers are logged where they arise; this is the summary.
                 .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
         )
         .with_state(state)
+}
+
+/// Every route, each registered with its OpenAPI description ([`openapi`]): a handler
+/// without a `#[utoipa::path]` attribute does not compile here, so nothing is served
+/// undocumented. Register new routes here, never with a plain `Router::route`.
+pub(crate) fn documented_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(routes::place_order, routes::list_orders))
+        .routes(routes!(routes::get_order))
+        .routes(routes!(routes::cancel_order))
+        .routes(routes!(routes::order_messages))
+        .routes(routes!(routes::healthz))
+        .routes(routes!(routes::readyz))
+        .routes(routes!(routes::stats))
+        .routes(routes!(dead_letters::list))
+        .routes(routes!(dead_letters::replay))
+        .routes(routes!(openapi::openapi_json))
+        .routes(routes!(metrics_route))
+        .routes(routes!(events::events))
+        .routes(routes!(flow::flow))
+        .routes(routes!(page::index))
+        .routes(routes!(page::script))
+        .routes(routes!(page::style))
+}
+
+/// `GET /metrics` ([`crate::telemetry::http::metrics`]).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Prometheus metrics of the flow",
+    responses(
+        (status = 200, description = "The Prometheus text exposition format", content_type = "text/plain; version=0.0.4"),
+        (status = 404, description = "Telemetry is off (--telemetry off)", body = Problem, content_type = openapi::PROBLEM),
+    )
+)]
+async fn metrics_route(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    crate::telemetry::http::metrics(state.metrics).await
 }
 
 /// Turns the timeout layer's bare 503 (no body, no content type; every 503 of the

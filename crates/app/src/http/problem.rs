@@ -14,6 +14,7 @@ use axum::{
 };
 use orders_app::{AppError, StoreError, domain::OrderError};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 /// The media type of a problem document.
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -107,7 +108,7 @@ impl ProblemType {
 }
 
 /// One invalid field of a validation problem.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct FieldError {
     /// The wire name of the field, e.g. `items[0].quantity`.
     pub field: String,
@@ -116,12 +117,20 @@ pub struct FieldError {
 }
 
 /// An RFC 9457 problem document; renders itself as the response.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[schema(example = json!({
+    "type": "urn:orders:problem:not-found",
+    "title": "Not found",
+    "status": 404,
+    "detail": "order 0193a5d2-8c1e-7b7e-9f00-3c1d2e4f5a6b not found"
+}))]
 pub struct Problem {
-    /// The problem type URI.
+    /// The problem type URI, `urn:orders:problem:<slug>`.
     #[serde(rename = "type")]
+    #[schema(value_type = String, example = "urn:orders:problem:not-found")]
     kind: &'static str,
     /// The fixed summary of the type.
+    #[schema(value_type = String)]
     title: &'static str,
     /// The HTTP status, repeated in the body.
     status: u16,
@@ -129,9 +138,11 @@ pub struct Problem {
     detail: String,
     /// Every bad field (validation problems only).
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(required = false)]
     errors: Vec<FieldError>,
     /// Extra members (e.g. the readiness checks), flattened into the document.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    #[schema(ignore)]
     extensions: Option<serde_json::Map<String, serde_json::Value>>,
 }
 

@@ -9,13 +9,15 @@ use axum::{
 };
 use orders_app::{AppError, CancelOrder, PlaceOrder};
 use orders_domain::{Order, OrderId};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
 
 use super::{
     AppState,
     auth::Caller,
     extract::{IdempotencyKey, JsonBody, OrderIdPath, QueryParams},
+    openapi::{CancelBodyDoc, PROBLEM, PlaceOrderBody},
     problem::{Problem, ProblemType},
     view::{MessageView, OrderView},
 };
@@ -28,6 +30,29 @@ pub(super) struct CancelBody {
 
 /// `POST /orders`: 201 for a new order, 200 for an idempotent replay; both with
 /// `Location` and the order.
+#[utoipa::path(
+    post,
+    path = "/orders",
+    tag = "orders",
+    summary = "Place an order (checkout)",
+    params(
+        ("Idempotency-Key" = Option<String>, Header,
+         description = "1 to 200 visible ASCII characters; a retry with the same key answers 200 with the order it created")
+    ),
+    request_body(content = PlaceOrderBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Placed: the new order, AwaitingPayment", body = OrderView,
+         headers(("Location" = String, description = "`/orders/{id}`"))),
+        (status = 200, description = "The order an earlier request with this Idempotency-Key placed", body = OrderView,
+         headers(("Location" = String, description = "`/orders/{id}`"))),
+        (status = 400, description = "The body is not JSON, or the Idempotency-Key is malformed", body = Problem, content_type = PROBLEM),
+        (status = 403, description = "A customer-scoped token placing an order for another customer", body = Problem, content_type = PROBLEM),
+        (status = 409, description = "The order was changed concurrently; try again", body = Problem, content_type = PROBLEM),
+        (status = 413, description = "The body is larger than 64 KiB", body = Problem, content_type = PROBLEM),
+        (status = 415, description = "The body is not declared as JSON", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "Invalid values (each bad field in `errors`), JSON of the wrong shape, more than 100 items or a field over 200 characters", body = Problem, content_type = PROBLEM),
+    )
+)]
 pub(super) async fn place_order(
     State(state): State<AppState>,
     caller: Caller,
@@ -61,6 +86,18 @@ pub(super) async fn place_order(
 /// With `?afterVersion=N&waitMs=M` it is a blocking read: it answers as soon as the
 /// order's version is above N, or after M milliseconds (at most
 /// [`MAX_WAIT_MS`]) with the order as it is. Clients wait for a change without polling.
+#[utoipa::path(
+    get,
+    path = "/orders/{id}",
+    tag = "orders",
+    summary = "Read an order, or wait for its next change",
+    params(("id" = String, Path, description = "The order id"), WaitQuery),
+    responses(
+        (status = 200, description = "The order", body = OrderView),
+        (status = 400, description = "The id is not a UUID, or the query is malformed (afterVersion and waitMs go together)", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "No such order (or another customer's, for a scoped token)", body = Problem, content_type = PROBLEM),
+    )
+)]
 pub(super) async fn get_order(
     State(state): State<AppState>,
     caller: Caller,
@@ -117,12 +154,13 @@ pub const MAX_WAIT_MS: u64 = 20_000;
 
 /// The query of `GET /orders/{id}`: `afterVersion` and `waitMs`, both or neither; any
 /// other parameter is refused.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct WaitQuery {
-    /// Answer once the order's version is above this.
+    /// Answer once the order's version is above this (with `waitMs`).
     after_version: Option<u64>,
-    /// Wait at most this long, in milliseconds (capped at [`MAX_WAIT_MS`]).
+    /// Wait at most this long, in milliseconds, capped at 20,000 (with `afterVersion`).
     wait_ms: Option<u64>,
 }
 
@@ -141,6 +179,23 @@ impl WaitQuery {
 }
 
 /// `POST /orders/{id}/cancel`.
+#[utoipa::path(
+    post,
+    path = "/orders/{id}/cancel",
+    tag = "orders",
+    summary = "Cancel an order",
+    params(("id" = String, Path, description = "The order id")),
+    request_body(content = CancelBodyDoc, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The cancelled order (also when it was cancelled before)", body = OrderView),
+        (status = 400, description = "The id is not a UUID, or the body is not JSON", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "No such order (or another customer's, for a scoped token)", body = Problem, content_type = PROBLEM),
+        (status = 409, description = "The order's state does not allow it (StockReserved), or it changed concurrently", body = Problem, content_type = PROBLEM),
+        (status = 413, description = "The body is larger than 64 KiB", body = Problem, content_type = PROBLEM),
+        (status = 415, description = "The body is not declared as JSON", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "No reason, or a reason over 500 characters", body = Problem, content_type = PROBLEM),
+    )
+)]
 pub(super) async fn cancel_order(
     State(state): State<AppState>,
     caller: Caller,
@@ -163,6 +218,18 @@ pub(super) async fn cancel_order(
 }
 
 /// `GET /orders/{id}/messages`: 404 when the order does not exist.
+#[utoipa::path(
+    get,
+    path = "/orders/{id}/messages",
+    tag = "orders",
+    summary = "The messages an order sent and received, in commit order",
+    params(("id" = String, Path, description = "The order id")),
+    responses(
+        (status = 200, description = "Its message history", body = Vec<MessageView>),
+        (status = 400, description = "The id is not a UUID", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "No such order (or another customer's, for a scoped token)", body = Problem, content_type = PROBLEM),
+    )
+)]
 pub(super) async fn order_messages(
     State(state): State<AppState>,
     caller: Caller,
@@ -175,21 +242,74 @@ pub(super) async fn order_messages(
 }
 
 /// `GET /healthz`: the process answers.
-pub(super) async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    summary = "Liveness: the process answers",
+    responses((status = 200, description = "`{\"status\":\"ok\"}`", body = Health))
+)]
+pub(super) async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// The answer of `GET /healthz`.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub(super) struct Health {
+    /// Always `ok`.
+    #[schema(value_type = String, example = "ok")]
+    status: &'static str,
+}
+
+/// The answer of `GET /readyz` when ready (a 503 problem carries the same `checks`).
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub(super) struct Ready {
+    /// `ready`.
+    #[schema(value_type = String, example = "ready")]
+    status: &'static str,
+    /// Each dependency: `ok` or `unavailable`.
+    checks: Checks,
+}
+
+/// The dependencies `GET /readyz` checks.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub(super) struct Checks {
+    /// The store: `ok` or `unavailable`.
+    #[schema(value_type = String, example = "ok")]
+    store: &'static str,
+    /// The bus: `ok` or `unavailable`.
+    #[schema(value_type = String, example = "ok")]
+    bus: &'static str,
 }
 
 /// `GET /readyz`: 200 when the store and the bus answer, else a 503 problem listing the
 /// checks.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    summary = "Readiness: the store and the bus answer",
+    responses(
+        (status = 200, description = "Ready", body = Ready),
+        (status = 503, description = "A dependency is not available; `checks` says which", body = Problem, content_type = PROBLEM),
+    )
+)]
 pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     let readiness = state.readiness.check().await;
     let word = |ok: bool| if ok { "ok" } else { "unavailable" };
-    let checks = json!({ "store": word(readiness.store), "bus": word(readiness.bus) });
+    let checks = Checks {
+        store: word(readiness.store),
+        bus: word(readiness.bus),
+    };
     if readiness.is_ready() {
-        Json(json!({ "status": "ready", "checks": checks })).into_response()
+        Json(Ready {
+            status: "ready",
+            checks,
+        })
+        .into_response()
     } else {
         Problem::new(ProblemType::Unavailable, "a dependency is not available")
-            .with("checks", checks)
+            .with("checks", json!(checks))
             .into_response()
     }
 }
@@ -208,6 +328,16 @@ pub(super) async fn method_not_allowed() -> Problem {
 }
 
 /// `GET /stats`: dead letters, parked and unsent outbox rows (404 when not configured).
+#[utoipa::path(
+    get,
+    path = "/stats",
+    tag = "operations",
+    summary = "Dead letters, parked and unsent outbox rows",
+    responses(
+        (status = 200, description = "The counts", body = super::stats::Stats),
+        (status = 404, description = "This service has no stats", body = Problem, content_type = PROBLEM),
+    )
+)]
 pub(super) async fn stats(
     State(state): State<AppState>,
 ) -> Result<Json<super::stats::Stats>, Problem> {
@@ -227,19 +357,33 @@ pub const MAX_LIST_LIMIT: usize = 200;
 pub const DEFAULT_LIST_LIMIT: usize = 50;
 
 /// The query of `GET /orders`: `limit`, 1 to [`MAX_LIST_LIMIT`].
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListQuery {
+    /// How many orders, 1 to 200 (default 50).
     limit: Option<u64>,
 }
 
 /// The answer of `GET /orders`.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, ToSchema)]
 pub(super) struct OrderList {
     /// Newest first.
     orders: Vec<OrderView>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/orders",
+    tag = "orders",
+    summary = "The newest orders first (a customer-scoped token: its customer's)",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "At most `limit` orders, the newest first", body = OrderList),
+        (status = 400, description = "An unknown query parameter, or a limit that is not a number", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "A limit of 0 or over 200", body = Problem, content_type = PROBLEM),
+    )
+)]
 /// `GET /orders?limit=N`: the newest orders first (default [`DEFAULT_LIST_LIMIT`]); only
 /// its customer's for a scoped token. 422 for a limit of 0 or over [`MAX_LIST_LIMIT`].
 pub(super) async fn list_orders(

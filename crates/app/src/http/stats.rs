@@ -6,11 +6,12 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 /// The counts `GET /stats` shows.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Stats {
     /// Inbound messages given up on (undecodable, or failing past their retries); kept
-    /// by the bus for inspection and replay.
+    /// by the bus for inspection and replay (`/dead-letters`): the count of its
+    /// dead-letter port, on NATS every process's of the prefix.
     pub dead_letters: u64,
     /// Outbox rows whose envelope could not be decoded, kept aside and never published;
     /// `None` for a store that cannot park (in-memory).

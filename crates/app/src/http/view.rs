@@ -5,10 +5,11 @@ use orders_app::{Direction, HandlingOutcome, MessageRecord};
 use orders_domain::{Order, Timestamp};
 use rust_decimal::Decimal;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 /// An order as the API shows it (`GET /orders/{id}`, and the answer of checkout and
 /// cancel).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderView {
     /// The order id (UUID).
@@ -16,10 +17,12 @@ pub struct OrderView {
     /// Who ordered.
     pub customer_id: String,
     /// `AwaitingPayment`, `Paid`, `StockReserved` or `Cancelled`.
+    #[schema(value_type = super::openapi::StatusName)]
     pub status: &'static str,
     /// The lines.
     pub items: Vec<ItemView>,
     /// The sum of the lines, exact.
+    #[schema(value_type = f64, example = 59.8)]
     #[serde(with = "rust_decimal::serde::arbitrary_precision")]
     pub total_amount: Decimal,
     /// ISO 4217 code.
@@ -35,13 +38,15 @@ pub struct OrderView {
     /// The stored version (optimistic concurrency), grows with every change.
     pub version: u64,
     /// When it was placed.
+    #[schema(format = DateTime)]
     pub placed_at: String,
     /// When it last changed.
+    #[schema(format = DateTime)]
     pub updated_at: String,
 }
 
 /// One line of an [`OrderView`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ItemView {
     /// The product (SKU).
@@ -49,12 +54,13 @@ pub struct ItemView {
     /// Units.
     pub quantity: u32,
     /// Unit price, exact.
+    #[schema(value_type = f64, example = 29.9)]
     #[serde(with = "rust_decimal::serde::arbitrary_precision")]
     pub price: Decimal,
 }
 
 /// The address of an [`OrderView`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AddressView {
     /// Street and number.
@@ -102,20 +108,23 @@ impl From<&Order> for OrderView {
 }
 
 /// One line of `GET /orders/{id}/messages`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MessageView {
     /// `sent` (published by Orders) or `received` (handled by Orders).
+    #[schema(value_type = super::openapi::DirectionName)]
     pub direction: &'static str,
     /// The message id (UUID).
     pub message_id: String,
     /// The topic, e.g. `payment.approved`.
     pub topic: String,
     /// For received messages `applied`, `duplicate` or `rejected`; `null` for sent ones.
+    #[schema(value_type = Option<super::openapi::OutcomeName>)]
     pub outcome: Option<&'static str>,
     /// Why a received message was rejected; `null` otherwise.
     pub reason: Option<String>,
     /// When it was committed.
+    #[schema(format = DateTime)]
     pub at: String,
 }
 

@@ -8,9 +8,11 @@
 //! | `steps` | the moves the stories are made of: start, place, cancel, inject, finish |
 //! | `straight` | orders that run to their end untouched (approved, declined, out of stock) |
 //! | `cancellation` | a customer cancelling in each state |
+//! | `deadline` | a payment that comes after the order's payment deadline: cancelled, refunded |
 //! | `stray` | messages that should not change anything: replays, forged and unknown ones |
 
 mod cancellation;
+mod deadline;
 pub mod report;
 mod steps;
 mod straight;
@@ -75,6 +77,10 @@ pub fn all() -> Vec<Scenario> {
         Scenario {
             name: "payment declined",
             run: |s| Box::pin(straight::payment_declined(s)),
+        },
+        Scenario {
+            name: "payment after the deadline",
+            run: |s| Box::pin(deadline::payment_after_the_deadline(s)),
         },
         Scenario {
             name: "out of stock after payment",

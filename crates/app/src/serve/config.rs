@@ -25,6 +25,8 @@ pub const DEFAULT_RETENTION_INTERVAL_SECS: u64 = 60;
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 30;
 /// The default time in-flight requests get to finish on shutdown, in seconds.
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
+/// The default payment timeout, in seconds (15 minutes).
+pub const DEFAULT_PAYMENT_TIMEOUT_SECS: u64 = 900;
 
 /// The settings of `app serve`, from flags and `ORDERS_*` environment variables.
 /// `Debug` redacts the store's password.
@@ -61,6 +63,16 @@ pub struct ServeConfig {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub retention_interval_secs: u64,
+    /// How long an order may wait for its payment, in seconds: still AwaitingPayment
+    /// then, it is cancelled with reason `payment timeout` (a late approval is refunded).
+    #[arg(
+        long,
+        env = "ORDERS_PAYMENT_TIMEOUT_SECS",
+        value_name = "SECS",
+        default_value_t = DEFAULT_PAYMENT_TIMEOUT_SECS,
+        value_parser = clap::value_parser!(u64).range(1..=3_153_600_000)
+    )]
+    pub payment_timeout_secs: u64,
     /// How long one HTTP request may take before it is answered with 503, in seconds.
     #[arg(long, env = "ORDERS_REQUEST_TIMEOUT_SECS", default_value_t = DEFAULT_REQUEST_TIMEOUT_SECS,
         value_parser = clap::value_parser!(u64).range(1..))]
@@ -68,6 +80,10 @@ pub struct ServeConfig {
     /// How long in-flight requests may take to finish on shutdown, in seconds.
     #[arg(long, env = "ORDERS_SHUTDOWN_GRACE_SECS", default_value_t = DEFAULT_SHUTDOWN_GRACE_SECS)]
     pub shutdown_grace_secs: u64,
+    /// Metrics (`GET /metrics`) and traces across the flow, or neither (`off`: to
+    /// measure what they cost).
+    #[arg(long, env = "ORDERS_TELEMETRY", value_enum, default_value_t = crate::telemetry::Telemetry::On)]
+    pub telemetry: crate::telemetry::Telemetry,
     /// Authentication and request limits of the HTTP API (boxed: the config is moved
     /// around by value, in `main`'s command enum among others).
     #[command(flatten)]
@@ -86,9 +102,11 @@ impl ServeConfig {
             simulators: SimulatorFlags::default(),
             idempotency_window_secs: DEFAULT_IDEMPOTENCY_WINDOW_SECS,
             retention_interval_secs: DEFAULT_RETENTION_INTERVAL_SECS,
+            payment_timeout_secs: DEFAULT_PAYMENT_TIMEOUT_SECS,
             request_timeout_secs: DEFAULT_REQUEST_TIMEOUT_SECS,
             shutdown_grace_secs: DEFAULT_SHUTDOWN_GRACE_SECS,
             edge: Box::default(),
+            telemetry: crate::telemetry::Telemetry::On,
         }
     }
 
@@ -96,9 +114,13 @@ impl ServeConfig {
     #[must_use]
     pub fn orders(&self) -> OrdersConfig {
         let seconds = i64::try_from(self.idempotency_window_secs).unwrap_or(i64::MAX);
+        // Both are bounded by their flags' ranges (at most 100 years), so they fit.
+        let payment_timeout = i64::try_from(self.payment_timeout_secs).unwrap_or(i64::MAX);
         OrdersConfig {
             idempotency_window: chrono::Duration::try_seconds(seconds)
                 .unwrap_or_else(orders_domain::default_idempotency_window),
+            payment_timeout: chrono::Duration::try_seconds(payment_timeout)
+                .unwrap_or_else(orders_app::default_payment_timeout),
             ..OrdersConfig::default()
         }
     }
@@ -528,6 +550,44 @@ mod tests {
         assert_eq!(config.simulators.payments().delay, Duration::from_millis(5));
         assert!(config.simulators.stock().out_of_stock.contains("sku-2"));
         assert!(config.simulators.stock().duplicate_replies);
+    }
+
+    #[test]
+    fn the_payment_timeout_is_a_flag_or_an_environment_variable_and_defaults_to_15_minutes() {
+        let cli = Cli::try_parse_from(["serve"]).unwrap();
+        assert_eq!(cli.serve.payment_timeout_secs, DEFAULT_PAYMENT_TIMEOUT_SECS);
+        assert_eq!(
+            cli.serve.orders().payment_timeout,
+            chrono::Duration::minutes(15)
+        );
+        let cli = Cli::try_parse_from(["serve", "--payment-timeout-secs", "30"]).unwrap();
+        assert_eq!(
+            cli.serve.orders().payment_timeout,
+            chrono::Duration::seconds(30)
+        );
+        for bad in ["0", "-5", "soon", "3153600001"] {
+            assert!(
+                Cli::try_parse_from(["serve", "--payment-timeout-secs", bad]).is_err(),
+                "{bad}"
+            );
+        }
+        // Setting a variable in this process would race the other tests (and needs
+        // `unsafe`); the binding is checked here, its reading by clap in
+        // `tests/payment_deadline.rs` on a child process.
+        let command = <Cli as clap::CommandFactory>::command();
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_long() == Some("payment-timeout-secs"))
+            .expect("the flag exists");
+        assert_eq!(
+            arg.get_env().and_then(|e| e.to_str()),
+            Some("ORDERS_PAYMENT_TIMEOUT_SECS")
+        );
+        assert_eq!(
+            ServeConfig::new(DEFAULT_LISTEN.parse().unwrap(), StoreSpec::Memory)
+                .payment_timeout_secs,
+            DEFAULT_PAYMENT_TIMEOUT_SECS
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `app serve`: the Orders service as a long-running process: the HTTP API ([`crate::http`]),
-//! the Orders subscriber, the outbox relay, a retention task and (by default) the
+//! the Orders subscriber, the outbox relay, a retention task, the payment deadline task
+//! (cancels orders unpaid after `--payment-timeout-secs`) and (by default) the
 //! simulated Payments and Stock, on the in-memory bus (the default) or on NATS JetStream
 //! (`--bus nats://HOST:PORT`; with `--sims none`, Payments and Stock are the separate
 //! processes `app payments` and `app stock`, see [`crate::roles`]).
@@ -14,7 +15,8 @@
 //! It logs one line with the address and the store kind when it listens, and stops on
 //! SIGINT or SIGTERM: it stops accepting, lets in-flight requests finish (up to
 //! `--shutdown-grace-secs`), stops the relay (which flushes the outbox), the subscriber
-//! (which finishes the message in hand), the retention task and the simulators, and logs
+//! (which finishes the message in hand), the retention and deadline tasks and the
+//! simulators, and logs
 //! why it stopped. Start-up failures (store, bind, a NATS server that does not answer
 //! or has no JetStream) are errors, never panics.
 //!
@@ -25,7 +27,7 @@
 //! |---|---|
 //! | [`config`] | flags and environment variables, the store spec and its secret URL |
 //! | [`store`] | opening the store adapter the spec names |
-//! | `wiring` | bus, store, relay, handlers, simulators, retention and HTTP, started together |
+//! | `wiring` | bus, store, relay, handlers, simulators, retention, payment deadlines and HTTP, started together |
 //! | `shutdown` | stop reasons, signals, and the order things stop in |
 
 pub mod config;
@@ -34,9 +36,10 @@ pub mod store;
 mod wiring;
 
 pub use config::{
-    DEFAULT_IDEMPOTENCY_WINDOW_SECS, DEFAULT_LISTEN, DEFAULT_REQUEST_TIMEOUT_SECS,
-    DEFAULT_RETENTION_INTERVAL_SECS, DEFAULT_SHUTDOWN_GRACE_SECS, DEFAULT_STORE, PaymentsFlags,
-    SecretUrl, ServeConfig, SimsMode, SimulatorFlags, StockFlags, StoreSpec, redact_url,
+    DEFAULT_IDEMPOTENCY_WINDOW_SECS, DEFAULT_LISTEN, DEFAULT_PAYMENT_TIMEOUT_SECS,
+    DEFAULT_REQUEST_TIMEOUT_SECS, DEFAULT_RETENTION_INTERVAL_SECS, DEFAULT_SHUTDOWN_GRACE_SECS,
+    DEFAULT_STORE, PaymentsFlags, SecretUrl, ServeConfig, SimsMode, SimulatorFlags, StockFlags,
+    StoreSpec, redact_url,
 };
 pub use shutdown::{RunningServer, StopReason, http_server_ended, shutdown_signal};
 pub use store::{OpenedStore, open_store};

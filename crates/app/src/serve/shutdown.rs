@@ -1,8 +1,8 @@
 //! Graceful shutdown of a running service: why it stops ([`StopReason`], from SIGINT or
 //! SIGTERM via [`shutdown_signal`]), and the order things stop in
 //! ([`RunningServer::shutdown`]): no new connections, in-flight requests drained up to
-//! the grace period, then the relay (last flush), the subscriber, the retention task,
-//! the simulators, and the store.
+//! the grace period, then the relay (last flush), the subscriber, the retention and
+//! payment deadline tasks, the simulators, and the store.
 
 use std::{fmt, future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -48,12 +48,14 @@ pub struct RunningServer {
     pub(super) stop_accepting: Option<oneshot::Sender<()>>,
     /// The HTTP server; ends when every connection is closed after `stop_accepting`.
     pub(super) http: Option<JoinHandle<std::io::Result<()>>>,
-    /// Set to `true` to stop the relay and the retention task.
+    /// Set to `true` to stop the relay, the retention task and the payment deadline task.
     pub(super) stop_background: watch::Sender<bool>,
     /// The outbox relay; flushes once more when stopped.
     pub(super) relay: JoinHandle<RelayStopped>,
     /// The retention task.
     pub(super) retention: JoinHandle<()>,
+    /// The payment deadline task.
+    pub(super) deadlines: JoinHandle<()>,
     /// The Orders subscriber on the bus.
     pub(super) subscription: SubscriptionHandle,
     /// The in-process simulators, when `--sims in-process`.
@@ -117,7 +119,8 @@ impl RunningServer {
 
     /// Graceful shutdown: stops accepting, lets in-flight requests finish (up to the
     /// grace period), then stops the relay (after a last flush), the subscriber (after
-    /// the message in hand), the retention task and the simulators. Logs `reason`.
+    /// the message in hand), the retention and payment deadline tasks and the simulators.
+    /// Logs `reason`.
     ///
     /// # Errors
     /// When the HTTP server failed while draining; everything else is stopped anyway.
@@ -151,7 +154,7 @@ impl RunningServer {
     }
 
     /// Stops everything but the HTTP server, in order: relay (flush), subscriber,
-    /// retention, simulators, and closes the store.
+    /// retention, payment deadlines, simulators, and closes the store.
     async fn stop_background(self) {
         let _ = self.stop_background.send(true);
         match self.relay.await {
@@ -161,6 +164,9 @@ impl RunningServer {
         self.subscription.unsubscribe().await;
         if let Err(e) = self.retention.await {
             tracing::error!(error = %e, "retention task failed");
+        }
+        if let Err(e) = self.deadlines.await {
+            tracing::error!(error = %e, "payment deadline task failed");
         }
         if let Some((payments, stock)) = self.simulators {
             payments.stop().await;

@@ -1,12 +1,13 @@
 //! Wiring of `app serve`: binds the listener, opens the store, connects the bus
-//! (in-memory or NATS), and starts the Orders subscriber, the simulators, the outbox relay, the retention task and
-//! the HTTP server, handing back a [`RunningServer`].
+//! (in-memory or NATS), and starts the Orders subscriber, the simulators, the outbox relay, the retention task,
+//! the payment deadline task and the HTTP server, handing back a [`RunningServer`].
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use orders_app::{
-    ORDERS_SUBSCRIBER, OrdersMessageHandler, OrdersService, OutboxRelay, Retention, SystemClock,
+    ORDERS_SUBSCRIBER, OrdersMessageHandler, OrdersService, OutboxRelay, PaymentDeadlines,
+    Retention, SystemClock,
 };
 use payments_sim::PaymentsService;
 use stock_sim::StockService;
@@ -82,17 +83,23 @@ pub async fn spawn(config: ServeConfig) -> anyhow::Result<RunningServer> {
         stores.store.clone(),
         changes.clone(),
     ));
-    let orders = OrdersService::new(watched, Arc::new(SystemClock), config.orders());
+    let instruments = crate::telemetry::Instruments::new(config.telemetry);
+    let orders = OrdersService::new(
+        instruments.store(watched),
+        Arc::new(SystemClock),
+        config.orders(),
+    );
     // Dropped handles stop their workers, so an early return below leaves nothing running.
     let subscription = shared
         .subscribe(
             OrdersMessageHandler::subscription().concurrency(stores.handler_concurrency),
-            Arc::new(OrdersMessageHandler::new(orders.clone())),
+            instruments.orders_handler(OrdersMessageHandler::new(orders.clone())),
         )
         .await
         .context("cannot subscribe the Orders handler")?;
     let simulators = match config.sims {
         SimsMode::InProcess => {
+            let shared = instruments.subscriber_bus(shared.clone());
             let payments = PaymentsService::start(shared.clone(), config.simulators.payments())
                 .await
                 .context("cannot start the Payments simulator")?;
@@ -124,14 +131,32 @@ pub async fn spawn(config: ServeConfig) -> anyhow::Result<RunningServer> {
         }
     }
     let (stop_background, stop_rx) = watch::channel(false);
-    let relay =
-        tokio::spawn(OutboxRelay::new(stores.outbox.clone(), shared).run(stopped(stop_rx.clone())));
+    if instruments.is_on() {
+        tokio::spawn(crate::telemetry::gauges::sample_every(
+            Some(stores.outbox.clone()),
+            shared.clone(),
+            crate::telemetry::gauges::DEFAULT_SAMPLE_INTERVAL,
+            stopped(stop_rx.clone()),
+        ));
+    }
+    let relay = tokio::spawn(
+        OutboxRelay::new(stores.outbox.clone(), instruments.relay_bus(shared))
+            .run(stopped(stop_rx.clone())),
+    );
     let retention = tokio::spawn(
         Retention::new(
             orders.clone(),
             Duration::from_secs(config.retention_interval_secs),
         )
-        .run(stopped(stop_rx)),
+        .run(stopped(stop_rx.clone())),
+    );
+    // Orders unpaid past their deadline (kept in the store, so ones that passed while
+    // the service was down are found by the first pass) are cancelled; with several
+    // replicas each runs this, and a lost race is a conflict, so each is cancelled once.
+    let payment_timeout = config.orders().payment_timeout;
+    let deadlines = tokio::spawn(
+        PaymentDeadlines::new(orders.clone(), PaymentDeadlines::tick_for(payment_timeout))
+            .run(stopped(stop_rx)),
     );
 
     let probe_bus = bus.clone();
@@ -145,7 +170,10 @@ pub async fn spawn(config: ServeConfig) -> anyhow::Result<RunningServer> {
         .changes(changes)
         .auth(edge.tokens)
         .rate_limit(edge.rate_limit)
+        .dead_letters(bus.dead_letters())
+        .metrics(instruments.metrics())
         .stats(Arc::new(ServiceStats {
+            dead_letters: bus.dead_letters(),
             bus: bus.clone(),
             outbox: stores.outbox.clone(),
             store: opened.clone(),
@@ -173,6 +201,7 @@ pub async fn spawn(config: ServeConfig) -> anyhow::Result<RunningServer> {
         stop_background,
         relay,
         retention,
+        deadlines,
         subscription,
         simulators,
         shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
@@ -182,6 +211,7 @@ pub async fn spawn(config: ServeConfig) -> anyhow::Result<RunningServer> {
 
 /// `GET /stats` of the running service.
 struct ServiceStats {
+    dead_letters: Arc<dyn messaging::DeadLetters>,
     bus: ConnectedBus,
     outbox: Arc<dyn orders_app::Outbox>,
     store: Arc<OpenedStore>,
@@ -190,8 +220,15 @@ struct ServiceStats {
 #[async_trait::async_trait]
 impl http::StatsProbe for ServiceStats {
     async fn stats(&self) -> http::Stats {
+        let dead_letters = match self.dead_letters.count().await {
+            Ok(count) => count,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot count the dead letters; /stats shows this process's");
+                self.bus.dead_letter_count()
+            }
+        };
         http::Stats {
-            dead_letters: self.bus.dead_letter_count(),
+            dead_letters,
             parked_outbox_rows: self.store.parked().await,
             unsent_outbox_rows: self.outbox.unsent().await.ok(),
         }

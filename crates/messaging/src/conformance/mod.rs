@@ -6,6 +6,8 @@
 //! [`run_all`] needs only a bus. [`run_extended`] needs a [`Harness`]: more instances of
 //! the bus on the same broker (as separate processes would have), the dead letters, the
 //! retry policy; a check an adapter cannot model is skipped with its reason printed.
+//! [`run_dead_letters`] needs the bus and its [`DeadLetters`](crate::DeadLetters) port:
+//! what is listed, and what a replay does.
 
 use std::{
     collections::HashSet,
@@ -294,15 +296,139 @@ pub async fn returning_group_receives_what_it_missed(bus: Arc<dyn MessageBus>, p
     h.unsubscribe().await;
 }
 
+/// The W3C trace context an envelope carries reaches the handler unchanged, and a
+/// message without one arrives without one.
+pub async fn a_traceparent_arrives_as_published(bus: Arc<dyn MessageBus>, prefix: &str) {
+    let topic = format!("{prefix}.traced");
+    let seen = Arc::new(TraceRecorder::default());
+    let h = bus
+        .subscribe(
+            Subscription::new(format!("{prefix}-traced")).topic(&topic),
+            seen.clone(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut traced = probe(&topic, "c", 1);
+    traced.traceparent = Some(traceparent.to_owned());
+    publish_envelope(bus.as_ref(), traced).await;
+    let mut untraced = probe(&topic, "c", 2);
+    untraced.traceparent = None;
+    publish_envelope(bus.as_ref(), untraced).await;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let notified = seen.changed.notified();
+        if seen.all().len() >= 2 {
+            break;
+        }
+        assert!(
+            tokio::time::timeout_at(deadline, notified).await.is_ok(),
+            "traced messages not delivered within {DEADLINE:?}"
+        );
+    }
+    assert_eq!(seen.all(), [Some(traceparent.to_owned()), None]);
+    h.unsubscribe().await;
+}
+
+/// While a group's handler holds its first message, the group's backlog counts the
+/// three messages published to it (queued or in hand); once they are handled, none.
+pub async fn the_backlog_counts_what_a_group_has_not_finished(
+    bus: Arc<dyn MessageBus>,
+    prefix: &str,
+) {
+    let topic = format!("{prefix}.backlog");
+    let group = format!("{prefix}-backlog");
+    let gate = Arc::new(Gate::default());
+    let h = bus
+        .subscribe(Subscription::new(&group).topic(&topic), gate.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    for n in 0..3 {
+        publish(bus.as_ref(), &topic, "c", n).await;
+    }
+    wait_for_backlog(bus.as_ref(), &group, 3, "while the handler holds the first").await;
+    let _ = gate.open.send_replace(true);
+    wait_for_backlog(bus.as_ref(), &group, 0, "once all are handled").await;
+    h.unsubscribe().await;
+}
+
+/// Asks the bus for `group`'s backlog until it is `expected` (each ask a round trip
+/// on a network bus, so nothing spins idle), within the deadline.
+async fn wait_for_backlog(bus: &dyn MessageBus, group: &str, expected: u64, what: &str) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let backlogs = bus.backlogs().await.unwrap_or_else(|e| panic!("{e}"));
+        let backlog = backlogs.iter().find(|(g, _)| g == group).map(|(_, n)| *n);
+        if backlog == Some(expected) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: backlog of {group} is {backlog:?}, not {expected}, after {DEADLINE:?}"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Records the `traceparent` of every message handled.
+#[derive(Default)]
+struct TraceRecorder {
+    seen: Mutex<Vec<Option<String>>>,
+    changed: Notify,
+}
+
+impl TraceRecorder {
+    fn all(&self) -> Vec<Option<String>> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+#[async_trait]
+impl MessageHandler for TraceRecorder {
+    async fn handle(&self, envelope: &Envelope) -> Result<(), HandlerError> {
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.push(envelope.traceparent.clone());
+        }
+        self.changed.notify_waiters();
+        Ok(())
+    }
+}
+
+/// A handler that holds every message until the gate opens.
+struct Gate {
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self {
+            open: tokio::sync::watch::channel(false).0,
+        }
+    }
+}
+
+#[async_trait]
+impl MessageHandler for Gate {
+    async fn handle(&self, _: &Envelope) -> Result<(), HandlerError> {
+        let mut open = self.open.subscribe();
+        let _ = open.wait_for(|open| *open).await;
+        Ok(())
+    }
+}
+
 /// Runs every check.
 pub async fn run_all(bus: Arc<dyn MessageBus>, prefix: &str) {
     every_group_gets_every_message(bus.clone(), prefix).await;
     order_is_kept_per_correlation_id(bus.clone(), prefix).await;
     retryable_failure_is_redelivered(bus.clone(), prefix).await;
     permanent_failure_is_not_redelivered(bus.clone(), prefix).await;
-    returning_group_receives_what_it_missed(bus, prefix).await;
+    returning_group_receives_what_it_missed(bus.clone(), prefix).await;
+    a_traceparent_arrives_as_published(bus.clone(), prefix).await;
+    the_backlog_counts_what_a_group_has_not_finished(bus, prefix).await;
 }
 
+mod dead_letters;
 mod extended;
 
+pub use dead_letters::*;
 pub use extended::*;

@@ -12,6 +12,7 @@ use std::sync::{
     atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
 };
 
+use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc};
 
@@ -58,8 +59,17 @@ pub(super) struct Lane {
 
 pub(super) struct Parked {
     pub(super) rx: mpsc::UnboundedReceiver<Arc<Envelope>>,
-    /// The message a stopped worker had in hand, and the attempts already made.
-    pub(super) in_hand: Option<(Arc<Envelope>, u32)>,
+    /// The message a stopped worker had in hand, the attempts already made and when
+    /// the first of them failed.
+    pub(super) in_hand: Option<InHand>,
+}
+
+/// A message a worker holds: the attempts made so far, and when the first one failed
+/// (kept for the dead letter, should it come to that).
+pub(super) struct InHand {
+    pub(super) envelope: Arc<Envelope>,
+    pub(super) attempts: u32,
+    pub(super) first_failed_at: Option<DateTime<Utc>>,
 }
 
 impl Group {

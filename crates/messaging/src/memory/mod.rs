@@ -19,7 +19,8 @@
 //!   [`OverflowPolicy`] says.
 //! * The handler's result decides: `Ok` acks; `Retryable` retries on the same lane with
 //!   backoff up to `max_attempts`; `Permanent` or attempts exhausted records a
-//!   [`DeadLetter`] ([`dead_letter`]).
+//!   [`DeadLetter`] ([`dead_letter`]), numbered: the [`DeadLetters`] port lists them and
+//!   replays one to its group only.
 //! * [`InMemoryBus::wait_idle`] follows a bus-wide count of pending messages that never
 //!   under-counts ([`activity`]).
 
@@ -48,7 +49,7 @@ use tokio::sync::watch;
 use self::{
     activity::Activity,
     affinity::lane_hash,
-    dead_letter::DeadLetters,
+    dead_letter::DeadLetterStore,
     group::Group,
     reservation::Reservation,
     worker::{Attachment, Worker},
@@ -57,7 +58,10 @@ pub use self::{
     config::{InMemoryBusConfig, OverflowPolicy, RetryPolicy},
     dead_letter::DeadLetter,
 };
-use crate::{BusError, Envelope, MessageBus, MessageHandler, Subscription, SubscriptionHandle};
+use crate::{
+    BusError, DeadLetterError, DeadLetterRecord, DeadLetters, Envelope, MessageBus, MessageHandler,
+    Replayed, Subscription, SubscriptionHandle, numbered_id,
+};
 
 /// The in-memory message bus. Cheap to clone; clones share the bus.
 ///
@@ -93,7 +97,7 @@ struct Inner {
     /// group name → group. Never locked on the publish or handling paths.
     groups: Mutex<HashMap<String, Arc<Group>>>,
     /// Kept for inspection and replay, oldest first, at most `dead_letter_limit`.
-    dead_letters: DeadLetters,
+    dead_letters: DeadLetterStore,
     /// Messages pending for attached groups, and the `wait_idle` callers.
     activity: Activity,
 }
@@ -110,7 +114,7 @@ impl InMemoryBus {
     pub fn new(config: InMemoryBusConfig) -> Self {
         Self {
             inner: Arc::new(Inner {
-                dead_letters: DeadLetters::new(config.dead_letter_limit),
+                dead_letters: DeadLetterStore::new(config.dead_letter_limit),
                 config,
                 routes: RwLock::new(FxHashMap::default()),
                 groups: Mutex::new(HashMap::new()),
@@ -236,6 +240,57 @@ impl InMemoryBus {
     }
 }
 
+/// The dead letters by their number (as a decimal string id); a replay queues the
+/// message for its group only, with fresh attempts.
+#[async_trait]
+impl DeadLetters for InMemoryBus {
+    async fn list(&self, limit: usize) -> Result<Vec<DeadLetterRecord>, DeadLetterError> {
+        Ok(self
+            .inner
+            .dead_letters
+            .oldest(limit)
+            .into_iter()
+            .map(|(number, letter)| letter.record(number.to_string()))
+            .collect())
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<DeadLetterRecord>, DeadLetterError> {
+        Ok(numbered_id(id)
+            .and_then(|number| self.inner.dead_letters.get(number))
+            .map(|letter| letter.record(id.to_owned())))
+    }
+
+    async fn count(&self) -> Result<u64, DeadLetterError> {
+        Ok(self.inner.dead_letters.len() as u64)
+    }
+
+    async fn replay(&self, id: &str) -> Result<Replayed, DeadLetterError> {
+        let not_found = || DeadLetterError::NotFound(id.to_owned());
+        let number = numbered_id(id).ok_or_else(not_found)?;
+        // Taken out while it is queued; put back if that fails or is cancelled.
+        let mut pending = self.inner.dead_letters.take_one(number);
+        let Some(letter) = pending.next() else {
+            return Err(not_found());
+        };
+        let group_name = letter.subscriber.clone();
+        let envelope = letter.envelope.clone();
+        // Groups are never removed, so the group of a dead letter exists.
+        let Some(group) = self.inner.groups.lock().get(&group_name).cloned() else {
+            return Err(not_found());
+        };
+        let listeners: Listeners = Arc::from([group]);
+        let hash = lane_hash(&envelope.correlation_id);
+        let message_id = envelope.message_id;
+        reservation::deliver(&self.inner, &listeners, 0, hash, envelope).await?;
+        pending.sent();
+        tracing::info!(subscriber = %group_name, %message_id, id, "dead letter replayed");
+        Ok(Replayed {
+            id: id.to_owned(),
+            group: group_name,
+        })
+    }
+}
+
 /// Decrements its counter when dropped: a count of tasks inside a wait, kept right
 /// however the wait ends.
 struct DecrementOnDrop<'a>(&'a AtomicUsize);
@@ -328,5 +383,16 @@ impl MessageBus for InMemoryBus {
             .collect();
         tracing::debug!(subscriber = %subscription.name, topics = ?subscription.topics, "subscribed");
         Ok(SubscriptionHandle::new(subscription.name, stop_tx, workers))
+    }
+
+    /// Every group's messages queued or in hand, attached or away.
+    async fn backlogs(&self) -> Result<Vec<(String, u64)>, BusError> {
+        Ok(self
+            .inner
+            .groups
+            .lock()
+            .iter()
+            .map(|(name, group)| (name.clone(), group.pending() as u64))
+            .collect())
     }
 }

@@ -22,7 +22,7 @@ use super::{
     Inner,
     affinity::lane_hash,
     dead_letter::DeadLetter,
-    group::{Group, Parked},
+    group::{Group, InHand, Parked},
 };
 use crate::{Envelope, HandlerError, MessageHandler};
 
@@ -45,8 +45,8 @@ pub(super) struct Worker {
     attachment: Arc<Attachment>,
     /// Always `Some` until the drop takes it back to the lane.
     rx: Option<mpsc::UnboundedReceiver<Arc<Envelope>>>,
-    /// The message being handled or waiting for a retry, and the attempts made so far.
-    in_hand: Option<(Arc<Envelope>, u32)>,
+    /// The message being handled or waiting for a retry, its attempts and first failure.
+    in_hand: Option<InHand>,
 }
 
 /// Whether the worker goes on after a message.
@@ -101,7 +101,11 @@ impl Worker {
                     _ = stop.changed() => return,
                     _ = detach.changed() => return,
                 };
-                self.in_hand = Some((envelope, 0));
+                self.in_hand = Some(InHand {
+                    envelope,
+                    attempts: 0,
+                    first_failed_at: None,
+                });
             }
             if let Next::Stop = self.handle(&*handler, &mut stop, &mut detach).await {
                 return;
@@ -117,7 +121,7 @@ impl Worker {
         stop: &mut watch::Receiver<bool>,
         detach: &mut watch::Receiver<bool>,
     ) -> Next {
-        let Some((envelope, _)) = &self.in_hand else {
+        let Some(InHand { envelope, .. }) = &self.in_hand else {
             return Next::Continue;
         };
         let envelope = envelope.clone();
@@ -128,9 +132,9 @@ impl Worker {
         loop {
             // Counted before the call, so an attempt that panics counts too.
             let attempt = match &mut self.in_hand {
-                Some((_, attempts)) => {
-                    *attempts += 1;
-                    *attempts
+                Some(in_hand) => {
+                    in_hand.attempts += 1;
+                    in_hand.attempts
                 }
                 None => return Next::Continue,
             };
@@ -140,6 +144,11 @@ impl Worker {
                     return Next::Continue;
                 }
                 Err(error) => error,
+            };
+            let failed_at = Utc::now();
+            let first_failed_at = match &mut self.in_hand {
+                Some(in_hand) => *in_hand.first_failed_at.get_or_insert(failed_at),
+                None => failed_at,
             };
             if let HandlerError::Retryable(_) = error
                 && attempt < retry.max_attempts.max(1)
@@ -160,7 +169,8 @@ impl Worker {
                 envelope: (*envelope).clone(),
                 error,
                 attempts: attempt,
-                at: Utc::now(),
+                first_at: first_failed_at,
+                at: failed_at,
             });
             self.finish();
             return Next::Continue;
@@ -169,7 +179,7 @@ impl Worker {
 
     /// The message in hand is done with: its lane and its room are given back.
     fn finish(&mut self) {
-        if let Some((envelope, _)) = self.in_hand.take() {
+        if let Some(InHand { envelope, .. }) = self.in_hand.take() {
             self.group.unassign(lane_hash(&envelope.correlation_id));
             self.group
                 .release(&self.inner.activity, self.inner.config.backlog_limit);

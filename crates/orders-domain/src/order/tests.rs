@@ -504,3 +504,79 @@ fn event_ids_follow_the_order_and_never_repeat() {
     assert_eq!(ids[0], EventId::for_order_event(order.id(), 2));
     assert_eq!(ids[1], EventId::for_order_event(order.id(), 3));
 }
+
+// ---- payment deadline -------------------------------------------------------------------
+
+/// Given an order in `status` whose payment is due 15 minutes after it was placed.
+fn given_with_deadline(status: OrderStatus) -> Order {
+    let mut snapshot = given(status).snapshot();
+    snapshot.payment_due_at = Some(t0() + Duration::minutes(15));
+    Order::rehydrate(snapshot)
+}
+
+#[test]
+fn awaiting_payment_past_its_deadline_is_cancelled_for_payment_timeout() {
+    let mut order = given_with_deadline(OrderStatus::AwaitingPayment);
+    let due = order.payment_due_at().unwrap();
+    assert_eq!(order.expire_payment(due), Ok(Transition::Applied));
+    assert_eq!(order.status(), OrderStatus::Cancelled);
+    assert_eq!(
+        order.cancellation_reason().map(CancellationReason::as_str),
+        Some("payment timeout")
+    );
+    let DomainEvent::OrderCancelled(e) = &order.pending_events()[0] else {
+        panic!("not cancelled")
+    };
+    assert_eq!(e.previous_status, OrderStatus::AwaitingPayment);
+    assert_eq!(e.reason.as_str(), CancellationReason::PAYMENT_TIMEOUT);
+}
+
+#[test]
+fn awaiting_payment_before_its_deadline_or_without_one_is_not_due() {
+    let mut order = given_with_deadline(OrderStatus::AwaitingPayment);
+    let before = order.clone();
+    let early = order.payment_due_at().unwrap() - Duration::nanoseconds(1);
+    let result = order.expire_payment(early);
+    assert_eq!(result, Err(OrderError::PaymentNotDue));
+    then_unchanged(&before, &order, &result);
+
+    let mut order = given(OrderStatus::AwaitingPayment);
+    assert_eq!(order.payment_due_at(), None);
+    let before = order.clone();
+    let result = order.expire_payment(t0() + Duration::days(365));
+    assert_eq!(result, Err(OrderError::PaymentNotDue));
+    then_unchanged(&before, &order, &result);
+}
+
+#[test]
+fn a_paid_order_ignores_its_passed_deadline_and_a_cancelled_one_is_a_no_op() {
+    let late = t0() + Duration::hours(1);
+    for status in [OrderStatus::Paid, OrderStatus::StockReserved] {
+        let mut order = given_with_deadline(status);
+        let before = order.clone();
+        let result = order.expire_payment(late);
+        assert!(
+            matches!(
+                result,
+                Err(OrderError::InvalidTransition {
+                    action: Action::ExpirePayment,
+                    ..
+                })
+            ),
+            "{status}: {result:?}"
+        );
+        then_unchanged(&before, &order, &result);
+    }
+    let mut order = given_with_deadline(OrderStatus::Cancelled);
+    let before = order.clone();
+    let result = order.expire_payment(late);
+    assert_eq!(result, Ok(Transition::AlreadyApplied));
+    then_unchanged(&before, &order, &result);
+}
+
+#[test]
+fn the_deadline_survives_a_snapshot() {
+    let order = new_order().with_payment_deadline(t0() + Duration::minutes(15));
+    let back = Order::rehydrate(order.snapshot());
+    assert_eq!(back.payment_due_at(), Some(t0() + Duration::minutes(15)));
+}

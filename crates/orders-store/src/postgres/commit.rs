@@ -91,12 +91,13 @@ key_rows AS (
     SELECT k, o FROM UNNEST($10::text[], $11::uuid[]) AS r (k, o)
 ),
 order_rows AS (
-    INSERT INTO orders (id, version, status, data, placed_at, updated_at)
-    SELECT r.id, r.v, r.st, r.d::jsonb, r.p, r.u
+    INSERT INTO orders (id, version, status, data, placed_at, updated_at, payment_due_at)
+    SELECT r.id, r.v, r.st, r.d::jsonb, r.p, r.u, r.due
     FROM UNNEST($12::uuid[], $13::bigint[], $14::text[], $15::text[], $16::timestamptz[],
-                $17::timestamptz[]) AS r (id, v, st, d, p, u)
+                $17::timestamptz[], $24::timestamptz[]) AS r (id, v, st, d, p, u, due)
     ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, status = EXCLUDED.status,
-        data = EXCLUDED.data, updated_at = EXCLUDED.updated_at
+        data = EXCLUDED.data, updated_at = EXCLUDED.updated_at,
+        payment_due_at = EXCLUDED.payment_due_at
 ),
 outbox_rows AS (
     INSERT INTO outbox (position, message_id, order_id, topic, envelope, created_at)
@@ -265,6 +266,7 @@ impl Shared {
                 orders.data.push(data.as_str());
                 orders.placed_at.push(o.placed_at());
                 orders.updated_at.push(o.updated_at());
+                orders.payment_due_at.push(o.payment_due_at());
             }
             for row in &commit.outbox {
                 outbox.message_id.push(row.message_id);
@@ -300,6 +302,7 @@ impl Shared {
             .bind(outbox.envelope)
             .bind(outbox.created_at)
             .bind(outbox.ordinal)
+            .bind(orders.payment_due_at)
             .execute(conn.get().map_err(CommitFailure::Unavailable)?)
             .await;
         match result {
@@ -361,6 +364,7 @@ pub(super) struct OrderColumns<'a> {
     data: Vec<&'a str>,
     placed_at: Vec<Timestamp>,
     updated_at: Vec<Timestamp>,
+    payment_due_at: Vec<Option<Timestamp>>,
 }
 
 /// The outbox rows of a group, column by column.

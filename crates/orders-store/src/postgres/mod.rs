@@ -61,7 +61,7 @@ use self::{
 use crate::{
     rows::message_record,
     snapshot,
-    sql::{MESSAGES, store_error},
+    sql::{DUE_FOR_PAYMENT, MESSAGES, store_error},
 };
 
 /// Connections of a store opened by [`PostgresOrderStore::connect`].
@@ -240,6 +240,21 @@ impl OrderStore for PostgresOrderStore {
 
     async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<OrderId>, StoreError> {
         self.shared.key_owner(key).await
+    }
+
+    async fn due_for_payment(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<OrderId>, StoreError> {
+        let mut conn = self.shared.conn().await?;
+        let ids = sqlx::query_scalar(DUE_FOR_PAYMENT)
+            .bind(now)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(conn.get()?)
+            .await;
+        let ids: Vec<Uuid> = conn.check(ids)?;
+        Ok(ids.into_iter().map(OrderId::from_uuid).collect())
     }
 
     async fn commit(&self, commit: Commit) -> Result<u64, StoreError> {

@@ -107,6 +107,14 @@ impl Outbox for PostgresOrderStore {
         &self.shared.committed
     }
 
+    async fn oldest_unsent(&self) -> Result<Option<Timestamp>, StoreError> {
+        let mut conn = self.shared.conn().await?;
+        let oldest = sqlx::query_scalar(crate::sql::OLDEST_UNSENT)
+            .fetch_optional(conn.get()?)
+            .await;
+        conn.check(oldest)
+    }
+
     async fn requeue_stalled(&self, before: Timestamp) -> Result<u64, StoreError> {
         let mut conn = self.shared.conn().await?;
         let requeued = sqlx::query(REQUEUE_STALLED)

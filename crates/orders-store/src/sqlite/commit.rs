@@ -28,10 +28,12 @@ pub(super) const INSERT_KEY: &str = "INSERT INTO idempotency_keys (key, order_id
 
 /// Inserted at version 1, or updated to the version read + 1; the triggers refuse
 /// anything else (a lost update).
-pub(super) const UPSERT_ORDER: &str = "INSERT INTO orders (id, version, status, data, placed_at, updated_at) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+pub(super) const UPSERT_ORDER: &str = "INSERT INTO orders \
+     (id, version, status, data, placed_at, updated_at, payment_due_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
      ON CONFLICT (id) DO UPDATE SET version = excluded.version, \
-       status = excluded.status, data = excluded.data, updated_at = excluded.updated_at";
+       status = excluded.status, data = excluded.data, updated_at = excluded.updated_at, \
+       payment_due_at = excluded.payment_due_at";
 
 pub(super) const INSERT_OUTBOX: &str = "INSERT INTO outbox (message_id, order_id, topic, envelope, created_at) \
      VALUES (?1, ?2, ?3, ?4, ?5)";
@@ -64,6 +66,7 @@ pub(super) struct OrderRow {
     data: String,
     placed_at: String,
     updated_at: String,
+    payment_due_at: Option<String>,
 }
 
 /// An outbox row of a commit, as column values.
@@ -141,6 +144,7 @@ impl PreparedCommit {
                     data: snapshot::encode(o)?,
                     placed_at: timestamp_text(o.placed_at()),
                     updated_at: timestamp_text(o.updated_at()),
+                    payment_due_at: o.payment_due_at().map(timestamp_text),
                 })
             })
             .transpose()?;
@@ -232,7 +236,8 @@ impl PreparedCommit {
                 o.status,
                 o.data,
                 o.placed_at,
-                o.updated_at
+                o.updated_at,
+                o.payment_due_at
             ])?;
         }
         let mut positions = Vec::with_capacity(self.outbox.len());

@@ -13,10 +13,16 @@ use super::sqlite_error;
 
 /// The migrations, in order: (name, SQL). Migration `n` (from 1) takes the schema to
 /// `user_version` `n`; its name's number is `n`, as the old migrator's version was.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_orders_outbox_inbox",
-    include_str!("../../migrations/sqlite/0001_orders_outbox_inbox.sql"),
-)];
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_orders_outbox_inbox",
+        include_str!("../../migrations/sqlite/0001_orders_outbox_inbox.sql"),
+    ),
+    (
+        "0002_payment_deadline",
+        include_str!("../../migrations/sqlite/0002_payment_deadline.sql"),
+    ),
+];
 
 /// Brings the database on `conn` to the latest schema: records the migrations a file
 /// from the old migrator has, then applies the missing ones in one transaction.
@@ -127,7 +133,9 @@ mod tests {
         .unwrap();
         assert_eq!(user_version(&conn), 0);
         apply_migrations(&mut conn).unwrap();
-        assert_eq!(user_version(&conn), 1);
+        // The first is adopted, not rerun (that would fail on CREATE TABLE); the later
+        // ones are applied.
+        assert_eq!(user_version(&conn), MIGRATIONS.len() as i64);
         assert_eq!(tables(&conn), 1);
     }
 
@@ -140,8 +148,38 @@ mod tests {
         )
         .unwrap();
         apply_migrations(&mut conn).unwrap();
-        assert_eq!(user_version(&conn), 1);
+        assert_eq!(user_version(&conn), MIGRATIONS.len() as i64);
         assert_eq!(tables(&conn), 1);
+    }
+
+    #[test]
+    fn a_database_of_the_first_schema_gets_the_payment_deadline_column() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(MIGRATIONS[0].1).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute_batch(
+            "INSERT INTO orders (id, version, status, data, placed_at, updated_at) \
+             VALUES ('o-1', 1, 'AwaitingPayment', '{}', 't', 't')",
+        )
+        .unwrap();
+        apply_migrations(&mut conn).unwrap();
+        assert_eq!(user_version(&conn), MIGRATIONS.len() as i64);
+        let due: Option<String> = conn
+            .query_row(
+                "SELECT payment_due_at FROM orders WHERE id = 'o-1'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(due, None, "an older order has no deadline");
+        let plan: String = conn
+            .query_row(
+                &format!("EXPLAIN QUERY PLAN {}", crate::sql::DUE_FOR_PAYMENT),
+                rusqlite::params!["2026-01-05T10:00:00.000000000Z", 10],
+                |row| row.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("orders_payment_due"), "{plan}");
     }
 
     #[test]

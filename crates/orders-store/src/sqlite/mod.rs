@@ -94,7 +94,11 @@ use self::{
     relay::{FreshRows, RelayState},
     writer::{GroupWrite, Job, Writer, write_loop},
 };
-use crate::{rows::message_record, snapshot, sql::MESSAGES};
+use crate::{
+    rows::message_record,
+    snapshot,
+    sql::{DUE_FOR_PAYMENT, MESSAGES},
+};
 
 /// The SQLite adapter of [`OrderStore`] and [`Outbox`](orders_app::Outbox).
 pub struct SqliteOrderStore {
@@ -413,6 +417,28 @@ impl OrderStore for SqliteOrderStore {
     async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<OrderId>, StoreError> {
         let key = key.to_owned();
         self.read(move |conn| key_owner(conn, &key)).await
+    }
+
+    async fn due_for_payment(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<OrderId>, StoreError> {
+        let now = timestamp_text(now);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let ids: Vec<String> = self
+            .read(move |conn| {
+                let mut select = conn.prepare_cached(DUE_FOR_PAYMENT).map_err(sqlite_error)?;
+                let rows = select
+                    .query_map(params![now, limit], |row| row.get(0))
+                    .map_err(sqlite_error)?;
+                rows.collect::<Result<Vec<String>, _>>()
+                    .map_err(sqlite_error)
+            })
+            .await?;
+        ids.iter()
+            .map(|id| snapshot::parse(id, "order id"))
+            .collect()
     }
 
     async fn commit(&self, commit: Commit) -> Result<u64, StoreError> {

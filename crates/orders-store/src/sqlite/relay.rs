@@ -347,6 +347,21 @@ impl Outbox for SqliteOrderStore {
         &self.committed
     }
 
+    async fn oldest_unsent(&self) -> Result<Option<Timestamp>, StoreError> {
+        // As `unsent`: after the relay's marks landed.
+        self.settle_marks(&mut *self.relay.lock().await).await?;
+        self.read(|conn| {
+            let text: Option<String> = conn
+                .prepare_cached(crate::sql::OLDEST_UNSENT)
+                .and_then(|mut s| {
+                    rusqlite::OptionalExtension::optional(s.query_row([], |row| row.get(0)))
+                })
+                .map_err(sqlite_error)?;
+            text.as_deref().map(super::parse_timestamp).transpose()
+        })
+        .await
+    }
+
     async fn requeue_stalled(&self, before: Timestamp) -> Result<u64, StoreError> {
         let before = timestamp_text(before);
         let requeued = self

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::support::{
     DEADLINE, Fixture, RecordingBus, at, eur, handled, inbox_only, messages_of, new_order,
-    new_order_with_id, place, save,
+    new_order_with_id, place, place_due, save,
 };
 
 /// One `#[tokio::test]` per check for the backend `$backend`; `durable` adds the checks
@@ -38,6 +38,8 @@ macro_rules! suite {
             a_commit_with_messages_wakes_the_relay,
             stalled_orders_get_their_latest_request_sent_again,
             a_stalled_order_gets_its_request_sent_again_not_a_later_refusal,
+            due_for_payment_lists_exactly_the_due_orders_awaiting_payment,
+            the_oldest_unsent_row_is_the_next_to_publish_and_keeps_its_trace_context,
         );
     };
     ($backend:expr, durable) => {
@@ -872,4 +874,95 @@ pub async fn a_stalled_order_gets_its_request_sent_again_not_a_later_refusal(f: 
     want.sort_unstable();
     assert_eq!(got, want, "the same messages, same ids");
     assert_eq!(f.outbox.unsent().await.unwrap(), 0);
+}
+
+pub async fn due_for_payment_lists_exactly_the_due_orders_awaiting_payment(f: Fixture) {
+    let store = f.store.as_ref();
+    // Placed at 0, due at 100 and 200, awaiting payment.
+    let first = place_due(store, at(0), at(100)).await;
+    let second = place_due(store, at(0), at(200)).await;
+    assert_eq!(
+        store
+            .load(first.id())
+            .await
+            .unwrap()
+            .unwrap()
+            .payment_due_at(),
+        Some(at(100)),
+        "the deadline is kept with the order"
+    );
+    // Due earlier, but paid in time.
+    let mut paid = place_due(store, at(0), at(50)).await;
+    let _ = paid
+        .confirm_payment(PaymentId::new("pay-1").unwrap(), eur("60.27"), at(10))
+        .unwrap();
+    save(store, paid, None).await;
+    // Due earlier, but cancelled by the customer.
+    let mut cancelled = place_due(store, at(0), at(60)).await;
+    let _ = cancelled
+        .cancel(CancellationReason::new("changed my mind").unwrap(), at(10))
+        .unwrap();
+    save(store, cancelled, None).await;
+    // No deadline at all (placed before deadlines existed): never due.
+    place(store, at(0)).await;
+
+    assert_eq!(store.due_for_payment(at(99), 10).await.unwrap(), []);
+    assert_eq!(
+        store.due_for_payment(at(100), 10).await.unwrap(),
+        [first.id()],
+        "due at its deadline, not after it"
+    );
+    assert_eq!(
+        store.due_for_payment(at(10_000), 10).await.unwrap(),
+        [first.id(), second.id()],
+        "earliest deadline first"
+    );
+    assert_eq!(
+        store.due_for_payment(at(10_000), 1).await.unwrap(),
+        [first.id()],
+        "at most `limit`"
+    );
+
+    // Cancelled for the deadline: no longer due.
+    let mut expired = store.load(first.id()).await.unwrap().unwrap();
+    let _ = expired.expire_payment(at(100)).unwrap();
+    save(store, expired, None).await;
+    assert_eq!(
+        store.due_for_payment(at(10_000), 10).await.unwrap(),
+        [second.id()]
+    );
+}
+
+pub async fn the_oldest_unsent_row_is_the_next_to_publish_and_keeps_its_trace_context(f: Fixture) {
+    assert_eq!(
+        f.outbox.oldest_unsent().await.unwrap(),
+        None,
+        "nothing unsent"
+    );
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut first = new_order(at(0));
+    let mut outbox = messages_of(&mut first, None);
+    outbox[0].traceparent = Some(traceparent.to_owned());
+    f.store
+        .commit(Commit {
+            order: Some(first),
+            outbox,
+            inbox: None,
+            idempotency_key: None,
+        })
+        .await
+        .unwrap();
+    let _second = place(f.store.as_ref(), at(5)).await;
+    assert_eq!(f.outbox.oldest_unsent().await.unwrap(), Some(at(0)));
+
+    let bus = RecordingBus::new();
+    assert_eq!(f.outbox.relay(1, bus.as_ref()).await.unwrap(), 1);
+    assert_eq!(f.outbox.oldest_unsent().await.unwrap(), Some(at(5)));
+    assert_eq!(
+        bus.published()[0].traceparent.as_deref(),
+        Some(traceparent),
+        "the outbox keeps the trace context of the commit"
+    );
+    assert_eq!(f.outbox.relay(100, bus.as_ref()).await.unwrap(), 1);
+    assert_eq!(f.outbox.oldest_unsent().await.unwrap(), None, "all sent");
 }

@@ -1,11 +1,17 @@
 //! The conformance suite on PostgreSQL (a fresh schema per test), and what only a shared
 //! database has: stores in several processes see each other and relay each row once.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
-use orders_app::{OrderStore, Outbox, messaging::MessageBus};
+use orders_app::{
+    Clock as _, ManualClock, OrderStore, OrdersConfig, OrdersService, Outbox, PaymentDeadlines,
+    messaging::MessageBus,
+};
+use orders_domain::OrderStatus;
 
-use crate::support::{DEADLINE, RecordingBus, at, place, with_schema};
+use crate::support::{
+    DEADLINE, RecordingBus, at, cancellations_sent, checkout, migrations, place, with_schema,
+};
 
 crate::conformance::suite!(crate::support::Backend::Postgres, durable);
 
@@ -20,7 +26,7 @@ async fn connecting_twice_applies_the_migrations_once() {
             .fetch_one(&mut schema.inspect().await)
             .await
             .unwrap();
-        assert_eq!(applied, 1);
+        assert_eq!(applied, migrations("postgres"));
         first.close().await;
         second.close().await;
     })
@@ -134,4 +140,77 @@ async fn a_replica_hears_another_replicas_commit_at_once() {
     a.close().await;
     b.close().await;
     database.remove().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_racing_on_due_orders_cancel_each_once_and_the_deadline_survives_reconnecting() {
+    with_schema(|schema| async move {
+        let clock = Arc::new(ManualClock::new(at(0)));
+        let config = OrdersConfig {
+            payment_timeout: chrono::Duration::minutes(15),
+            ..OrdersConfig::default()
+        };
+        let placing = Arc::new(schema.connect().await);
+        let orders = OrdersService::new(placing.clone(), clock.clone(), config.clone());
+        let mut ids = Vec::new();
+        for _ in 0..40 {
+            ids.push(orders.place_order(checkout(), None).await.unwrap().order_id);
+        }
+        placing.close().await;
+        drop((orders, placing));
+
+        clock.advance(chrono::Duration::minutes(15));
+        // Two replicas (two stores: two "processes"), each with its deadline worker.
+        let replicas = [
+            Arc::new(schema.connect().await),
+            Arc::new(schema.connect().await),
+        ];
+        let due_at = at(0) + chrono::Duration::minutes(15);
+        for id in &ids {
+            let order = replicas[1].load(*id).await.unwrap().unwrap();
+            assert_eq!(order.payment_due_at(), Some(due_at), "kept in the database");
+        }
+        assert_eq!(
+            replicas[0]
+                .due_for_payment(clock.now(), 100)
+                .await
+                .unwrap()
+                .len(),
+            ids.len()
+        );
+        let passes: Vec<_> = replicas
+            .iter()
+            .map(|store| {
+                let worker = PaymentDeadlines::new(
+                    OrdersService::new(store.clone(), clock.clone(), config.clone()),
+                    Duration::from_secs(1),
+                );
+                tokio::spawn(async move { worker.run_once().await.unwrap() })
+            })
+            .collect();
+        let mut cancelled = 0;
+        for pass in passes {
+            let pass = pass.await.unwrap();
+            assert_eq!(pass.failed, 0, "{pass:?}");
+            cancelled += pass.cancelled;
+        }
+        assert_eq!(cancelled, ids.len(), "each order cancelled by one replica");
+        for id in &ids {
+            let order = replicas[0].load(*id).await.unwrap().unwrap();
+            assert_eq!(order.status(), OrderStatus::Cancelled);
+            assert_eq!(
+                cancellations_sent(replicas[0].as_ref(), *id).await,
+                1,
+                "{id}"
+            );
+        }
+        assert_eq!(
+            replicas[1].due_for_payment(clock.now(), 100).await.unwrap(),
+            []
+        );
+        for store in &replicas {
+            store.close().await;
+        }
+    })
+    .await;
 }

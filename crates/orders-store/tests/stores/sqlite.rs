@@ -1,14 +1,23 @@
 //! The conformance suite on SQLite (a temp file per test, and `sqlite::memory:`), and what
 //! only a file has: it survives reopening, its folder is created, migrations run once.
 
-use orders_app::{Commit, HandlingOutcome, OrderStore, Outbox};
+use std::{sync::Arc, time::Duration};
+
+use orders_app::{
+    Clock as _, Commit, DeadlinePass, HandlingOutcome, ManualClock, OrderStore, OrdersConfig,
+    OrdersService, Outbox, PaymentDeadlines,
+};
+use orders_domain::OrderStatus;
 use orders_store::SqliteOrderStore;
 use rusqlite::Connection;
 use uuid::Uuid;
 
 use orders_store::scratch::ScratchFile;
 
-use crate::support::{RecordingBus, at, handled, messages_of, new_order, path_of, place};
+use crate::support::{
+    RecordingBus, at, cancellations_sent, checkout, handled, messages_of, migrations, new_order,
+    path_of, place,
+};
 
 mod file {
     crate::conformance::suite!(crate::support::Backend::SqliteFile, durable);
@@ -81,7 +90,7 @@ async fn connecting_twice_applies_the_migrations_once() {
     let second = SqliteOrderStore::connect(path_of(&file)).await.unwrap();
     let order = place(&first, at(0)).await;
     assert_eq!(second.load(order.id()).await.unwrap(), Some(order));
-    assert_eq!(user_version(&inspect(&file)), 1);
+    assert_eq!(user_version(&inspect(&file)), migrations("sqlite"));
     first.close().await;
     second.close().await;
 }
@@ -115,7 +124,7 @@ async fn a_file_migrated_by_the_old_sqlx_migrator_opens_without_rerunning_it() {
     let order = place(&store, at(0)).await;
     assert_eq!(store.load(order.id()).await.unwrap(), Some(order));
     store.close().await;
-    assert_eq!(user_version(&inspect(&file)), 1);
+    assert_eq!(user_version(&inspect(&file)), migrations("sqlite"));
 }
 
 #[tokio::test]
@@ -351,4 +360,56 @@ async fn a_second_process_on_the_file_fails_naming_it_and_the_holder() {
     let again = SqliteOrderStore::connect(path_of(&file)).await.unwrap();
     assert_eq!(again.load(order.id()).await.unwrap(), Some(order));
     again.close().await;
+}
+
+#[tokio::test]
+async fn an_order_whose_deadline_passed_while_the_file_was_closed_is_cancelled_once() {
+    let file = ScratchFile::new();
+    let clock = Arc::new(ManualClock::new(at(0)));
+    let config = OrdersConfig {
+        payment_timeout: chrono::Duration::minutes(15),
+        ..OrdersConfig::default()
+    };
+    let open = || async { Arc::new(SqliteOrderStore::connect(path_of(&file)).await.unwrap()) };
+    let store = open().await;
+    let orders = OrdersService::new(store.clone(), clock.clone(), config.clone());
+    let id = orders.place_order(checkout(), None).await.unwrap().order_id;
+    store.close().await;
+    drop((orders, store));
+
+    // The process was down while the deadline passed.
+    clock.advance(chrono::Duration::minutes(16));
+    let store = open().await;
+    let order = store.load(id).await.unwrap().unwrap();
+    assert_eq!(
+        order.payment_due_at(),
+        Some(at(0) + chrono::Duration::minutes(15)),
+        "the deadline survived reopening"
+    );
+    assert_eq!(store.due_for_payment(clock.now(), 10).await.unwrap(), [id]);
+    let deadlines = PaymentDeadlines::new(
+        OrdersService::new(store.clone(), clock.clone(), config.clone()),
+        Duration::from_secs(1),
+    );
+    let pass = deadlines.run_once().await.unwrap();
+    assert_eq!((pass.due, pass.cancelled), (1, 1), "{pass:?}");
+    assert_eq!(deadlines.run_once().await.unwrap(), DeadlinePass::default());
+    store.close().await;
+    drop((deadlines, store));
+
+    // And after another restart it stays cancelled, once.
+    let store = open().await;
+    let deadlines = PaymentDeadlines::new(
+        OrdersService::new(store.clone(), clock.clone(), config),
+        Duration::from_secs(1),
+    );
+    assert_eq!(deadlines.run_once().await.unwrap(), DeadlinePass::default());
+    let order = store.load(id).await.unwrap().unwrap();
+    assert_eq!(order.status(), OrderStatus::Cancelled);
+    assert_eq!(
+        order.cancellation_reason().map(|r| r.as_str()),
+        Some("payment timeout")
+    );
+    assert_eq!(cancellations_sent(store.as_ref(), id).await, 1);
+    store.close().await;
 }

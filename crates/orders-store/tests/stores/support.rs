@@ -397,6 +397,56 @@ pub async fn place(store: &dyn OrderStore, now: Timestamp) -> Order {
     save(store, new_order(now), None).await
 }
 
+/// A checkout of 2 × 10.50 EUR, as the Orders service takes it.
+pub fn checkout() -> orders_app::PlaceOrder {
+    orders_app::PlaceOrder {
+        customer_id: "customer-1".to_owned(),
+        currency: "EUR".to_owned(),
+        items: vec![orders_app::ItemInput {
+            product_id: "sku-a".to_owned(),
+            quantity: 2,
+            price: Decimal::new(1050, 2),
+        }],
+        shipping_address: orders_app::AddressInput {
+            street: "Main Street 1".to_owned(),
+            city: "Berlin".to_owned(),
+            postal_code: "10115".to_owned(),
+            country: "DE".to_owned(),
+        },
+    }
+}
+
+/// How many `order.cancelled` the order's history says it sent.
+pub async fn cancellations_sent(store: &dyn OrderStore, id: OrderId) -> usize {
+    store
+        .messages(id)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.direction == orders_app::Direction::Sent && r.topic == "order.cancelled")
+        .count()
+}
+
+/// Places and stores a new order at `now` whose payment is due at `due_at`.
+pub async fn place_due(store: &dyn OrderStore, now: Timestamp, due_at: Timestamp) -> Order {
+    save(store, new_order(now).with_payment_deadline(due_at), None).await
+}
+
+/// How many migrations of `backend` (`sqlite`, `postgres`) there are: the schema version
+/// a fully migrated database has.
+pub fn migrations(backend: &str) -> i64 {
+    let folder = format!("{}/migrations/{backend}", env!("CARGO_MANIFEST_DIR"));
+    let count = std::fs::read_dir(folder)
+        .unwrap()
+        .filter(|entry| {
+            entry
+                .as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "sql"))
+        })
+        .count();
+    i64::try_from(count).unwrap()
+}
+
 /// The inbox record of a message handled by the `orders` subscriber.
 pub fn handled(
     order_id: OrderId,

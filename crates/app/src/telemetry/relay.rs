@@ -1,0 +1,62 @@
+//! Per message the outbox relay publishes: a producer span, child of the span that
+//! committed the message (the `traceparent` stored with it in the outbox), whose own
+//! context the published message carries on; and the publish latency.
+
+use std::{sync::Arc, time::Instant};
+
+use async_trait::async_trait;
+use messaging::{BusError, Envelope, MessageBus, MessageHandler, Subscription, SubscriptionHandle};
+use tracing::Instrument as _;
+
+use super::{SPAN_TARGET, metrics as names, traces};
+
+/// The bus as the outbox relay sees it (give it to `OutboxRelay::new`).
+pub struct RelayBus {
+    inner: Arc<dyn MessageBus>,
+}
+
+impl RelayBus {
+    /// Decorates `inner`.
+    #[must_use]
+    pub fn new(inner: Arc<dyn MessageBus>) -> Self {
+        Self { inner }
+    }
+}
+
+#[async_trait]
+impl MessageBus for RelayBus {
+    async fn publish(&self, mut envelope: Envelope) -> Result<(), BusError> {
+        let started = Instant::now();
+        let topic = envelope.topic.to_string();
+        let lag = (chrono::Utc::now() - envelope.timestamp)
+            .to_std()
+            .unwrap_or_default();
+        let span = tracing::info_span!(target: SPAN_TARGET, parent: None, "relay publish",
+            otel.name = %format_args!("relay publish {topic}"), otel.kind = "producer",
+            messaging.destination.name = %topic,
+            messaging.message.id = %envelope.message_id);
+        traces::continue_trace(&span, envelope.traceparent.as_deref());
+        if let Some(traceparent) = traces::traceparent_of(&span) {
+            envelope.traceparent = Some(traceparent);
+        }
+        let published = self.inner.publish(envelope).instrument(span).await;
+        if published.is_ok() {
+            metrics::histogram!(names::RELAY_PUBLISH_DURATION, "topic" => topic.clone())
+                .record(started.elapsed());
+            metrics::histogram!(names::RELAY_PUBLISH_LAG, "topic" => topic).record(lag);
+        }
+        published
+    }
+
+    async fn subscribe(
+        &self,
+        subscription: Subscription,
+        handler: Arc<dyn MessageHandler>,
+    ) -> Result<SubscriptionHandle, BusError> {
+        self.inner.subscribe(subscription, handler).await
+    }
+
+    async fn backlogs(&self) -> Result<Vec<(String, u64)>, BusError> {
+        self.inner.backlogs().await
+    }
+}
