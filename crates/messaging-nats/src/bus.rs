@@ -266,6 +266,38 @@ impl Inner {
 
     /// Publishes `envelope` and waits for the server to store it.
     async fn publish(&self, envelope: &Envelope) -> Result<(), BusError> {
+        let sent = self.send(envelope).await?;
+        self.confirm(sent).await
+    }
+
+    /// Publishes `envelopes` in order, all in flight at once: every message is sent,
+    /// then the server's acknowledgements are awaited in order. Returns how many, from
+    /// the first, the server stored, and the error that stopped the count.
+    async fn publish_all(&self, envelopes: &[Envelope]) -> (usize, Option<BusError>) {
+        let mut in_flight = Vec::with_capacity(envelopes.len());
+        let mut stopped = None;
+        for envelope in envelopes {
+            match self.send(envelope).await {
+                Ok(sent) => in_flight.push(sent),
+                Err(e) => {
+                    stopped = Some(e);
+                    break;
+                }
+            }
+        }
+        let mut accepted = 0;
+        for sent in in_flight {
+            if let Err(e) = self.confirm(sent).await {
+                return (accepted, Some(e));
+            }
+            accepted += 1;
+        }
+        (accepted, stopped)
+    }
+
+    /// Sends `envelope` to its subject (creating its stream first if needed), without
+    /// waiting for the server to store it.
+    async fn send(&self, envelope: &Envelope) -> Result<Sent, BusError> {
         if self.client.connection_state() != State::Connected {
             return Err(BusError::Transport(format!(
                 "not connected to NATS at {} (reconnecting): message {} not published",
@@ -284,14 +316,29 @@ impl Inner {
                     .message_id(envelope.message_id.to_string()),
             )
             .await
-            .map_err(|e| transport(format_args!("publish to {subject}"), e))?
-            .await;
-        let ack = match ack {
+            .map_err(|e| transport(format_args!("publish to {subject}"), e))?;
+        Ok(Sent {
+            ack,
+            subject,
+            topic: envelope.topic.to_string(),
+            message_id: envelope.message_id,
+        })
+    }
+
+    /// Waits until the server stored a message [`Inner::send`] sent.
+    async fn confirm(&self, sent: Sent) -> Result<(), BusError> {
+        let Sent {
+            ack,
+            subject,
+            topic,
+            message_id,
+        } = sent;
+        let ack = match ack.await {
             Ok(ack) => ack,
             Err(e) => {
                 if e.kind() == PublishErrorKind::StreamNotFound {
                     // The server lost the stream (a new store): create it on the next try.
-                    self.streams.lock().await.remove(envelope.topic.as_ref());
+                    self.streams.lock().await.remove(topic.as_str());
                 }
                 return Err(transport(
                     format_args!("publish to {subject} not confirmed"),
@@ -300,7 +347,7 @@ impl Inner {
             }
         };
         if ack.duplicate {
-            tracing::debug!(message_id = %envelope.message_id, %subject,
+            tracing::debug!(%message_id, %subject,
                 "duplicate message id: the server kept the first copy");
         }
         Ok(())
@@ -323,10 +370,23 @@ impl Inner {
     }
 }
 
+/// A message sent to the server, its acknowledgement still to come.
+struct Sent {
+    ack: async_nats::jetstream::context::PublishAckFuture,
+    subject: String,
+    topic: String,
+    message_id: messaging::MessageId,
+}
+
 #[async_trait]
 impl MessageBus for NatsBus {
     async fn publish(&self, envelope: Envelope) -> Result<(), BusError> {
         self.inner.publish(&envelope).await
+    }
+
+    /// All in flight at once: sent, then confirmed in order ([`MessageBus::publish_all`]).
+    async fn publish_all(&self, envelopes: Vec<Envelope>) -> (usize, Option<BusError>) {
+        self.inner.publish_all(&envelopes).await
     }
 
     async fn subscribe(

@@ -332,3 +332,29 @@ async fn every_topic_of_a_subscription_is_taken_at_once() {
     );
     handle.unsubscribe().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_all_counts_only_what_the_server_stored() {
+    if !testing::server_available("publish_all_counts_only_what_the_server_stored") {
+        return;
+    }
+    let mut server = testing::NatsServer::start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let bus = NatsBus::connect(NatsBusConfig::new(server.url()).subject_prefix("pa"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let batch = |from: usize| -> Vec<Envelope> {
+        (from..from + 50)
+            .map(|n| envelope("pa.work", "c", n))
+            .collect()
+    };
+    let (accepted, error) = bus.publish_all(batch(0)).await;
+    assert_eq!((accepted, error.is_none()), (50, true), "{error:?}");
+    // The broker is gone: nothing of the next batch counts as published, and the
+    // caller learns why (the outbox keeps its rows).
+    server.kill();
+    let (accepted, error) = bus.publish_all(batch(50)).await;
+    assert_eq!(accepted, 0, "published to a dead broker");
+    assert!(error.is_some(), "no error from a dead broker");
+}

@@ -70,6 +70,24 @@ pub trait MessageBus: Send + Sync + 'static {
     /// [`BusError`] when the bus is closed, a backlog is full, or the transport fails.
     async fn publish(&self, envelope: Envelope) -> Result<(), BusError>;
 
+    /// Publishes `envelopes` in order, as [`MessageBus::publish`] would one by one, and
+    /// returns how many of them, from the first, the bus accepted, with the error that
+    /// stopped it. A network bus may keep several in flight at once (the NATS adapter
+    /// sends them all, then awaits the server's acknowledgements in order): when one
+    /// fails, some after it may have been stored too, so a caller publishes them again
+    /// with the same message ids, which the bus's duplicate detection drops. The default
+    /// publishes one at a time.
+    async fn publish_all(&self, envelopes: Vec<Envelope>) -> (usize, Option<BusError>) {
+        let mut accepted = 0;
+        for envelope in envelopes {
+            if let Err(error) = self.publish(envelope).await {
+                return (accepted, Some(error));
+            }
+            accepted += 1;
+        }
+        (accepted, None)
+    }
+
     /// Attaches `handler` as the consumer group `subscription.name`.
     ///
     /// # Errors

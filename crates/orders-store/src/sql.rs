@@ -102,19 +102,20 @@ impl RelayBatch {
     }
 }
 
-/// Publishes `rows` in order until the bus refuses one. Returns the positions the bus
-/// accepted; the refused row and the ones after it stay unsent.
+/// Publishes `rows` in order until the bus refuses one ([`MessageBus::publish_all`]: on
+/// NATS all in flight at once). Returns the positions the bus accepted; the refused row
+/// and the ones after it stay unsent (published again later with the same message ids).
 pub(crate) async fn publish_in_order(rows: Vec<(i64, Envelope)>, bus: &dyn MessageBus) -> Vec<i64> {
-    let mut published = Vec::with_capacity(rows.len());
-    for (position, envelope) in rows {
-        let message_id = envelope.message_id;
-        if let Err(error) = bus.publish(envelope).await {
-            tracing::error!(%message_id, position, %error, "publish failed; message stays in the outbox");
-            break;
-        }
-        published.push(position);
+    let (positions, envelopes): (Vec<i64>, Vec<Envelope>) = rows.into_iter().unzip();
+    let first_ids: Vec<_> = envelopes.iter().map(|e| e.message_id).collect();
+    let (accepted, error) = bus.publish_all(envelopes).await;
+    if let Some(error) = error
+        && let (Some(&position), Some(message_id)) =
+            (positions.get(accepted), first_ids.get(accepted))
+    {
+        tracing::error!(%message_id, position, %error, "publish failed; message stays in the outbox");
     }
-    published
+    positions.into_iter().take(accepted).collect()
 }
 
 /// The outbox table as a relay reads and marks it.

@@ -136,6 +136,10 @@ impl MessageBus for ObservedBus {
         self.inner.publish(envelope).await
     }
 
+    async fn publish_all(&self, envelopes: Vec<Envelope>) -> (usize, Option<BusError>) {
+        self.inner.publish_all(envelopes).await
+    }
+
     async fn subscribe(
         &self,
         subscription: Subscription,

@@ -48,6 +48,37 @@ impl MessageBus for RelayBus {
         published
     }
 
+    /// The batch the relay publishes at once: a producer span per message (the context
+    /// each message carries on), then one [`MessageBus::publish_all`] of the inner bus, so
+    /// a network bus keeps them all in flight; the latency recorded is the batch's.
+    async fn publish_all(&self, mut envelopes: Vec<Envelope>) -> (usize, Option<BusError>) {
+        let started = Instant::now();
+        let now = chrono::Utc::now();
+        let mut topics = Vec::with_capacity(envelopes.len());
+        for envelope in &mut envelopes {
+            let topic = envelope.topic.to_string();
+            let lag = (now - envelope.timestamp).to_std().unwrap_or_default();
+            let span = tracing::info_span!(target: SPAN_TARGET, parent: None, "relay publish",
+                otel.name = %format_args!("relay publish {topic}"), otel.kind = "producer",
+                messaging.destination.name = %topic,
+                messaging.message.id = %envelope.message_id);
+            traces::continue_trace(&span, envelope.traceparent.as_deref());
+            if let Some(traceparent) = traces::traceparent_of(&span) {
+                envelope.traceparent = Some(traceparent);
+            }
+            // Kept open until the batch is confirmed: each span lasts as its publish.
+            topics.push((topic, lag, span));
+        }
+        let (accepted, error) = self.inner.publish_all(envelopes).await;
+        let elapsed = started.elapsed();
+        for (topic, lag, _span) in topics.into_iter().take(accepted) {
+            metrics::histogram!(names::RELAY_PUBLISH_DURATION, "topic" => topic.clone())
+                .record(elapsed);
+            metrics::histogram!(names::RELAY_PUBLISH_LAG, "topic" => topic).record(lag);
+        }
+        (accepted, error)
+    }
+
     async fn subscribe(
         &self,
         subscription: Subscription,

@@ -221,6 +221,51 @@ pub async fn order_is_kept_per_correlation_id(bus: Arc<dyn MessageBus>, prefix: 
     h.unsubscribe().await;
 }
 
+/// `publish_all` is accepted whole and delivered like as many `publish` calls: every
+/// message once, in order per correlation id.
+pub async fn publish_all_delivers_every_message_in_order(bus: Arc<dyn MessageBus>, prefix: &str) {
+    let topic = format!("{prefix}.batch");
+    let r = Recorder::new(0, false);
+    let h = bus
+        .subscribe(
+            Subscription::new(format!("{prefix}-batch")).topic(&topic),
+            r.clone(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let envelopes: Vec<Envelope> = (0..100)
+        .map(|n| probe(&topic, &format!("b{}", n % 3), n))
+        .collect();
+    let (accepted, error) = bus.publish_all(envelopes).await;
+    assert!(error.is_none(), "publish_all failed: {error:?}");
+    assert_eq!(accepted, 100, "publish_all accepted only part of the batch");
+    let seen = r.wait_for(100, "batch").await;
+    let mut all: Vec<u32> = seen.iter().map(|(_, n)| *n).collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (0..100).collect::<Vec<_>>(),
+        "a message lost or doubled"
+    );
+    for key in 0..3 {
+        let ns: Vec<u32> = seen
+            .iter()
+            .filter(|(c, _)| *c == format!("b{key}"))
+            .map(|(_, n)| *n)
+            .collect();
+        assert!(
+            ns.windows(2).all(|w| w[0] < w[1]),
+            "order broken for correlation id b{key}: {ns:?}"
+        );
+    }
+    assert_eq!(
+        bus.publish_all(Vec::new()).await.0,
+        0,
+        "an empty batch publishes nothing"
+    );
+    h.unsubscribe().await;
+}
+
 /// A retryable failure is redelivered until the handler succeeds.
 pub async fn retryable_failure_is_redelivered(bus: Arc<dyn MessageBus>, prefix: &str) {
     let topic = format!("{prefix}.retry");
@@ -420,6 +465,7 @@ impl MessageHandler for Gate {
 pub async fn run_all(bus: Arc<dyn MessageBus>, prefix: &str) {
     every_group_gets_every_message(bus.clone(), prefix).await;
     order_is_kept_per_correlation_id(bus.clone(), prefix).await;
+    publish_all_delivers_every_message_in_order(bus.clone(), prefix).await;
     retryable_failure_is_redelivered(bus.clone(), prefix).await;
     permanent_failure_is_not_redelivered(bus.clone(), prefix).await;
     returning_group_receives_what_it_missed(bus.clone(), prefix).await;
