@@ -92,6 +92,7 @@ pub fn init(format: LogFormat, default_filter: &str, telemetry: Telemetry) {
         .with(logs)
         .with(spans)
         .try_init();
+    traces::report_export();
 }
 
 /// Flushes the spans not yet exported (OTLP), before the process exits.

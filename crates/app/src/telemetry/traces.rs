@@ -29,6 +29,10 @@ pub const TRACEPARENT: &str = "traceparent";
 
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 
+/// Where spans go, said by [`report_export`] once logging is up: the endpoint, or why
+/// the exporter could not be built.
+static EXPORT: OnceLock<Result<String, (String, String)>> = OnceLock::new();
+
 /// The tracer provider of the process: with a batching OTLP exporter when
 /// [`OTLP_ENDPOINT_VAR`] is set (and the exporter can be built), else with none. Kept
 /// for [`shutdown`].
@@ -43,11 +47,11 @@ pub fn provider_from_env() -> SdkTracerProvider {
                         .build()
                     {
                         Ok(exporter) => {
-                            tracing::info!(%endpoint, "exporting spans over OTLP");
+                            let _ = EXPORT.set(Ok(endpoint));
                             builder.with_batch_exporter(exporter)
                         }
                         Err(error) => {
-                            tracing::warn!(%endpoint, %error, "cannot export spans over OTLP");
+                            let _ = EXPORT.set(Err((endpoint, error.to_string())));
                             builder
                         }
                     }
@@ -57,6 +61,17 @@ pub fn provider_from_env() -> SdkTracerProvider {
             builder.build()
         })
         .clone()
+}
+
+/// Logs where spans are exported (nothing when OTLP export is not configured).
+pub fn report_export() {
+    match EXPORT.get() {
+        Some(Ok(endpoint)) => tracing::info!(%endpoint, "exporting spans over OTLP"),
+        Some(Err((endpoint, error))) => {
+            tracing::warn!(%endpoint, %error, "cannot export spans over OTLP: not exported");
+        }
+        None => {}
+    }
 }
 
 /// The `tracing` layer turning spans into OpenTelemetry spans of `provider`.
