@@ -74,14 +74,20 @@ pub fn report_export() {
     }
 }
 
-/// The `tracing` layer turning spans into OpenTelemetry spans of `provider`.
+/// The `tracing` layer turning spans into OpenTelemetry spans of `provider`, lean.
 pub fn layer<S>(
     provider: SdkTracerProvider,
 ) -> tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>
 where
     S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
 {
-    tracing_opentelemetry::layer().with_tracer(provider.tracer("orders"))
+    // Only what a reader of the trace needs: no source locations, thread names or
+    // busy/idle timings per span (each costs work on every span of every request).
+    tracing_opentelemetry::layer()
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
+        .with_tracer(provider.tracer("orders"))
 }
 
 /// Makes new envelopes carry the current span's `traceparent` (process-wide, once).
