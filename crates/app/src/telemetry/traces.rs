@@ -107,6 +107,9 @@ pub fn current_traceparent() -> Option<String> {
 /// The W3C `traceparent` of `span`; `None` when it is not traced.
 #[must_use]
 pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
+    if span.is_disabled() {
+        return None;
+    }
     let cx = span.context();
     if !cx.span().span_context().is_valid() {
         return None;
@@ -119,7 +122,7 @@ pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
 /// Makes `span` (not yet entered) a child of the span `traceparent` names; a missing or
 /// malformed value leaves it the root of a new trace.
 pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
-    let Some(value) = traceparent else {
+    let Some(value) = traceparent.filter(|_| !span.is_disabled()) else {
         return;
     };
     let cx = TraceContextPropagator::new().extract(&Traceparent(Some(value.to_owned())));
