@@ -4,9 +4,18 @@
 //! `POST /orders` → relay publish order.placed → payments handle order.placed → orders
 //! handle payment.approved → relay publish order.paid → stock handle order.paid →
 //! orders handle stock.reserved (the final commit).
+//!
+//! And `app serve` with `OTEL_EXPORTER_OTLP_ENDPOINT` set exports those spans over
+//! OTLP http/protobuf: a fake collector on a local port receives them, at the latest
+//! when the service stops.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+    sync::Arc,
+    time::Duration,
+};
 
 use app::{
     http::{self, AppState, StoreAndBusProbe},
@@ -137,4 +146,173 @@ async fn one_orders_spans_share_a_trace_and_form_the_flows_parent_chain() {
     assert!(spans.iter().all(|s| s.span_context.trace_id() == trace));
 
     system.shutdown().await;
+}
+
+/// Reads one HTTP/1.1 request from `stream`: `(request line, content type, body)`;
+/// `None` when the peer closed without one.
+async fn receive(stream: &mut tokio::net::TcpStream) -> Option<(String, String, Vec<u8>)> {
+    use tokio::io::AsyncReadExt as _;
+    let mut buffer = Vec::new();
+    let head_end = loop {
+        if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buffer[..head_end]).to_string();
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|line| {
+                let (key, value) = line.split_once(':')?;
+                key.eq_ignore_ascii_case(name)
+                    .then(|| value.trim().to_owned())
+            })
+            .unwrap_or_default()
+    };
+    let length: usize = header("content-length").parse().unwrap_or(0);
+    let mut body = buffer[head_end..].to_vec();
+    while body.len() < length {
+        let mut chunk = vec![0u8; length - body.len()];
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    let request_line = head.lines().next().unwrap_or_default().to_owned();
+    Some((request_line, header("content-type"), body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_exports_an_orders_spans_over_otlp_when_an_endpoint_is_set() {
+    // The fake collector: every request it receives, until the test ends.
+    let collector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", collector.local_addr().unwrap());
+    let (received_tx, mut received) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = collector.accept().await {
+            let received_tx = received_tx.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt as _;
+                // Recorded before it is answered: once the service has exited, every
+                // export it made is in the channel.
+                while let Some(request) = receive(&mut stream).await {
+                    let _ = received_tx.send(request);
+                    let answered = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                    if answered.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_app"))
+        .args(["serve", "--store", "memory", "--listen", "127.0.0.1:0"])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let stderr = child.stderr.take().unwrap();
+    let (listening_tx, listening) = tokio::sync::oneshot::channel();
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let lines = log.clone();
+    std::thread::spawn(move || {
+        let mut listening_tx = Some(listening_tx);
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(at) = line.find("listening on http://") {
+                let rest = &line[at + "listening on ".len()..];
+                let url = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                if let Some(tx) = listening_tx.take() {
+                    let _ = tx.send(url);
+                }
+            }
+            lines.lock().unwrap().push(line);
+        }
+    });
+    let base = tokio::time::timeout(DEADLINE, listening)
+        .await
+        .expect("the service listens")
+        .unwrap();
+
+    let client = reqwest::Client::new();
+    let body = json!({
+        "customerId": "c-1",
+        "currency": "EUR",
+        "items": [{"productId": "book", "quantity": 1, "price": 12.00}],
+        "shippingAddress": {"street": "Main St 1", "city": "Berlin", "postalCode": "10115", "country": "DE"}
+    });
+    let response = client
+        .post(format!("{base}/orders"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let mut order: Value = response.json().await.unwrap();
+    let id = order["orderId"].as_str().unwrap().to_owned();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while order["status"] != "StockReserved" {
+        assert!(tokio::time::Instant::now() < deadline, "{order}");
+        let version = order["version"].as_u64().unwrap();
+        order = client
+            .get(format!(
+                "{base}/orders/{id}?afterVersion={version}&waitMs=5000"
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    }
+
+    // Stopping flushes the batch of spans not yet exported.
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let exited = tokio::time::timeout(DEADLINE, tokio::task::spawn_blocking(move || child.wait()))
+        .await
+        .expect("the service stops on SIGTERM")
+        .unwrap()
+        .unwrap();
+    assert!(exited.success(), "{}", log.lock().unwrap().join("\n"));
+    let log = log.lock().unwrap().join("\n");
+    assert!(log.contains("exporting spans over OTLP"), "{log}");
+
+    // The protobuf strings are plain UTF-8: the span names are readable in the bodies.
+    let mut exported = Vec::new();
+    while let Ok((request_line, content_type, body)) = received.try_recv() {
+        assert!(
+            request_line.starts_with("POST /v1/traces "),
+            "{request_line}"
+        );
+        assert_eq!(content_type, "application/x-protobuf");
+        exported.extend_from_slice(&body);
+    }
+    let exported = String::from_utf8_lossy(&exported);
+    for name in CHAIN {
+        assert!(exported.contains(name), "{name} not exported over OTLP");
+    }
 }

@@ -1,6 +1,8 @@
 //! The gauges no single event updates: the outbox's unsent rows and the age of the
 //! oldest, and the bus backlog per consumer group, sampled every few seconds (one cheap
-//! indexed query each) by [`sample_every`], which also runs the recorder's upkeep.
+//! indexed query each) by [`sample_every`], which also runs the recorder's upkeep every
+//! [`UPKEEP_INTERVAL`]: histogram samples wait in a buffer until then, so the upkeep
+//! bounds the memory they take under load.
 
 use std::{sync::Arc, time::Duration};
 
@@ -11,6 +13,9 @@ use super::metrics as names;
 
 /// How often [`sample_every`] samples by default.
 pub const DEFAULT_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How often the recorder folds buffered histogram samples into their buckets.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Samples the gauges once. The outbox is `None` where the process has none (the
 /// simulator roles).
@@ -38,12 +43,10 @@ pub async fn sample(outbox: Option<&dyn Outbox>, bus: &dyn MessageBus) {
         }
         Err(error) => tracing::debug!(%error, "cannot read the bus backlog"),
     }
-    if let Some(handle) = names::handle() {
-        handle.run_upkeep();
-    }
 }
 
-/// Samples the gauges now and every `interval` until `stop` resolves.
+/// Samples the gauges now and every `interval`, and runs the recorder's upkeep every
+/// [`UPKEEP_INTERVAL`], until `stop` resolves.
 pub async fn sample_every(
     outbox: Option<Arc<dyn Outbox>>,
     bus: Arc<dyn MessageBus>,
@@ -51,12 +54,20 @@ pub async fn sample_every(
     stop: impl Future<Output = ()> + Send,
 ) {
     tokio::pin!(stop);
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut samples = tokio::time::interval(interval);
+    samples.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut upkeeps = tokio::time::interval(UPKEEP_INTERVAL);
+    upkeeps.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let handle = names::handle();
     loop {
         tokio::select! {
             () = &mut stop => return,
-            _ = ticks.tick() => sample(outbox.as_deref(), bus.as_ref()).await,
+            _ = samples.tick() => sample(outbox.as_deref(), bus.as_ref()).await,
+            _ = upkeeps.tick() => {
+                if let Some(handle) = &handle {
+                    handle.run_upkeep();
+                }
+            }
         }
     }
 }

@@ -2,10 +2,11 @@
 //!
 //! [`init`] is called once by the binary: log lines to stderr, and with
 //! [`Telemetry::On`] (the default; `--telemetry off` or `ORDERS_TELEMETRY=off` turns it
-//! off) the metrics recorder behind `GET /metrics` and the tracing layer that turns the
-//! flow's spans into OpenTelemetry spans, exported over OTLP only when
-//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Off, none of the decorators below is wired and
-//! messages carry no trace context.
+//! off) the metrics recorder behind `GET /metrics` and, when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, the tracing layer that turns the flow's spans
+//! into OpenTelemetry spans exported over OTLP (without an endpoint no span is built:
+//! [`traces`]). Off, none of the decorators below is wired and messages carry no trace
+//! context.
 //!
 //! | file | job |
 //! |---|---|
@@ -48,8 +49,8 @@ pub enum LogFormat {
 /// Whether metrics are recorded and spans traced (`--telemetry on|off`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Telemetry {
-    /// Metrics on `GET /metrics`, spans across the flow (exported when
-    /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set).
+    /// Metrics on `GET /metrics`; spans across the flow when
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` says where to export them.
     #[default]
     On,
     /// Neither: `GET /metrics` answers 404, messages carry no trace context.
@@ -69,7 +70,8 @@ impl Telemetry {
 pub const SPAN_TARGET: &str = "otel";
 
 /// Installs the global subscriber: `RUST_LOG` (default `default_filter`) to stderr, and
-/// with `telemetry` on, the metrics recorder and the OpenTelemetry layer.
+/// with `telemetry` on, the metrics recorder and, when spans have somewhere to go
+/// (`OTEL_EXPORTER_OTLP_ENDPOINT`), the OpenTelemetry layer.
 pub fn init(format: LogFormat, default_filter: &str, telemetry: Telemetry) {
     let mut filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
@@ -81,17 +83,23 @@ pub fn init(format: LogFormat, default_filter: &str, telemetry: Telemetry) {
         LogFormat::Text => logs.with_filter(filter).boxed(),
         LogFormat::Json => logs.json().with_filter(filter).boxed(),
     };
-    let spans = telemetry.is_on().then(|| {
+    if telemetry.is_on() {
         metrics::install();
-        traces::install_propagation();
-        traces::layer(traces::provider_from_env())
-            .with_filter(filter_fn(|meta| meta.target() == SPAN_TARGET))
-    });
+    }
+    let spans = telemetry
+        .is_on()
+        .then(traces::provider_from_env)
+        .flatten()
+        .map(|provider| {
+            traces::install_propagation();
+            traces::layer(provider).with_filter(filter_fn(|meta| meta.target() == SPAN_TARGET))
+        });
     // A second call (tests) keeps the first subscriber.
     let _ = tracing_subscriber::registry()
         .with(logs)
         .with(spans)
         .try_init();
+    traces::report_export();
 }
 
 /// Flushes the spans not yet exported (OTLP), before the process exits.

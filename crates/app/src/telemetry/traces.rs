@@ -9,8 +9,10 @@
 //! Stock → Orders' handling and the final commit, across processes on NATS as well.
 //!
 //! Spans are exported over OTLP (http/protobuf) only when `OTEL_EXPORTER_OTLP_ENDPOINT`
-//! is set (the exporter reads the other `OTEL_EXPORTER_OTLP_*` variables too); without
-//! it the provider has no processor and a span costs its creation only.
+//! is set (the exporter reads the other `OTEL_EXPORTER_OTLP_*` variables too). Without
+//! it no span is built (the OpenTelemetry layer is not installed, so the flow's span
+//! call sites are disabled) and messages carry no `traceparent`: a trace nobody can see
+//! costs nothing. For a whole trace across processes, give each the endpoint.
 
 use std::sync::OnceLock;
 
@@ -27,46 +29,68 @@ pub const OTLP_ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 /// The header (and envelope field) name of the W3C trace context.
 pub const TRACEPARENT: &str = "traceparent";
 
-static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+static PROVIDER: OnceLock<Option<SdkTracerProvider>> = OnceLock::new();
 
-/// The tracer provider of the process: with a batching OTLP exporter when
-/// [`OTLP_ENDPOINT_VAR`] is set (and the exporter can be built), else with none. Kept
-/// for [`shutdown`].
-pub fn provider_from_env() -> SdkTracerProvider {
+/// Where spans go, said by [`report_export`] once logging is up: the endpoint, or why
+/// the exporter could not be built.
+static EXPORT: OnceLock<Result<String, (String, String)>> = OnceLock::new();
+
+/// The tracer provider of the process, with a batching OTLP exporter, when
+/// [`OTLP_ENDPOINT_VAR`] is set and the exporter can be built; `None` otherwise: spans
+/// nobody receives are not built at all (their `tracing` call sites stay disabled, and
+/// messages carry no trace context). Kept for [`shutdown`].
+pub fn provider_from_env() -> Option<SdkTracerProvider> {
     PROVIDER
         .get_or_init(|| {
-            let builder = SdkTracerProvider::builder();
-            let builder = match std::env::var(OTLP_ENDPOINT_VAR) {
-                Ok(endpoint) if !endpoint.trim().is_empty() => {
-                    match opentelemetry_otlp::SpanExporter::builder()
-                        .with_http()
-                        .build()
-                    {
-                        Ok(exporter) => {
-                            tracing::info!(%endpoint, "exporting spans over OTLP");
-                            builder.with_batch_exporter(exporter)
-                        }
-                        Err(error) => {
-                            tracing::warn!(%endpoint, %error, "cannot export spans over OTLP");
-                            builder
-                        }
-                    }
+            let endpoint = std::env::var(OTLP_ENDPOINT_VAR)
+                .ok()
+                .filter(|endpoint| !endpoint.trim().is_empty())?;
+            match opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .build()
+            {
+                Ok(exporter) => {
+                    let _ = EXPORT.set(Ok(endpoint));
+                    Some(
+                        SdkTracerProvider::builder()
+                            .with_batch_exporter(exporter)
+                            .build(),
+                    )
                 }
-                _ => builder,
-            };
-            builder.build()
+                Err(error) => {
+                    let _ = EXPORT.set(Err((endpoint, error.to_string())));
+                    None
+                }
+            }
         })
         .clone()
 }
 
-/// The `tracing` layer turning spans into OpenTelemetry spans of `provider`.
+/// Logs where spans are exported (nothing when OTLP export is not configured).
+pub fn report_export() {
+    match EXPORT.get() {
+        Some(Ok(endpoint)) => tracing::info!(%endpoint, "exporting spans over OTLP"),
+        Some(Err((endpoint, error))) => {
+            tracing::warn!(%endpoint, %error, "cannot export spans over OTLP: not exported");
+        }
+        None => {}
+    }
+}
+
+/// The `tracing` layer turning spans into OpenTelemetry spans of `provider`, lean.
 pub fn layer<S>(
     provider: SdkTracerProvider,
 ) -> tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>
 where
     S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
 {
-    tracing_opentelemetry::layer().with_tracer(provider.tracer("orders"))
+    // Only what a reader of the trace needs: no source locations, thread names or
+    // busy/idle timings per span (each costs work on every span of every request).
+    tracing_opentelemetry::layer()
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
+        .with_tracer(provider.tracer("orders"))
 }
 
 /// Makes new envelopes carry the current span's `traceparent` (process-wide, once).
@@ -83,6 +107,9 @@ pub fn current_traceparent() -> Option<String> {
 /// The W3C `traceparent` of `span`; `None` when it is not traced.
 #[must_use]
 pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
+    if span.is_disabled() {
+        return None;
+    }
     let cx = span.context();
     if !cx.span().span_context().is_valid() {
         return None;
@@ -95,7 +122,7 @@ pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
 /// Makes `span` (not yet entered) a child of the span `traceparent` names; a missing or
 /// malformed value leaves it the root of a new trace.
 pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
-    let Some(value) = traceparent else {
+    let Some(value) = traceparent.filter(|_| !span.is_disabled()) else {
         return;
     };
     let cx = TraceContextPropagator::new().extract(&Traceparent(Some(value.to_owned())));
@@ -107,7 +134,11 @@ pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
 
 /// Flushes and stops the exporter, if any.
 pub fn shutdown() {
-    if let Some(Err(error)) = PROVIDER.get().map(SdkTracerProvider::shutdown) {
+    if let Some(Err(error)) = PROVIDER
+        .get()
+        .and_then(Option::as_ref)
+        .map(SdkTracerProvider::shutdown)
+    {
         tracing::debug!(%error, "tracer provider shutdown");
     }
 }
