@@ -18,7 +18,23 @@ pub enum BusSpec {
     Nats(String),
 }
 
+/// The lanes a simulator gets at least on a network bus: each answer waits for two
+/// acknowledgements of the broker (its publish, then its ack), so the few lanes that
+/// suit the in-memory bus leave it idle while the broker answers (NATS flows/s rose
+/// from 2,151 to 2,992 going from 4 to 32 in one sitting; BENCHMARKS.md).
+pub const NETWORK_SIMULATOR_LANES: usize = 64;
+
 impl BusSpec {
+    /// The lanes a simulator on this bus gets at least: 1 in memory (its own rule
+    /// holds), [`NETWORK_SIMULATOR_LANES`] on NATS.
+    #[must_use]
+    pub const fn simulator_lanes(&self) -> usize {
+        match self {
+            Self::Memory => 1,
+            Self::Nats(_) => NETWORK_SIMULATOR_LANES,
+        }
+    }
+
     /// `memory` or `nats`.
     #[must_use]
     pub const fn kind(&self) -> &'static str {

@@ -173,7 +173,10 @@ pub async fn spawn_payments(config: PaymentsRoleConfig) -> anyhow::Result<Runnin
     let instruments = Instruments::new(config.telemetry);
     let handle = PaymentsService::start(
         instruments.subscriber_bus(bus.shared()),
-        config.payments.config(config.duplicate_replies),
+        config
+            .payments
+            .config(config.duplicate_replies)
+            .lanes_at_least(config.bus.bus.simulator_lanes()),
     )
     .await
     .context("cannot start the Payments simulator")?;
@@ -203,7 +206,10 @@ pub async fn spawn_stock(config: StockRoleConfig) -> anyhow::Result<RunningRole>
     let instruments = Instruments::new(config.telemetry);
     let handle = StockService::start(
         instruments.subscriber_bus(bus.shared()),
-        config.stock.config(config.duplicate_replies),
+        config
+            .stock
+            .config(config.duplicate_replies)
+            .lanes_at_least(config.bus.bus.simulator_lanes()),
     )
     .await
     .context("cannot start the Stock simulator")?;

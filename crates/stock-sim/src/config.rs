@@ -29,6 +29,11 @@ pub struct StockConfig {
     /// afterwards is decided anew, with the same `reservationId` (derived from the order
     /// id).
     pub idempotency_window: Duration,
+    /// How many of its messages the simulator handles at once (its group's lanes);
+    /// `None`: 256 with a delay (orders wait for their own delay, not for each other's),
+    /// else 4 (on the in-memory bus an answer is microseconds of CPU). A network bus
+    /// wants more: each answer waits for the broker's acknowledgements.
+    pub lanes: Option<usize>,
 }
 
 impl Default for StockConfig {
@@ -38,6 +43,7 @@ impl Default for StockConfig {
             delay: Duration::ZERO,
             duplicate_replies: false,
             idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
+            lanes: None,
         }
     }
 }
@@ -59,6 +65,27 @@ impl StockConfig {
     pub fn delay(mut self, delay: Duration) -> Self {
         self.delay = delay;
         self
+    }
+
+    /// Sets how many messages are handled at once (see the field); at least one.
+    #[must_use]
+    pub fn lanes(mut self, lanes: usize) -> Self {
+        self.lanes = Some(lanes.max(1));
+        self
+    }
+
+    /// Raises the lanes in effect to at least `lanes` (what a network bus needs).
+    #[must_use]
+    pub fn lanes_at_least(self, lanes: usize) -> Self {
+        let at_least = self.lanes_in_effect().max(lanes);
+        self.lanes(at_least)
+    }
+
+    /// The lanes in effect: [`Self::lanes`] if set, else by the delay.
+    #[must_use]
+    pub fn lanes_in_effect(&self) -> usize {
+        self.lanes
+            .unwrap_or(if self.delay.is_zero() { 4 } else { 256 })
     }
 
     /// Sets whether every answer is published twice (see the field).
@@ -92,6 +119,22 @@ impl StockConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lanes_follow_the_delay_unless_raised_for_a_network_bus() {
+        let quick = StockConfig::default();
+        assert_eq!(quick.lanes_in_effect(), 4);
+        assert_eq!(quick.clone().lanes_at_least(64).lanes_in_effect(), 64);
+        assert_eq!(quick.lanes_at_least(1).lanes_in_effect(), 4);
+        let slow = StockConfig::default().delay(Duration::from_millis(10));
+        assert_eq!(slow.lanes_in_effect(), 256);
+        assert_eq!(
+            slow.lanes_at_least(64).lanes_in_effect(),
+            256,
+            "never fewer"
+        );
+        assert_eq!(StockConfig::default().lanes(0).lanes_in_effect(), 1);
+    }
 
     fn item(product: &str) -> ItemQuantity {
         ItemQuantity {

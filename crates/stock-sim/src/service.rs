@@ -68,9 +68,7 @@ impl StockService {
         config: StockConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<StockHandle, BusError> {
-        // The simulated processing delay is spent inside the handler: give the group
-        // enough lanes that orders wait for their own delay, not for each other's.
-        let concurrency = if config.delay.is_zero() { 4 } else { 256 };
+        let concurrency = config.lanes_in_effect();
         let ledger = Arc::new(Ledger::new(config.idempotency_window));
         let service = Arc::new(Self {
             bus: bus.clone(),

@@ -100,12 +100,19 @@ pub async fn spawn(config: ServeConfig) -> anyhow::Result<RunningServer> {
     let simulators = match config.sims {
         SimsMode::InProcess => {
             let shared = instruments.subscriber_bus(shared.clone());
-            let payments = PaymentsService::start(shared.clone(), config.simulators.payments())
-                .await
-                .context("cannot start the Payments simulator")?;
-            let stock = StockService::start(shared.clone(), config.simulators.stock())
-                .await
-                .context("cannot start the Stock simulator")?;
+            let lanes = config.bus.bus.simulator_lanes();
+            let payments = PaymentsService::start(
+                shared.clone(),
+                config.simulators.payments().lanes_at_least(lanes),
+            )
+            .await
+            .context("cannot start the Payments simulator")?;
+            let stock = StockService::start(
+                shared.clone(),
+                config.simulators.stock().lanes_at_least(lanes),
+            )
+            .await
+            .context("cannot start the Stock simulator")?;
             Some((payments, stock))
         }
         SimsMode::None => {
