@@ -62,6 +62,13 @@ async fn thousand_orders(config: SystemConfig) {
             // Nothing lost: every hop happened; nothing doubled: Orders published each once.
             assert_eq!(tap.count(&correlation, topics::ORDER_PLACED), 1, "{id}");
             assert_eq!(tap.count(&correlation, topics::ORDER_PAID), 1, "{id}");
+            // A repeated reservation is a duplicate, never refused, so nothing is released.
+            assert_eq!(
+                tap.count(&correlation, topics::ORDER_RESERVATION_REFUSED),
+                0,
+                "{id}"
+            );
+            assert_eq!(tap.count(&correlation, topics::STOCK_RELEASED), 0, "{id}");
             let history = system.orders.messages(*id).await.expect("history");
             let applied = |topic: &str| {
                 history

@@ -1,7 +1,8 @@
 //! Property test: any sequence of external messages — approvals, declines, reservations,
 //! failures, cancels, with duplicates, redeliveries and any order — keeps the order's
 //! invariants: paid at most once, StockReserved only after Paid, Cancelled is final,
-//! an order.cancelled at most once, and nothing panics.
+//! an order.cancelled at most once, exactly one order.reservation_refused per refused
+//! stock.reserved (none for a duplicate), and nothing panics.
 
 use std::sync::Arc;
 
@@ -10,7 +11,8 @@ use chrono::{TimeZone, Utc};
 use contracts::topics;
 use messaging::Envelope;
 use orders_app::{
-    CancelOrder, Direction, ManualClock, OrdersConfig, OrdersMessageHandler, OrdersService,
+    CancelOrder, Direction, HandlingOutcome, ManualClock, OrdersConfig, OrdersMessageHandler,
+    OrdersService,
 };
 use orders_domain::{OrderId, OrderStatus};
 use orders_store::InMemoryOrderStore;
@@ -153,6 +155,16 @@ async fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
         prop_assert!(count(topics::ORDER_PAID) <= 1, "paid twice");
         prop_assert!(count(topics::ORDER_CANCELLED) <= 1, "cancelled twice");
         prop_assert_eq!(count(topics::ORDER_PLACED), 1);
+        let refused_reservations = history
+            .iter()
+            .filter(|r| r.direction == Direction::Received && r.topic == topics::STOCK_RESERVED)
+            .filter(|r| matches!(r.outcome, Some(HandlingOutcome::Rejected(_))))
+            .count();
+        prop_assert_eq!(
+            count(topics::ORDER_RESERVATION_REFUSED),
+            refused_reservations,
+            "one order.reservation_refused per refused stock.reserved"
+        );
         if order.status() == OrderStatus::StockReserved {
             prop_assert!(
                 count(topics::ORDER_PAID) == 1 && order.payment_id().is_some(),

@@ -482,6 +482,8 @@ async fn happy_path(setup: Setup) -> Report {
             (topics::PAYMENT_APPROVED, 1),
             (topics::ORDER_PAID, 1),
             (topics::STOCK_RESERVED, 1),
+            (topics::ORDER_RESERVATION_REFUSED, 0),
+            (topics::STOCK_RELEASED, 0),
         ],
     )
     .await
@@ -568,8 +570,9 @@ async fn cancel_awaiting_payment(setup: Setup) -> Report {
 }
 
 async fn cancel_paid(setup: Setup) -> Report {
-    // Stock answers late: the cancel comes first; it then reserves (Orders rejects
-    // that) and, seeing the cancellation, releases.
+    // Stock answers late: the cancel comes first; it then reserves, Orders refuses that
+    // reservation (order.reservation_refused), and Stock, asked by the cancellation and
+    // by the refusal, releases once.
     cancel_once(
         setup,
         "cancel while Paid",
@@ -592,7 +595,8 @@ async fn cancel_stock_reserved(setup: Setup) -> Report {
     .await
 }
 
-/// Places an order, cancels it once it is `status`, expects a refund and a release.
+/// Places an order, cancels it once it is `status`, expects a refund and one release of
+/// the one reservation (refused by Orders when it came after the cancel, while Paid).
 async fn cancel_once(setup: Setup, name: &'static str, status: &str, flags: Flags) -> Report {
     let mut report = Report::new(name);
     let cluster = Cluster::start(&setup, flags).await;
@@ -603,13 +607,24 @@ async fn cancel_once(setup: Setup, name: &'static str, status: &str, flags: Flag
         cluster.wait(&mut report, &id, status).await;
         cluster.cancel(&mut report, &id).await;
         let messages = cluster.finish(&mut report, &id, "Cancelled").await;
+        let refused = usize::from(status == "Paid");
         report.expect_topics(
             &messages,
             &[
                 (topics::ORDER_CANCELLED, 1),
                 (topics::PAYMENT_REFUNDED, 1),
+                (topics::STOCK_RESERVED, 1),
+                (topics::ORDER_RESERVATION_REFUSED, refused),
                 (topics::STOCK_RELEASED, 1),
             ],
+        );
+        let got = report
+            .step(cluster.orders.outcomes(&id, topics::STOCK_RESERVED).await)
+            .unwrap_or_default();
+        let expected = if refused == 1 { "rejected" } else { "applied" };
+        report.check(
+            got == [expected],
+            format!("stock.reserved outcomes: {got:?}"),
         );
     }
     cluster.stop(&mut report).await;
@@ -678,6 +693,8 @@ async fn replayed_messages(setup: Setup) -> Report {
             (topics::ORDER_PAID, 1),
             (topics::PAYMENT_APPROVED, 3),
             (topics::STOCK_RESERVED, 3),
+            (topics::ORDER_RESERVATION_REFUSED, 0),
+            (topics::STOCK_RELEASED, 0),
         ],
     );
     for topic in [topics::PAYMENT_APPROVED, topics::STOCK_RESERVED] {
@@ -724,8 +741,17 @@ async fn stock_reserved_for_unpaid_order(setup: Setup) -> Report {
                 .await,
         );
         cluster.start_payments().await;
-        // The forged message is rejected; the real flow then completes normally.
-        let _ = cluster.finish(&mut report, &id, "StockReserved").await;
+        // The forged message is refused; the real flow then completes normally, and
+        // Stock keeps its own reservation (the refusal names one it never made).
+        let messages = cluster.finish(&mut report, &id, "StockReserved").await;
+        report.expect_topics(
+            &messages,
+            &[
+                (topics::STOCK_RESERVED, 2),
+                (topics::ORDER_RESERVATION_REFUSED, 1),
+                (topics::STOCK_RELEASED, 0),
+            ],
+        );
         let got = report
             .step(cluster.orders.outcomes(&id, topics::STOCK_RESERVED).await)
             .unwrap_or_default();

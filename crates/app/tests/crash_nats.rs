@@ -11,7 +11,9 @@
 //! cancelled); on the broker each order has at most one distinct paymentId and one
 //! reservation, and net charges (approved minus refunded payments) and held
 //! reservations (reserved minus released) of one for a StockReserved order, none for a
-//! Cancelled one; nothing is left unsent in the outbox or dead-lettered; and Orders'
+//! Cancelled one (a reservation Stock made after the cancel is refused by Orders with
+//! `order.reservation_refused` and released, also by a Stock that restarted with an empty
+//! ledger); nothing is left unsent in the outbox or dead-lettered; and Orders'
 //! store applied one payment and one reservation per StockReserved order. The test
 //! prints its counts.
 //!
@@ -358,6 +360,7 @@ async fn three_processes_and_the_broker_survive_repeated_sigkill_without_losing_
     // and held reservations of one for a StockReserved order, none for a Cancelled one.
     let by_order = broker.messages_by_order().await.unwrap();
     let mut redelivered_answers = 0;
+    let mut refused_reservations = 0;
     for (id, end) in &expected {
         let messages = by_order.get(id).map(Vec::as_slice).unwrap_or_default();
         let approved = distinct(messages, topics::PAYMENT_APPROVED, "paymentId");
@@ -379,6 +382,7 @@ async fn three_processes_and_the_broker_survive_repeated_sigkill_without_losing_
         );
         redelivered_answers += count(messages, topics::PAYMENT_APPROVED).saturating_sub(1)
             + count(messages, topics::STOCK_RESERVED).saturating_sub(1);
+        refused_reservations += count(messages, topics::ORDER_RESERVATION_REFUSED);
     }
     let dead = broker.dead_letters().await.unwrap();
     assert_eq!(dead, 0, "messages dead-lettered");
@@ -439,7 +443,8 @@ async fn three_processes_and_the_broker_survive_repeated_sigkill_without_losing_
          in its final state with at most one paymentId and one reservation, net charges one \
          per StockReserved order and none per Cancelled one; kills {kills:?} ({process_kills} processes), {broker_kills} broker \
          kills; {failed_attempts} failed POST attempts retried; {redelivered_answers} answers \
-         published again after a restart (duplicates to Orders); load {:.1} s, converged at \
+         published again after a restart (duplicates to Orders); {refused_reservations} \
+         reservations refused by Orders and released; load {:.1} s, converged at \
          {:.1} s; outbox unsent 0, dead letters 0",
         ids.len(),
         load_took.as_secs_f64(),

@@ -32,6 +32,9 @@ pub mod topics {
     pub const ORDER_CANCELLED: &str = "order.cancelled";
     /// Orders: Orders refused a payment it did not ask for; Payments should refund it.
     pub const ORDER_PAYMENT_REFUSED: &str = "order.payment_refused";
+    /// Orders: Orders refused a stock reservation it did not ask for; Stock should release
+    /// it.
+    pub const ORDER_RESERVATION_REFUSED: &str = "order.reservation_refused";
     /// Payments: a payment was approved.
     pub const PAYMENT_APPROVED: &str = "payment.approved";
     /// Payments: a payment was declined.
@@ -46,11 +49,12 @@ pub mod topics {
     pub const STOCK_RELEASED: &str = "stock.released";
 
     /// Every topic, in flow order.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 11] = [
         ORDER_PLACED,
         ORDER_PAID,
         ORDER_CANCELLED,
         ORDER_PAYMENT_REFUSED,
+        ORDER_RESERVATION_REFUSED,
         PAYMENT_APPROVED,
         PAYMENT_DECLINED,
         PAYMENT_REFUNDED,
@@ -233,6 +237,25 @@ pub struct OrderPaymentRefused {
     pub amount: Decimal,
     /// ISO 4217 code, as Payments announced it.
     pub currency: String,
+    /// Why Orders refused it.
+    pub reason: String,
+    /// When it was refused.
+    #[serde(with = "rfc3339")]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "rfc3339::schema"))]
+    pub timestamp: DateTime<Utc>,
+}
+
+/// `order.reservation_refused`: Orders refused a stock reservation (one for a cancelled
+/// order, a second, different `reservationId` for an order that holds one); Stock should
+/// release it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct OrderReservationRefused {
+    /// The order.
+    pub order_id: Uuid,
+    /// The refused reservation.
+    pub reservation_id: String,
     /// Why Orders refused it.
     pub reason: String,
     /// When it was refused.

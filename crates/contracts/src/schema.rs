@@ -21,8 +21,9 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::{
-    OrderCancelled, OrderPaid, OrderPaymentRefused, OrderPlaced, PaymentApproved, PaymentDeclined,
-    PaymentRefunded, StockReleased, StockReservationFailed, StockReserved, rfc3339, topics,
+    OrderCancelled, OrderPaid, OrderPaymentRefused, OrderPlaced, OrderReservationRefused,
+    PaymentApproved, PaymentDeclined, PaymentRefunded, StockReleased, StockReservationFailed,
+    StockReserved, rfc3339, topics,
 };
 
 /// The name of the envelope's schema (its file is `envelope.json`); every other schema is
@@ -38,6 +39,10 @@ const PAYLOADS: [(&str, Generate); topics::ALL.len()] = [
     (topics::ORDER_PAID, root::<OrderPaid>),
     (topics::ORDER_CANCELLED, root::<OrderCancelled>),
     (topics::ORDER_PAYMENT_REFUSED, root::<OrderPaymentRefused>),
+    (
+        topics::ORDER_RESERVATION_REFUSED,
+        root::<OrderReservationRefused>,
+    ),
     (topics::PAYMENT_APPROVED, root::<PaymentApproved>),
     (topics::PAYMENT_DECLINED, root::<PaymentDeclined>),
     (topics::PAYMENT_REFUNDED, root::<PaymentRefunded>),

@@ -16,9 +16,9 @@ use std::fmt::Debug;
 
 use chrono::{DateTime, TimeZone, Utc};
 use contracts::{
-    ItemQuantity, OrderCancelled, OrderPaid, OrderPaymentRefused, OrderPlaced, PaymentApproved,
-    PaymentDeclined, PaymentRefunded, PricedItem, ShippingAddress, StockReleased,
-    StockReservationFailed, StockReserved, topics,
+    ItemQuantity, OrderCancelled, OrderPaid, OrderPaymentRefused, OrderPlaced,
+    OrderReservationRefused, PaymentApproved, PaymentDeclined, PaymentRefunded, PricedItem,
+    ShippingAddress, StockReleased, StockReservationFailed, StockReserved, topics,
 };
 use messaging::Envelope;
 use rust_decimal::Decimal;
@@ -105,6 +105,34 @@ fn an_order_payment_refused_names_the_refused_payment_its_amount_and_why() {
     assert_eq!(read, order_payment_refused());
 }
 
+#[test]
+fn an_order_reservation_refused_names_the_refused_reservation_and_why() {
+    let json = serde_json::to_string(&order_reservation_refused()).unwrap();
+
+    assert_eq!(
+        json,
+        format!(
+            r#"{{"orderId":"{ORDER_ID}","reservationId":"{RESERVATION_ID}","reason":"the order is cancelled","timestamp":"{TIMESTAMP}"}}"#
+        )
+    );
+    let read: OrderReservationRefused = serde_json::from_str(&json).unwrap();
+    assert_eq!(read, order_reservation_refused());
+}
+
+#[test]
+fn an_order_reservation_refused_without_reservation_id_is_refused_naming_the_field() {
+    let json = format!(
+        r#"{{"orderId":"{ORDER_ID}","reason":"the order is cancelled","timestamp":"{TIMESTAMP}"}}"#
+    );
+
+    let error = serde_json::from_str::<OrderReservationRefused>(&json).unwrap_err();
+
+    assert!(
+        error.to_string().contains("missing field `reservationId`"),
+        "{error}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Schemas
 
@@ -189,6 +217,9 @@ fn every_payload_is_read_with_unknown_fields_ignored() {
             topics::ORDER_CANCELLED => reads_despite_unknown_fields(topic, order_cancelled()),
             topics::ORDER_PAYMENT_REFUSED => {
                 reads_despite_unknown_fields(topic, order_payment_refused());
+            }
+            topics::ORDER_RESERVATION_REFUSED => {
+                reads_despite_unknown_fields(topic, order_reservation_refused());
             }
             topics::PAYMENT_APPROVED => reads_despite_unknown_fields(topic, payment_approved()),
             topics::PAYMENT_DECLINED => reads_despite_unknown_fields(topic, payment_declined()),
@@ -289,6 +320,7 @@ fn sample_json(topic: &str) -> String {
         topics::ORDER_PAID => pretty(&order_paid()),
         topics::ORDER_CANCELLED => pretty(&order_cancelled()),
         topics::ORDER_PAYMENT_REFUSED => pretty(&order_payment_refused()),
+        topics::ORDER_RESERVATION_REFUSED => pretty(&order_reservation_refused()),
         topics::PAYMENT_APPROVED => pretty(&payment_approved()),
         topics::PAYMENT_DECLINED => pretty(&payment_declined()),
         topics::PAYMENT_REFUNDED => pretty(&payment_refunded()),
@@ -492,6 +524,15 @@ fn order_payment_refused() -> OrderPaymentRefused {
         amount: dec!(50.20),
         currency: "EUR".into(),
         reason: "a second payment for a paid order".into(),
+        timestamp: at(),
+    }
+}
+
+fn order_reservation_refused() -> OrderReservationRefused {
+    OrderReservationRefused {
+        order_id: ORDER_ID,
+        reservation_id: RESERVATION_ID.into(),
+        reason: "the order is cancelled".into(),
         timestamp: at(),
     }
 }

@@ -4,8 +4,9 @@
 //!
 //! Every message is acknowledged unless the store fails (then it is retried): a
 //! rejected message will never succeed on retry, so it is recorded, logged and acked.
-//! A refused `payment.approved` is also answered with `order.payment_refused`, in the
-//! same commit as its inbox record, so Payments refunds what Orders did not ask for.
+//! A refused `payment.approved` is also answered with `order.payment_refused`, and a
+//! refused `stock.reserved` with `order.reservation_refused`, in the same commit as its
+//! inbox record, so Payments refunds and Stock releases what Orders did not ask for.
 
 use async_trait::async_trait;
 use contracts::topics;
@@ -85,12 +86,10 @@ impl OrdersMessageHandler {
             topics::STOCK_RESERVED => {
                 let p: contracts::StockReserved = envelope.decode()?;
                 let order_id = OrderId::from_uuid(p.order_id);
-                match ReservationId::new(p.reservation_id) {
+                match ReservationId::new(p.reservation_id.clone()) {
                     Ok(reservation_id) => {
-                        s.apply_message(ORDERS_SUBSCRIBER, envelope, order_id, |order, now| {
-                            order.confirm_stock_reservation(reservation_id.clone(), now)
-                        })
-                        .await
+                        s.apply_stock_reservation(ORDERS_SUBSCRIBER, envelope, &p, &reservation_id)
+                            .await
                     }
                     Err(e) => {
                         s.reject_message(ORDERS_SUBSCRIBER, envelope, order_id, invalid(&e))

@@ -490,3 +490,4 @@ fn retryable(e: StoreError) -> HandlerError {
 }
 
 mod approval;
+mod reservation;

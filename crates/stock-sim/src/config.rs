@@ -16,8 +16,8 @@ pub struct StockConfig {
     /// Product ids (SKUs) that cannot be reserved, whatever the quantity.
     pub out_of_stock: HashSet<String>,
     /// Simulated processing time: the handler waits this long before it answers any
-    /// message (`order.paid` and `order.cancelled`). Real time, to within microseconds;
-    /// a test cannot pause it.
+    /// message (`order.paid`, `order.cancelled`, `order.reservation_refused`). Real time,
+    /// to within microseconds; a test cannot pause it.
     pub delay: Duration,
     /// Publish every answer twice: two envelopes with different `messageId`s and the
     /// identical payload (the same `reservationId`), as an at-least-once producer that

@@ -6,7 +6,12 @@
 //!
 //! The ledger makes Stock an idempotent producer: an order is decided once and a repeated
 //! question gets the recorded answer (the same `reservationId`), and a reservation is
-//! released at most once, whatever the cancellation message says.
+//! released at most once, whatever the cancellation or refusal messages say.
+//!
+//! A reservation of an order's deterministic `reservationId` that this ledger does not
+//! hold (another Stock process made it, or this one before it restarted with an empty
+//! ledger) is released when `order.cancelled` or `order.reservation_refused` names it:
+//! the id in the message is enough, since only a Stock process makes that id.
 
 use std::{
     sync::atomic::{AtomicUsize, Ordering},
@@ -14,7 +19,10 @@ use std::{
 };
 
 use chrono::{DateTime, TimeDelta, Utc};
-use contracts::{OrderCancelled, OrderPaid, StockReleased, StockReservationFailed, StockReserved};
+use contracts::{
+    OrderCancelled, OrderPaid, OrderReservationRefused, StockReleased, StockReservationFailed,
+    StockReserved,
+};
 use parking_lot::{Mutex, MutexGuard};
 use uuid::Uuid;
 
@@ -69,6 +77,11 @@ enum Record {
 struct Reservation {
     /// The reservation as first published, re-sent verbatim when asked again.
     reserved: StockReserved,
+    /// Whether this ledger reserved it. `false` for a reservation of this order's
+    /// deterministic `reservationId` that another Stock process (or this one, before it
+    /// lost its ledger) made, and this one released when a message named it; then
+    /// `reserved` is made up from that message and has no items.
+    reserved_here: bool,
     /// The release, once done.
     release: Option<Release>,
 }
@@ -96,9 +109,9 @@ pub(crate) enum PaidAnswer {
     AlreadyReleased { reservation_id: String },
 }
 
-/// The answer to an `order.cancelled`.
+/// The answer to an `order.cancelled` or an `order.reservation_refused`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum CancelledAnswer {
+pub(crate) enum ReleaseAnswer {
     /// Publish `stock.released`. `first` is false when the release was done before but its
     /// announcement did not reach the bus.
     Release { message: StockReleased, first: bool },
@@ -106,6 +119,9 @@ pub(crate) enum CancelledAnswer {
     AlreadyReleased { reservation_id: String },
     /// Publish nothing: Stock holds no reservation for this order.
     NothingReserved,
+    /// Publish nothing: the refused reservation is not the one Stock made for this order
+    /// (`ours`), so Stock has nothing of it to give back; its own stays.
+    NotOurs { ours: String },
 }
 
 impl Ledger {
@@ -182,6 +198,7 @@ impl Ledger {
                         order.order_id,
                         Record::Reserved(Reservation {
                             reserved: message.clone(),
+                            reserved_here: true,
                             release: None,
                         }),
                         now,
@@ -198,45 +215,107 @@ impl Ledger {
 
     /// Releases what Stock reserved for the cancelled order, once. Decides on its own
     /// records, not on the message's `reservationId`: an order cancelled while paid may
-    /// have been reserved concurrently.
+    /// have been reserved concurrently. Only when it holds no reservation of the order and
+    /// the message names the order's deterministic `reservationId` (made by another Stock
+    /// process, or by this one before a restart) is that reservation released.
     pub(crate) fn on_cancelled(
         &self,
         cancelled: &OrderCancelled,
         now: DateTime<Utc>,
-    ) -> CancelledAnswer {
-        let mut orders = self.shard_at(cancelled.order_id, now);
-        match orders.get_mut(&cancelled.order_id) {
-            Some(Record::Reserved(reservation)) => match &reservation.release {
-                Some(release) if release.announced => CancelledAnswer::AlreadyReleased {
-                    reservation_id: release.message.reservation_id.clone(),
-                },
-                Some(release) => CancelledAnswer::Release {
-                    message: release.message.clone(),
-                    first: false,
-                },
-                None => {
-                    let message = StockReleased {
-                        order_id: cancelled.order_id,
-                        reservation_id: reservation.reserved.reservation_id.clone(),
-                        timestamp: now,
-                    };
-                    reservation.release = Some(Release {
-                        message: message.clone(),
-                        announced: false,
-                    });
-                    self.released.fetch_add(1, Ordering::Relaxed);
-                    CancelledAnswer::Release {
-                        message,
-                        first: true,
-                    }
-                }
-            },
-            Some(Record::Failed(_) | Record::CancelledUnreserved) => {
-                CancelledAnswer::NothingReserved
+    ) -> ReleaseAnswer {
+        let order_id = cancelled.order_id;
+        let mut orders = self.shard_at(order_id, now);
+        match orders.get_mut(&order_id) {
+            Some(Record::Reserved(reservation)) => self.release_once(reservation, now),
+            _ if cancelled.reservation_id.as_deref() == Some(&reservation_id_for(order_id)) => {
+                self.release_made_elsewhere(&mut orders, order_id, now)
             }
+            Some(Record::Failed(_) | Record::CancelledUnreserved) => ReleaseAnswer::NothingReserved,
             None => {
-                orders.insert(cancelled.order_id, Record::CancelledUnreserved, now);
-                CancelledAnswer::NothingReserved
+                orders.insert(order_id, Record::CancelledUnreserved, now);
+                ReleaseAnswer::NothingReserved
+            }
+        }
+    }
+
+    /// Releases the reservation Orders refused, once. Only the named reservation: a
+    /// refusal of a reservation Stock did not make leaves its own alone. A reservation of
+    /// this order's deterministic `reservationId` that this ledger does not hold was made
+    /// by another Stock process, or by this one before it lost its ledger: it is released,
+    /// and remembered as released (a later `order.paid` for the order reserves nothing).
+    pub(crate) fn on_refused(
+        &self,
+        refused: &OrderReservationRefused,
+        now: DateTime<Utc>,
+    ) -> ReleaseAnswer {
+        let order_id = refused.order_id;
+        let mut orders = self.shard_at(order_id, now);
+        match orders.get_mut(&order_id) {
+            Some(Record::Reserved(reservation))
+                if reservation.reserved.reservation_id == refused.reservation_id =>
+            {
+                self.release_once(reservation, now)
+            }
+            Some(Record::Reserved(reservation)) => ReleaseAnswer::NotOurs {
+                ours: reservation.reserved.reservation_id.clone(),
+            },
+            _ if refused.reservation_id == reservation_id_for(order_id) => {
+                self.release_made_elsewhere(&mut orders, order_id, now)
+            }
+            _ => ReleaseAnswer::NothingReserved,
+        }
+    }
+
+    /// Releases the reservation of `order_id`'s deterministic `reservationId` that this
+    /// ledger did not make, and records it (replacing what the ledger knew of the order)
+    /// as released.
+    fn release_made_elsewhere(
+        &self,
+        orders: &mut Shard<Record>,
+        order_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> ReleaseAnswer {
+        let mut reservation = Reservation {
+            reserved: StockReserved {
+                order_id,
+                reservation_id: reservation_id_for(order_id),
+                items: Vec::new(),
+                timestamp: now,
+            },
+            reserved_here: false,
+            release: None,
+        };
+        let answer = self.release_once(&mut reservation, now);
+        orders.insert(order_id, Record::Reserved(reservation), now);
+        answer
+    }
+
+    /// Releases `reservation` unless it was released before; then re-sends the release
+    /// whose announcement did not reach the bus, or answers that it was announced.
+    fn release_once(&self, reservation: &mut Reservation, now: DateTime<Utc>) -> ReleaseAnswer {
+        match &reservation.release {
+            Some(release) if release.announced => ReleaseAnswer::AlreadyReleased {
+                reservation_id: release.message.reservation_id.clone(),
+            },
+            Some(release) => ReleaseAnswer::Release {
+                message: release.message.clone(),
+                first: false,
+            },
+            None => {
+                let message = StockReleased {
+                    order_id: reservation.reserved.order_id,
+                    reservation_id: reservation.reserved.reservation_id.clone(),
+                    timestamp: now,
+                };
+                reservation.release = Some(Release {
+                    message: message.clone(),
+                    announced: false,
+                });
+                self.released.fetch_add(1, Ordering::Relaxed);
+                ReleaseAnswer::Release {
+                    message,
+                    first: true,
+                }
             }
         }
     }
@@ -274,13 +353,25 @@ impl Ledger {
         }
     }
 
-    /// The `reservationId` made for `order_id`, if any.
+    /// The `reservationId` this ledger reserved for `order_id`, if any.
     pub(crate) fn reservation_for(&self, order_id: Uuid) -> Option<String> {
         match self.shard(order_id).get(&order_id) {
-            Some(Record::Reserved(reservation)) => {
+            Some(Record::Reserved(reservation)) if reservation.reserved_here => {
                 Some(reservation.reserved.reservation_id.clone())
             }
             _ => None,
+        }
+    }
+
+    /// The reservations this ledger made for `order_id` less the releases it did for it:
+    /// 1 while held, 0 when never reserved or reserved and released, -1 when it released
+    /// a reservation another Stock process made.
+    pub(crate) fn net_reservations_for(&self, order_id: Uuid) -> i64 {
+        match self.shard(order_id).get(&order_id) {
+            Some(Record::Reserved(reservation)) => {
+                i64::from(reservation.reserved_here) - i64::from(reservation.release.is_some())
+            }
+            _ => 0,
         }
     }
 

@@ -4,11 +4,15 @@
 //! * `order.paid` → `stock.reserved`, or `stock.reservation_failed` naming the products
 //!   that are out of stock;
 //! * `order.cancelled` → `stock.released` when, by its own records, it holds a reservation
-//!   for the order that it has not released yet.
+//!   for the order that it has not released yet (or the message names the order's
+//!   reservation that another Stock process, or this one before a restart, made);
+//! * `order.reservation_refused` → `stock.released` of the reservation Orders refused,
+//!   unless it was released already.
 //!
 //! It is an idempotent producer: a redelivered `order.paid` gets the same answer again
 //! (the same `reservationId`, derived from the order id, so a restarted or a second instance
-//! answers with it too), and a repeated `order.cancelled` never releases twice.
+//! answers with it too), and a reservation is released at most once, however often
+//! `order.cancelled` or `order.reservation_refused` ask.
 //! It forgets an order once it was not asked about for its idempotency window, so its
 //! memory stays flat under sustained load.
 //! [`StockConfig`] makes it slow, short of products or chatty (duplicate replies) for tests

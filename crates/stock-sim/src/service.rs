@@ -1,12 +1,13 @@
-//! The running Stock service: the consumer group `stock` on `order.paid` and
-//! `order.cancelled`, its message handler, and the handle the caller keeps to inspect and
-//! stop it.
+//! The running Stock service: the consumer group `stock` on `order.paid`,
+//! `order.cancelled` and `order.reservation_refused`, its message handler, and the handle
+//! the caller keeps to inspect and stop it.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use contracts::{
-    OrderCancelled, OrderPaid, StockReleased, StockReservationFailed, StockReserved, topics,
+    OrderCancelled, OrderPaid, OrderReservationRefused, StockReleased, StockReservationFailed,
+    StockReserved, topics,
 };
 use messaging::{
     BusError, Envelope, HandlerError, MessageBus, MessageHandler, Subscription, SubscriptionHandle,
@@ -15,11 +16,11 @@ use uuid::Uuid;
 
 use crate::{
     Clock, StockConfig, SystemClock,
-    ledger::{CancelledAnswer, Ledger, PaidAnswer},
+    ledger::{Ledger, PaidAnswer, ReleaseAnswer},
 };
 
-/// The consumer group Stock subscribes as. One subscription covers both topics, so the
-/// messages of one order (one correlation id) reach it in order.
+/// The consumer group Stock subscribes as. One subscription covers its three topics, so
+/// the messages of one order (one correlation id) reach it in order.
 pub const CONSUMER_GROUP: &str = "stock";
 
 /// The simulated Stock context. Start it with [`StockService::start`]; it runs until
@@ -45,8 +46,9 @@ impl std::fmt::Debug for StockService {
 }
 
 impl StockService {
-    /// Subscribes the consumer group [`CONSUMER_GROUP`] to `order.paid` and
-    /// `order.cancelled` on `bus`, and answers on the same bus.
+    /// Subscribes the consumer group [`CONSUMER_GROUP`] to `order.paid`,
+    /// `order.cancelled` and `order.reservation_refused` on `bus`, and answers on the same
+    /// bus.
     ///
     /// # Errors
     /// The bus's [`BusError`] when the subscription fails, e.g.
@@ -79,7 +81,8 @@ impl StockService {
         let subscription = Subscription::new(CONSUMER_GROUP)
             .concurrency(concurrency)
             .topic(topics::ORDER_PAID)
-            .topic(topics::ORDER_CANCELLED);
+            .topic(topics::ORDER_CANCELLED)
+            .topic(topics::ORDER_RESERVATION_REFUSED);
         let subscription = bus.subscribe(subscription, service).await?;
         tracing::info!(subscriber = CONSUMER_GROUP, "stock simulator started");
         Ok(StockHandle {
@@ -120,31 +123,30 @@ impl StockService {
         incoming: &Envelope,
         cancelled: &OrderCancelled,
     ) -> Result<(), HandlerError> {
-        match self.ledger.on_cancelled(cancelled, self.clock.now()) {
-            CancelledAnswer::Release { message, first } => {
-                if let Some(theirs) = cancelled
-                    .reservation_id
-                    .as_deref()
-                    .filter(|theirs| *theirs != message.reservation_id)
-                {
-                    tracing::warn!(order_id = %message.order_id, their_reservation_id = %theirs,
-                        reservation_id = %message.reservation_id,
-                        "order.cancelled names a reservation Stock does not know: releasing its own");
-                }
+        let answer = self.ledger.on_cancelled(cancelled, self.clock.now());
+        if let ReleaseAnswer::Release { message, .. } = &answer
+            && let Some(theirs) = cancelled
+                .reservation_id
+                .as_deref()
+                .filter(|theirs| *theirs != message.reservation_id)
+        {
+            tracing::warn!(order_id = %message.order_id, their_reservation_id = %theirs,
+                reservation_id = %message.reservation_id,
+                "order.cancelled names a reservation Stock does not know: releasing its own");
+        }
+        match answer {
+            ReleaseAnswer::Release { message, first } => {
                 tracing::info!(order_id = %message.order_id, reservation_id = %message.reservation_id,
                     previous_status = %cancelled.previous_status,
                     decision = "released", repeated = !first, "stock released");
-                let order_id = message.order_id;
-                self.send(incoming, &Reply::Released(message)).await?;
-                self.ledger.release_announced(order_id);
-                Ok(())
+                self.announce_release(incoming, message).await
             }
-            CancelledAnswer::AlreadyReleased { reservation_id } => {
+            ReleaseAnswer::AlreadyReleased { reservation_id } => {
                 tracing::info!(order_id = %cancelled.order_id, reservation_id = %reservation_id,
                     decision = "ignored", "order.cancelled again: released already");
                 Ok(())
             }
-            CancelledAnswer::NothingReserved => {
+            ReleaseAnswer::NothingReserved | ReleaseAnswer::NotOurs { .. } => {
                 match &cancelled.reservation_id {
                     Some(theirs) => tracing::warn!(order_id = %cancelled.order_id,
                         their_reservation_id = %theirs, decision = "ignored",
@@ -156,6 +158,54 @@ impl StockService {
                 Ok(())
             }
         }
+    }
+
+    /// Orders refused a reservation (one for a cancelled order, a second one for a
+    /// reserved order): release it, at most once.
+    async fn on_reservation_refused(
+        &self,
+        incoming: &Envelope,
+        refused: &OrderReservationRefused,
+    ) -> Result<(), HandlerError> {
+        match self.ledger.on_refused(refused, self.clock.now()) {
+            ReleaseAnswer::Release { message, first } => {
+                tracing::info!(order_id = %message.order_id, reservation_id = %message.reservation_id,
+                    refusal = %refused.reason, decision = "released", repeated = !first,
+                    "reservation refused by Orders: released");
+                self.announce_release(incoming, message).await
+            }
+            ReleaseAnswer::AlreadyReleased { reservation_id } => {
+                tracing::info!(order_id = %refused.order_id, reservation_id = %reservation_id,
+                    decision = "ignored", "order.reservation_refused: released already");
+                Ok(())
+            }
+            ReleaseAnswer::NotOurs { ours } => {
+                tracing::warn!(order_id = %refused.order_id,
+                    their_reservation_id = %refused.reservation_id, reservation_id = %ours,
+                    decision = "ignored",
+                    "order.reservation_refused names another reservation than Stock made: nothing to release");
+                Ok(())
+            }
+            ReleaseAnswer::NothingReserved => {
+                tracing::warn!(order_id = %refused.order_id,
+                    their_reservation_id = %refused.reservation_id, decision = "ignored",
+                    "order.reservation_refused names a reservation Stock never made: nothing to release");
+                Ok(())
+            }
+        }
+    }
+
+    /// Publishes the release, then notes that it reached the bus (until then a repeated
+    /// request re-sends the same release, never a second one).
+    async fn announce_release(
+        &self,
+        incoming: &Envelope,
+        message: StockReleased,
+    ) -> Result<(), HandlerError> {
+        let order_id = message.order_id;
+        self.send(incoming, &Reply::Released(message)).await?;
+        self.ledger.release_announced(order_id);
+        Ok(())
     }
 
     /// Takes the configured processing time (decoding comes first, so a bad payload
@@ -195,6 +245,11 @@ impl MessageHandler for StockService {
                 let cancelled: OrderCancelled = envelope.decode()?;
                 self.simulate_processing().await;
                 self.on_order_cancelled(envelope, &cancelled).await
+            }
+            topics::ORDER_RESERVATION_REFUSED => {
+                let refused: OrderReservationRefused = envelope.decode()?;
+                self.simulate_processing().await;
+                self.on_reservation_refused(envelope, &refused).await
             }
             other => Err(HandlerError::permanent(format!(
                 "stock does not handle topic {other}"
@@ -276,7 +331,16 @@ impl StockHandle {
         self.ledger.releases_for(order_id)
     }
 
-    /// The `reservationId` Stock made for `order_id`, if it made one.
+    /// The reservations Stock made for `order_id` less the releases it did for it: 1
+    /// while held, 0 when never reserved or reserved and released, -1 when it released a
+    /// reservation of the order that another Stock process (or this one before a restart)
+    /// made (so the sum over every instance is what the order still holds).
+    #[must_use]
+    pub fn net_reservations_for(&self, order_id: Uuid) -> i64 {
+        self.ledger.net_reservations_for(order_id)
+    }
+
+    /// The `reservationId` Stock made for `order_id`, if this process made one.
     #[must_use]
     pub fn reservation_for(&self, order_id: Uuid) -> Option<String> {
         self.ledger.reservation_for(order_id)

@@ -1,6 +1,7 @@
-//! The simulated Stock seen from the bus: what it answers to `order.paid` and
-//! `order.cancelled` under each configuration, and that it reserves and releases each
-//! order at most once however often it is asked.
+//! The simulated Stock seen from the bus: what it answers to `order.paid`,
+//! `order.cancelled` and `order.reservation_refused` under each configuration, and that it
+//! reserves and releases each order at most once however often it is asked, a restart
+//! with an empty ledger included.
 #![allow(clippy::unwrap_used)]
 
 use std::{
@@ -14,8 +15,8 @@ use std::{
 use async_trait::async_trait;
 use chrono::{TimeZone, Utc};
 use contracts::{
-    ItemQuantity, OrderCancelled, OrderPaid, StockReleased, StockReservationFailed, StockReserved,
-    topics,
+    ItemQuantity, OrderCancelled, OrderPaid, OrderReservationRefused, StockReleased,
+    StockReservationFailed, StockReserved, topics,
 };
 use messaging::{
     BusError, Envelope, HandlerError, InMemoryBus, MessageBus, MessageHandler, Subscription,
@@ -322,6 +323,287 @@ async fn a_release_whose_announcement_failed_is_announced_on_redelivery_and_done
     assert_eq!(observer.on(topics::STOCK_RELEASED).len(), 1);
     assert_eq!(stock.released_count(), 1);
     assert!(bus.dead_letters().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// Reservations Orders refused (order.reservation_refused)
+
+#[tokio::test]
+async fn a_refused_reservation_is_released_once_and_a_second_refusal_releases_nothing_more() {
+    let world = World::start(StockConfig::default()).await;
+    let paid = order_paid(&[("sku-1", 1)]);
+    world
+        .publish(topics::ORDER_PAID, paid.order_id, &paid)
+        .await;
+    world.settle().await;
+    let reservation_id = world.stock.reservation_for(paid.order_id).unwrap();
+    let refused = reservation_refused(paid.order_id, &reservation_id);
+
+    world
+        .publish(topics::ORDER_RESERVATION_REFUSED, paid.order_id, &refused)
+        .await;
+    world.settle().await;
+    let released: Vec<StockReleased> = world.observer.payloads(topics::STOCK_RELEASED);
+    assert_eq!(released.len(), 1, "{released:?}");
+    assert_eq!(released[0].reservation_id, reservation_id);
+    assert_eq!(released[0].order_id, paid.order_id);
+    assert_eq!(world.stock.net_reservations_for(paid.order_id), 0);
+
+    // The same refusal again (a redelivery), and a second refusal of the same reservation
+    // under a new message id: released already.
+    let again = world
+        .publish(topics::ORDER_RESERVATION_REFUSED, paid.order_id, &refused)
+        .await;
+    world.publish_envelope(again).await;
+    world.settle().await;
+
+    assert_eq!(world.observer.on(topics::STOCK_RELEASED).len(), 1);
+    assert_eq!(world.stock.released_count(), 1);
+    assert_eq!(world.stock.releases_for(paid.order_id), 1);
+    assert_eq!(world.stock.net_reservations_for(paid.order_id), 0);
+}
+
+#[tokio::test]
+async fn a_reservation_released_on_cancellation_is_not_released_again_when_refused() {
+    // Cancelled while Paid: order.cancelled names no reservation, Stock releases its own;
+    // then Orders refuses the stock.reserved that reached it after the cancel.
+    let world = World::start(StockConfig::default()).await;
+    let paid = order_paid(&[("sku-1", 1)]);
+    world
+        .publish(topics::ORDER_PAID, paid.order_id, &paid)
+        .await;
+    world
+        .publish(
+            topics::ORDER_CANCELLED,
+            paid.order_id,
+            &order_cancelled(paid.order_id, "Paid", None),
+        )
+        .await;
+    world.settle().await;
+    let reservation_id = world.stock.reservation_for(paid.order_id).unwrap();
+
+    world
+        .publish(
+            topics::ORDER_RESERVATION_REFUSED,
+            paid.order_id,
+            &reservation_refused(paid.order_id, &reservation_id),
+        )
+        .await;
+    world.settle().await;
+
+    assert_eq!(world.observer.on(topics::STOCK_RELEASED).len(), 1);
+    assert_eq!(world.stock.released_count(), 1);
+}
+
+#[tokio::test]
+async fn a_refusal_first_then_the_cancellation_releases_once() {
+    // order.reservation_refused and order.cancelled travel on different streams: either
+    // may come first.
+    let world = World::start(StockConfig::default()).await;
+    let paid = order_paid(&[("sku-1", 1)]);
+    world
+        .publish(topics::ORDER_PAID, paid.order_id, &paid)
+        .await;
+    world.settle().await;
+    let reservation_id = world.stock.reservation_for(paid.order_id).unwrap();
+
+    world
+        .publish(
+            topics::ORDER_RESERVATION_REFUSED,
+            paid.order_id,
+            &reservation_refused(paid.order_id, &reservation_id),
+        )
+        .await;
+    world
+        .publish(
+            topics::ORDER_CANCELLED,
+            paid.order_id,
+            &order_cancelled(paid.order_id, "Paid", None),
+        )
+        .await;
+    world.settle().await;
+
+    assert_eq!(world.observer.on(topics::STOCK_RELEASED).len(), 1);
+    assert_eq!(world.stock.released_count(), 1);
+}
+
+#[tokio::test]
+async fn a_restarted_stock_with_an_empty_ledger_releases_the_refused_reservation_once() {
+    let world = World::start(StockConfig::default()).await;
+    let paid = order_paid(&[("sku-1", 1)]);
+    let paid_envelope = world
+        .publish(topics::ORDER_PAID, paid.order_id, &paid)
+        .await;
+    world.settle().await;
+    let reservation_id = world.stock.reservation_for(paid.order_id).unwrap();
+
+    // Restart: the same group on the same bus, with an empty ledger.
+    let World {
+        bus,
+        observer,
+        stock,
+        _observing,
+    } = world;
+    stock.stop().await;
+    let restarted = StockService::start(Arc::new(bus.clone()), StockConfig::default())
+        .await
+        .unwrap();
+    let refused = reservation_refused(paid.order_id, &reservation_id);
+    bus.publish(envelope(
+        topics::ORDER_RESERVATION_REFUSED,
+        paid.order_id,
+        &refused,
+    ))
+    .await
+    .unwrap();
+    assert!(bus.wait_idle(DEADLINE).await);
+
+    let released: Vec<StockReleased> = observer.payloads(topics::STOCK_RELEASED);
+    assert_eq!(released.len(), 1, "{released:?}");
+    assert_eq!(released[0].reservation_id, reservation_id);
+    assert_eq!(
+        restarted.net_reservations_for(paid.order_id),
+        -1,
+        "released what the first process reserved"
+    );
+    assert_eq!(
+        restarted.reservation_for(paid.order_id),
+        None,
+        "not made here"
+    );
+
+    // Asked again, and order.paid redelivered: nothing more is released or reserved.
+    bus.publish(envelope(
+        topics::ORDER_RESERVATION_REFUSED,
+        paid.order_id,
+        &refused,
+    ))
+    .await
+    .unwrap();
+    bus.publish(paid_envelope).await.unwrap();
+    assert!(bus.wait_idle(DEADLINE).await);
+    assert_eq!(observer.on(topics::STOCK_RELEASED).len(), 1);
+    assert_eq!(observer.on(topics::STOCK_RESERVED).len(), 1);
+    assert_eq!(restarted.released_count(), 1);
+}
+
+#[tokio::test]
+async fn a_restarted_stock_that_saw_the_cancellation_first_still_releases_the_refused_reservation()
+{
+    // The crash case: the first Stock reserved and announced it, then died before its ack;
+    // the restarted one sees order.cancelled (naming no reservation) for an order it does
+    // not know, then the redelivered order.paid, then Orders' refusal of the reservation.
+    let world = World::start(StockConfig::default()).await;
+    let paid = order_paid(&[("sku-1", 1)]);
+    let paid_envelope = world
+        .publish(topics::ORDER_PAID, paid.order_id, &paid)
+        .await;
+    world.settle().await;
+    let reservation_id = world.stock.reservation_for(paid.order_id).unwrap();
+    let World {
+        bus,
+        observer,
+        stock,
+        _observing,
+    } = world;
+    stock.stop().await;
+    let restarted = StockService::start(Arc::new(bus.clone()), StockConfig::default())
+        .await
+        .unwrap();
+
+    let cancelled = order_cancelled(paid.order_id, "Paid", None);
+    bus.publish(envelope(topics::ORDER_CANCELLED, paid.order_id, &cancelled))
+        .await
+        .unwrap();
+    bus.publish(paid_envelope).await.unwrap();
+    assert!(bus.wait_idle(DEADLINE).await);
+    assert!(
+        observer.on(topics::STOCK_RELEASED).is_empty(),
+        "its ledger knew of no reservation"
+    );
+    bus.publish(envelope(
+        topics::ORDER_RESERVATION_REFUSED,
+        paid.order_id,
+        &reservation_refused(paid.order_id, &reservation_id),
+    ))
+    .await
+    .unwrap();
+    assert!(bus.wait_idle(DEADLINE).await);
+
+    let released: Vec<StockReleased> = observer.payloads(topics::STOCK_RELEASED);
+    assert_eq!(released.len(), 1, "{released:?}");
+    assert_eq!(released[0].reservation_id, reservation_id);
+    assert_eq!(restarted.net_reservations_for(paid.order_id), -1);
+}
+
+#[tokio::test]
+async fn a_restarted_stock_releases_the_reservation_a_cancellation_names() {
+    // Cancelled while StockReserved: order.cancelled names the reservation the first
+    // Stock made; the restarted one does not know it, but the id is the order's.
+    let world = World::start(StockConfig::default()).await;
+    let paid = order_paid(&[("sku-1", 1)]);
+    world
+        .publish(topics::ORDER_PAID, paid.order_id, &paid)
+        .await;
+    world.settle().await;
+    let reservation_id = world.stock.reservation_for(paid.order_id).unwrap();
+    let World {
+        bus,
+        observer,
+        stock,
+        _observing,
+    } = world;
+    stock.stop().await;
+    let restarted = StockService::start(Arc::new(bus.clone()), StockConfig::default())
+        .await
+        .unwrap();
+
+    let cancelled = order_cancelled(paid.order_id, "StockReserved", Some(&reservation_id));
+    let cancelled = envelope(topics::ORDER_CANCELLED, paid.order_id, &cancelled);
+    bus.publish(cancelled.clone()).await.unwrap();
+    bus.publish(cancelled).await.unwrap();
+    assert!(bus.wait_idle(DEADLINE).await);
+
+    let released: Vec<StockReleased> = observer.payloads(topics::STOCK_RELEASED);
+    assert_eq!(released.len(), 1, "{released:?}");
+    assert_eq!(released[0].reservation_id, reservation_id);
+    assert_eq!(restarted.net_reservations_for(paid.order_id), -1);
+}
+
+#[tokio::test]
+async fn a_refusal_of_a_reservation_stock_never_made_releases_nothing() {
+    let world = World::start(StockConfig::default()).await;
+    let paid = order_paid(&[("sku-1", 1)]);
+    world
+        .publish(topics::ORDER_PAID, paid.order_id, &paid)
+        .await;
+    world.settle().await;
+
+    // Another reservation of a reserved order, and one of an order Stock never saw.
+    world
+        .publish(
+            topics::ORDER_RESERVATION_REFUSED,
+            paid.order_id,
+            &reservation_refused(paid.order_id, "a-reservation-from-elsewhere"),
+        )
+        .await;
+    let stranger = Uuid::new_v4();
+    world
+        .publish(
+            topics::ORDER_RESERVATION_REFUSED,
+            stranger,
+            &reservation_refused(stranger, "forged-reservation"),
+        )
+        .await;
+    world.settle().await;
+
+    assert!(world.observer.on(topics::STOCK_RELEASED).is_empty());
+    assert_eq!(
+        world.stock.net_reservations_for(paid.order_id),
+        1,
+        "its own stays"
+    );
+    assert_eq!(world.stock.released_count(), 0);
 }
 
 #[tokio::test]
@@ -666,5 +948,14 @@ fn order_cancelled(
         payment_id: Some("payment-1".into()),
         reservation_id: reservation_id.map(str::to_owned),
         timestamp: Utc.with_ymd_and_hms(2026, 1, 5, 10, 5, 0).unwrap(),
+    }
+}
+
+fn reservation_refused(order_id: Uuid, reservation_id: &str) -> OrderReservationRefused {
+    OrderReservationRefused {
+        order_id,
+        reservation_id: reservation_id.to_owned(),
+        reason: "order is Cancelled".into(),
+        timestamp: Utc.with_ymd_and_hms(2026, 1, 5, 10, 6, 0).unwrap(),
     }
 }

@@ -1,7 +1,8 @@
 //! Stock is a tolerant reader (docs/design.md §5), proven through the in-memory bus: for
-//! each topic it consumes (`order.paid`, `order.cancelled`) it answers a message whose
-//! envelope and payload carry fields it does not know, and it dead-letters a payload that
-//! lacks a required field with a reason naming that field (its wire name).
+//! each topic it consumes (`order.paid`, `order.cancelled`, `order.reservation_refused`)
+//! it answers a message whose envelope and payload carry fields it does not know, and it
+//! dead-letters a payload that lacks a required field with a reason naming that field
+//! (its wire name).
 //!
 //! Every message is hand-written JSON read with `Envelope::from_json`, as it arrives from
 //! a network bus or from a producer of a newer contract version.
@@ -151,6 +152,57 @@ async fn an_order_cancelled_without_reason_is_dead_lettered_naming_the_field() {
 
     world.dead_letter_names("reason").await;
     assert_eq!(world.stock.releases_for(order), 0);
+}
+
+#[tokio::test]
+async fn an_order_reservation_refused_with_unknown_fields_releases_the_reservation() {
+    let world = World::start().await;
+    let order = Uuid::new_v4();
+    world.publish(&paid_json(order, "")).await;
+    world.settles_without_dead_letters().await;
+    let reservation = world.stock.reservation_for(order).unwrap();
+
+    world
+        .publish(&envelope_json(
+            topics::ORDER_RESERVATION_REFUSED,
+            order,
+            UNKNOWN_ENVELOPE_FIELDS,
+            &format!(
+                r#"{{ "orderId": "{order}", "reservationId": "{reservation}",
+                     "reason": "order already cancelled", "refusedBy": {{ "replica": 2 }},
+                     "timestamp": "2026-01-05T10:05:00.000Z" }}"#
+            ),
+        ))
+        .await;
+
+    world.settles_without_dead_letters().await;
+    let released: Vec<StockReleased> = world.answers(topics::STOCK_RELEASED);
+    assert_eq!(released.len(), 1, "{released:?}");
+    assert_eq!(released[0].reservation_id, reservation);
+    assert_eq!(world.stock.net_reservations_for(order), 0);
+}
+
+#[tokio::test]
+async fn an_order_reservation_refused_without_reservation_id_is_dead_lettered_naming_the_field() {
+    let world = World::start().await;
+    let order = Uuid::new_v4();
+    world.publish(&paid_json(order, "")).await;
+    world.settles_without_dead_letters().await;
+
+    world
+        .publish(&envelope_json(
+            topics::ORDER_RESERVATION_REFUSED,
+            order,
+            "",
+            &format!(
+                r#"{{ "orderId": "{order}", "reason": "order already cancelled",
+                     "timestamp": "2026-01-05T10:05:00.000Z" }}"#
+            ),
+        ))
+        .await;
+
+    world.dead_letter_names("reservationId").await;
+    assert_eq!(world.stock.net_reservations_for(order), 1);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 //! A customer cancelling in each state: before payment, once paid, once reserved. A
-//! simulator is paused where the story needs the cancel to come first.
+//! simulator is paused where the story needs the cancel to come first. Once paid, the
+//! reservation Stock makes after the cancel is refused (`order.reservation_refused`) and
+//! released once, though both the cancellation and the refusal ask for it.
 
 use contracts::topics;
 use orders_domain::OrderStatus;
@@ -8,7 +10,8 @@ use rust_decimal::Decimal;
 use super::{
     ScenarioReport,
     steps::{
-        cancel, checkout, config, expect_topics, finish, outcomes, place, resume, start, wait,
+        cancel, checkout, config, expect_topics, finish, held_reservations, outcomes, place,
+        resume, start, wait,
     },
 };
 use crate::system::Stores;
@@ -66,8 +69,9 @@ pub(super) async fn cancel_stock_reserved(stores: Stores) -> ScenarioReport {
 }
 
 /// Places an order, cancels it once it is `status`, and expects a refund and a release.
-/// For Paid, Stock is away until the cancel is done; it then reserves (Orders rejects
-/// that) and, seeing the cancellation, releases.
+/// For Paid, Stock is away until the cancel is done; it then reserves, Orders refuses
+/// that reservation (`stock.reserved` rejected, `order.reservation_refused` published),
+/// and Stock, seeing the cancellation and the refusal, releases once.
 pub(super) async fn cancel_once(
     stores: Stores,
     name: &'static str,
@@ -95,6 +99,7 @@ pub(super) async fn cancel_once(
     if hold_stock {
         resume(&mut report, system.resume_stock().await);
     }
+    let store = system.orders.clone();
     let messages = finish(&mut report, system, id, OrderStatus::Cancelled).await;
     expect_topics(
         &mut report,
@@ -102,8 +107,23 @@ pub(super) async fn cancel_once(
         &[
             (topics::ORDER_CANCELLED, 1),
             (topics::PAYMENT_REFUNDED, 1),
+            (topics::STOCK_RESERVED, 1),
+            (topics::ORDER_RESERVATION_REFUSED, usize::from(hold_stock)),
             (topics::STOCK_RELEASED, 1),
         ],
+    );
+    let history = store.messages(id).await.unwrap_or_default();
+    let expected: &[&str] = if hold_stock {
+        &["rejected"]
+    } else {
+        &["applied"]
+    };
+    let got = outcomes(&history, topics::STOCK_RESERVED);
+    report.check(got == expected, format!("stock.reserved outcomes: {got:?}"));
+    let held = held_reservations(&messages);
+    report.check(
+        held.is_empty(),
+        format!("reservations still held: {held:?}"),
     );
     report
 }

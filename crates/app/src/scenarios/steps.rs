@@ -3,8 +3,9 @@
 //! the final state and the transcript). Each records what went wrong in the report
 //! instead of failing.
 
-use std::sync::Arc;
+use std::{collections::BTreeSet, sync::Arc};
 
+use contracts::topics;
 use messaging::{Envelope, MessageBus};
 use orders_app::{AddressInput, CancelOrder, Direction, ItemInput, MessageRecord, PlaceOrder};
 use orders_domain::{OrderId, OrderStatus};
@@ -117,6 +118,24 @@ pub(super) async fn finish(
     report.transcript = transcript(&messages, &history);
     system.shutdown().await;
     messages
+}
+
+/// The `reservationId`s announced by `stock.reserved` among `messages` and never by
+/// `stock.released` (a reservation announced twice counts once).
+pub(super) fn held_reservations(messages: &[Envelope]) -> Vec<String> {
+    let released: BTreeSet<String> = messages
+        .iter()
+        .filter(|e| e.topic == topics::STOCK_RELEASED)
+        .filter_map(|e| e.decode::<contracts::StockReleased>().ok())
+        .map(|p| p.reservation_id)
+        .collect();
+    let reserved: BTreeSet<String> = messages
+        .iter()
+        .filter(|e| e.topic == topics::STOCK_RESERVED)
+        .filter_map(|e| e.decode::<contracts::StockReserved>().ok())
+        .map(|p| p.reservation_id)
+        .collect();
+    reserved.difference(&released).cloned().collect()
 }
 
 pub(super) fn count(messages: &[Envelope], topic: &str) -> usize {

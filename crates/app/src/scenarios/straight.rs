@@ -26,6 +26,8 @@ pub(super) async fn happy_path(stores: Stores) -> ScenarioReport {
             (topics::PAYMENT_APPROVED, 1),
             (topics::ORDER_PAID, 1),
             (topics::STOCK_RESERVED, 1),
+            (topics::ORDER_RESERVATION_REFUSED, 0),
+            (topics::STOCK_RELEASED, 0),
         ],
     )
     .await

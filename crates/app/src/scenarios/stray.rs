@@ -1,5 +1,6 @@
 //! Messages that must not change an order twice or at all: replayed answers, a forged
-//! `stock.reserved` for an unpaid order, and a payment for an order that does not exist.
+//! `stock.reserved` for an unpaid order (refused, and the refusal releases nothing: Stock
+//! never made that reservation), and a payment for an order that does not exist.
 
 use contracts::topics;
 use messaging::{Envelope, MessageBus};
@@ -78,6 +79,8 @@ pub(super) async fn replayed_messages(stores: Stores) -> ScenarioReport {
             (topics::ORDER_PAID, 1),
             (topics::PAYMENT_APPROVED, 3),
             (topics::STOCK_RESERVED, 3),
+            (topics::ORDER_RESERVATION_REFUSED, 0),
+            (topics::STOCK_RELEASED, 0),
         ],
     );
     let history = store.messages(id).await.unwrap_or_default();
@@ -132,8 +135,18 @@ pub(super) async fn stock_reserved_for_unpaid_order(stores: Stores) -> ScenarioR
     }
     resume(&mut report, system.resume_payments().await);
     let store = system.orders.clone();
-    // The forged message is rejected; the real flow then completes normally.
-    let _ = finish(&mut report, system, id, OrderStatus::StockReserved).await;
+    // The forged message is refused; the real flow then completes normally, and Stock
+    // keeps its own reservation (the refusal names one it never made).
+    let messages = finish(&mut report, system, id, OrderStatus::StockReserved).await;
+    expect_topics(
+        &mut report,
+        &messages,
+        &[
+            (topics::STOCK_RESERVED, 2),
+            (topics::ORDER_RESERVATION_REFUSED, 1),
+            (topics::STOCK_RELEASED, 0),
+        ],
+    );
     let history = store.messages(id).await.unwrap_or_default();
     let got = outcomes(&history, topics::STOCK_RESERVED);
     report.check(

@@ -260,7 +260,8 @@
   // receives their answers; order.cancelled goes to both.
   function lanesOf(message) {
     const topic = message.topic;
-    const other = topic.startsWith("stock.") || topic === "order.paid" ? 2 : 1;
+    const toStock = topic === "order.paid" || topic === "order.reservation_refused";
+    const other = topic.startsWith("stock.") || toStock ? 2 : 1;
     if (message.direction === "sent") {
       return { from: 0, to: topic === "order.cancelled" ? 2 : other, both: topic === "order.cancelled" };
     }
