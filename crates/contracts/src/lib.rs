@@ -105,6 +105,12 @@ pub mod amount {
     pub fn schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({ "type": "number" })
     }
+    /// The JSON Schema of an optional amount: a JSON number, or absent.
+    #[cfg(feature = "schema")]
+    #[must_use]
+    pub fn optional_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": ["number", "null"] })
+    }
 }
 
 /// A line of an order with its unit price (`order.placed`).
@@ -211,6 +217,18 @@ pub struct OrderCancelled {
     /// The payment to refund, if it was paid.
     #[serde(default)]
     pub payment_id: Option<String>,
+    /// What that payment charged, if it was paid (so Payments can refund a payment it no
+    /// longer remembers). Added after the first release: readers must not require it.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "rust_decimal::serde::arbitrary_precision_option"
+    )]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "amount::optional_schema"))]
+    pub paid_amount: Option<Decimal>,
+    /// The currency of `paidAmount` (ISO 4217), if it was paid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
     /// The reservation to release, if stock was reserved.
     #[serde(default)]
     pub reservation_id: Option<String>,

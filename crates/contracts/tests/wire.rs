@@ -512,6 +512,8 @@ fn order_cancelled() -> OrderCancelled {
         reason: "customer request".into(),
         previous_status: "StockReserved".into(),
         payment_id: Some(PAYMENT_ID.into()),
+        paid_amount: None,
+        currency: None,
         reservation_id: Some(RESERVATION_ID.into()),
         timestamp: at(),
     }

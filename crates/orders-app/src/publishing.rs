@@ -72,6 +72,8 @@ pub fn envelope_for(
                 reason: e.reason.to_string(),
                 previous_status: e.previous_status.to_string(),
                 payment_id: e.payment_id.as_ref().map(ToString::to_string),
+                paid_amount: e.paid_amount.map(|m| m.amount()),
+                currency: e.paid_amount.map(|m| m.currency().to_string()),
                 reservation_id: e.reservation_id.as_ref().map(ToString::to_string),
                 timestamp: e.occurred_at,
             },

@@ -54,6 +54,9 @@ pub struct OrderCancelled {
     pub previous_status: OrderStatus,
     /// The payment to refund, if it was paid.
     pub payment_id: Option<PaymentId>,
+    /// What that payment charged (the order's total), if it was paid: enough for
+    /// Payments to refund it even when it no longer remembers the payment.
+    pub paid_amount: Option<Money>,
     /// The reservation to release, if stock was reserved.
     pub reservation_id: Option<ReservationId>,
     /// When it was cancelled.

@@ -593,6 +593,7 @@ impl Order {
                 reason,
                 previous_status,
                 payment_id: self.payment_id.clone(),
+                paid_amount: self.payment_id.as_ref().map(|_| self.total),
                 reservation_id: self.reservation_id.clone(),
                 occurred_at: now,
             }));

@@ -28,6 +28,24 @@ use crate::{PaymentDecision, retention::Shard};
 /// Payments process, before and after a restart, derives the same id for one order.
 const PAYMENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x5c2e_8a41_7d0b_4f6e_9a13_c4d7_e2b8_0f51);
 
+/// The approval a cancellation names when the order was paid with its deterministic
+/// `paymentId` and the message carries the amount: what a Payments process that lost
+/// its ledger needs to refund it. `None` for an unpaid order, another payment, or a
+/// cancellation from before `paidAmount` existed.
+fn forgotten_payment(cancelled: &OrderCancelled) -> Option<PaymentApproved> {
+    let payment_id = cancelled.payment_id.as_ref()?;
+    if *payment_id != payment_id_for(cancelled.order_id) {
+        return None;
+    }
+    Some(PaymentApproved {
+        order_id: cancelled.order_id,
+        payment_id: payment_id.clone(),
+        approved_amount: cancelled.paid_amount?,
+        currency: cancelled.currency.clone()?,
+        timestamp: cancelled.timestamp,
+    })
+}
+
 /// The `paymentId` Payments gives the charge of `order_id`: a name-based UUID (v5) of the
 /// order id. Deterministic, so a redelivered or repeated `order.placed` gets the same
 /// `paymentId` from any Payments process, even one that restarted with an empty ledger
@@ -217,7 +235,10 @@ impl Ledger {
 
     /// Refunds what Payments charged for the cancelled order, once. Decides on its own
     /// records, not on the message's `paymentId`: an order cancelled while awaiting
-    /// payment may have been charged concurrently.
+    /// payment may have been charged concurrently. An order this ledger does not hold
+    /// whose cancellation names the order's deterministic `paymentId` with the amount it
+    /// charged was paid by another Payments process, or by this one before it lost its
+    /// ledger (a restart): it is refunded for that amount, and remembered as refunded.
     pub(crate) fn on_cancelled(
         &self,
         cancelled: &OrderCancelled,
@@ -226,11 +247,23 @@ impl Ledger {
         let mut orders = self.shard_at(cancelled.order_id, now);
         match orders.get_mut(&cancelled.order_id) {
             Some(Record::Approved(payment)) => self.refund_once(payment, now),
-            Some(Record::Declined(_) | Record::CancelledUnpaid) => RefundAnswer::NothingCharged,
-            None => {
-                orders.insert(cancelled.order_id, Record::CancelledUnpaid, now);
-                RefundAnswer::NothingCharged
-            }
+            Some(Record::Declined(_)) => RefundAnswer::NothingCharged,
+            _ => match forgotten_payment(cancelled) {
+                Some(approval) => {
+                    let mut payment = Payment {
+                        approval,
+                        charged_here: false,
+                        refund: None,
+                    };
+                    let answer = self.refund_once(&mut payment, now);
+                    orders.insert(cancelled.order_id, Record::Approved(payment), now);
+                    answer
+                }
+                None => {
+                    orders.insert(cancelled.order_id, Record::CancelledUnpaid, now);
+                    RefundAnswer::NothingCharged
+                }
+            },
         }
     }
 

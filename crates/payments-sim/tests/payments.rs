@@ -470,6 +470,70 @@ async fn a_payment_charged_before_a_restart_is_refunded_when_orders_refuses_it()
 }
 
 #[tokio::test]
+async fn a_payment_charged_before_a_restart_is_refunded_when_the_order_is_cancelled() {
+    // The first instance charged the order; a restarted one (empty ledger) receives the
+    // cancellation of the paid order, which names the order's own paymentId and what it
+    // charged: it refunds it, once, and a redelivered order.placed charges nothing.
+    let first = World::start(PaymentsConfig::default()).await;
+    let placed = order_placed(dec!(12.34));
+    first
+        .publish(topics::ORDER_PLACED, placed.order_id, &placed)
+        .await;
+    first.settle().await;
+    let restarted = World::start(PaymentsConfig::default()).await;
+    let payment_id = payments_sim::payment_id_for(placed.order_id);
+    let mut cancelled = order_cancelled(placed.order_id, "Paid", Some(&payment_id));
+    cancelled.paid_amount = Some(dec!(12.34));
+    cancelled.currency = Some("EUR".into());
+
+    for _ in 0..2 {
+        restarted
+            .publish(topics::ORDER_CANCELLED, placed.order_id, &cancelled)
+            .await;
+    }
+    restarted
+        .publish(topics::ORDER_PLACED, placed.order_id, &placed)
+        .await;
+    restarted.settle().await;
+
+    let refunds: Vec<PaymentRefunded> = restarted.observer.payloads(topics::PAYMENT_REFUNDED);
+    assert_eq!(refunds.len(), 1, "{refunds:?}");
+    assert_eq!(refunds[0].payment_id, payment_id);
+    assert_eq!(refunds[0].amount, dec!(12.34));
+    assert_eq!(refunds[0].currency, "EUR");
+    assert!(restarted.observer.on(topics::PAYMENT_APPROVED).is_empty());
+    assert_eq!(
+        first.payments.net_charges_for(placed.order_id)
+            + restarted.payments.net_charges_for(placed.order_id),
+        0,
+        "charged by one instance, refunded by the other"
+    );
+}
+
+#[tokio::test]
+async fn a_cancellation_without_the_amount_or_of_another_payment_refunds_nothing_it_does_not_know()
+{
+    // A cancellation from before `paidAmount` existed, and one naming a payment that is
+    // not the order's own: a Payments with an empty ledger cannot refund either.
+    let world = World::start(PaymentsConfig::default()).await;
+    let order_id = Uuid::now_v7();
+    let own = payments_sim::payment_id_for(order_id);
+    let old_style = order_cancelled(order_id, "Paid", Some(&own));
+    world
+        .publish(topics::ORDER_CANCELLED, order_id, &old_style)
+        .await;
+    let other_order = Uuid::now_v7();
+    let mut foreign = order_cancelled(other_order, "Paid", Some("pay-from-elsewhere"));
+    foreign.paid_amount = Some(dec!(5));
+    foreign.currency = Some("EUR".into());
+    world
+        .publish(topics::ORDER_CANCELLED, other_order, &foreign)
+        .await;
+    world.settle().await;
+    assert!(world.observer.on(topics::PAYMENT_REFUNDED).is_empty());
+}
+
+#[tokio::test]
 async fn an_order_forgotten_after_the_window_is_answered_again_with_the_same_payment_id() {
     let clock = Arc::new(TestClock::default());
     let world = World::start_with_clock(
@@ -834,6 +898,8 @@ fn order_cancelled(
         reason: "customer changed their mind".into(),
         previous_status: previous_status.into(),
         payment_id: payment_id.map(str::to_owned),
+        paid_amount: None,
+        currency: None,
         reservation_id: None,
         timestamp: Utc.with_ymd_and_hms(2026, 1, 5, 10, 5, 0).unwrap(),
     }

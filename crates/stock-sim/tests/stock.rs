@@ -946,6 +946,8 @@ fn order_cancelled(
         reason: "customer changed their mind".into(),
         previous_status: previous_status.into(),
         payment_id: Some("payment-1".into()),
+        paid_amount: None,
+        currency: None,
         reservation_id: reservation_id.map(str::to_owned),
         timestamp: Utc.with_ymd_and_hms(2026, 1, 5, 10, 5, 0).unwrap(),
     }

@@ -216,6 +216,7 @@ fn awaiting_payment_cancel_becomes_cancelled_without_refund() {
     };
     assert_eq!(e.previous_status, OrderStatus::AwaitingPayment);
     assert_eq!(e.payment_id, None);
+    assert_eq!(e.paid_amount, None, "nothing was paid");
     assert_eq!(e.reservation_id, None);
 }
 
@@ -287,6 +288,11 @@ fn paid_cancel_becomes_cancelled_with_refund() {
     };
     assert_eq!(e.previous_status, OrderStatus::Paid);
     assert_eq!(e.payment_id, Some(pay("p1")));
+    assert_eq!(
+        e.paid_amount,
+        Some(order.total()),
+        "what the refund gives back"
+    );
     assert_eq!(e.reservation_id, None);
 }
 
