@@ -20,7 +20,7 @@ use messaging::{
 use orders_app::{HandlingOutcome, OrdersMessageHandler};
 use tracing::Instrument as _;
 
-use super::{SPAN_TARGET, metrics as names, traces};
+use super::{SPAN_TARGET, handles::Handles, metrics as names, traces};
 
 /// The span of handling `envelope` in `group`: a consumer span whose parent is the
 /// producer's span named by the envelope's `traceparent`.
@@ -35,15 +35,51 @@ fn span(group: &str, envelope: &Envelope) -> tracing::Span {
     span
 }
 
-/// Records one handled message.
-fn record(group: &str, envelope: &Envelope, outcome: &'static str, started: Instant) {
-    let topic = envelope.topic.to_string();
-    metrics::histogram!(names::MESSAGE_HANDLING_DURATION,
-        "topic" => topic.clone(), "group" => group.to_owned())
-    .record(started.elapsed());
-    metrics::counter!(names::MESSAGES_HANDLED,
-        "topic" => topic, "group" => group.to_owned(), "outcome" => outcome)
-    .increment(1);
+/// The handling metrics of one group, their handles kept per topic and outcome.
+struct MessageMetrics {
+    group: String,
+    by_topic: Handles<String, TopicMetrics>,
+}
+
+/// One topic's handling-time histogram and its outcome counters.
+#[derive(Clone)]
+struct TopicMetrics {
+    duration: metrics::Histogram,
+    outcomes: Arc<Handles<&'static str, metrics::Counter>>,
+}
+
+impl MessageMetrics {
+    fn new(group: impl Into<String>) -> Self {
+        Self {
+            group: group.into(),
+            by_topic: Handles::default(),
+        }
+    }
+
+    /// Records one handled message.
+    fn record(&self, envelope: &Envelope, outcome: &'static str, started: Instant) {
+        let topic = envelope.topic.as_ref();
+        let metrics = self.by_topic.get(topic, || {
+            let duration = metrics::histogram!(names::MESSAGE_HANDLING_DURATION,
+                "topic" => topic.to_owned(), "group" => self.group.clone());
+            (
+                topic.to_owned(),
+                TopicMetrics {
+                    duration,
+                    outcomes: Arc::default(),
+                },
+            )
+        });
+        metrics.duration.record(started.elapsed());
+        metrics
+            .outcomes
+            .get(&outcome, || {
+                let counter = metrics::counter!(names::MESSAGES_HANDLED,
+                    "topic" => topic.to_owned(), "group" => self.group.clone(), "outcome" => outcome);
+                (outcome, counter)
+            })
+            .increment(1);
+    }
 }
 
 /// The outcome label of a handler error.
@@ -58,14 +94,17 @@ const fn failure(error: &HandlerError) -> &'static str {
 pub struct ObservedHandler {
     group: String,
     inner: Arc<dyn MessageHandler>,
+    metrics: MessageMetrics,
 }
 
 impl ObservedHandler {
     /// Decorates `inner`, the handler of `group`.
     #[must_use]
     pub fn new(group: impl Into<String>, inner: Arc<dyn MessageHandler>) -> Self {
+        let group = group.into();
         Self {
-            group: group.into(),
+            metrics: MessageMetrics::new(group.clone()),
+            group,
             inner,
         }
     }
@@ -79,7 +118,7 @@ impl MessageHandler for ObservedHandler {
         let result = self.inner.handle(envelope).instrument(span.clone()).await;
         let outcome = result.as_ref().map_or_else(failure, |()| "applied");
         span.record("outcome", outcome);
-        record(&self.group, envelope, outcome, started);
+        self.metrics.record(envelope, outcome, started);
         result
     }
 }
@@ -87,13 +126,17 @@ impl MessageHandler for ObservedHandler {
 /// The Orders handler, observed with the outcome it recorded in its inbox.
 pub struct ObservedOrdersHandler {
     inner: OrdersMessageHandler,
+    metrics: MessageMetrics,
 }
 
 impl ObservedOrdersHandler {
     /// Decorates `inner`.
     #[must_use]
-    pub const fn new(inner: OrdersMessageHandler) -> Self {
-        Self { inner }
+    pub fn new(inner: OrdersMessageHandler) -> Self {
+        Self {
+            inner,
+            metrics: MessageMetrics::new(orders_app::ORDERS_SUBSCRIBER),
+        }
     }
 }
 
@@ -111,7 +154,7 @@ impl MessageHandler for ObservedOrdersHandler {
             Err(error) => failure(error),
         };
         span.record("outcome", outcome);
-        record(group, envelope, outcome, started);
+        self.metrics.record(envelope, outcome, started);
         result.map(|_| ())
     }
 }

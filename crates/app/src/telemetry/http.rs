@@ -2,33 +2,67 @@
 //! `traceparent` header) and the request metrics, labelled by the matched route's
 //! template (`/orders/{id}`, never the id) or `unmatched`; and `GET /metrics`.
 
-use std::time::Instant;
+use std::{sync::Arc, time::Instant};
 
 use axum::{
-    extract::{MatchedPath, Request},
-    http::{HeaderValue, header},
+    extract::{MatchedPath, Request, State},
+    http::{HeaderValue, Method, header},
     middleware::Next,
     response::{IntoResponse, Response},
 };
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tracing::Instrument as _;
 
-use super::{SPAN_TARGET, metrics as names, traces};
+use super::{SPAN_TARGET, handles::Handles, metrics as names, traces};
 use crate::http::{Problem, ProblemType};
 
 /// The route label of a request no route matched (404s, probes of unknown paths).
 pub const UNMATCHED: &str = "unmatched";
 
-/// Middleware (for `Router::layer`, so the route is matched when it runs): times the
-/// request inside a span named after its method and route template, and counts it by
-/// method, route and status.
-pub async fn observe(request: Request, next: Next) -> Response {
+/// The request counter and duration histogram of one method, route and status.
+type RequestMetrics = (Counter, Histogram);
+
+/// The request metrics' handles, kept by method and status, then route template.
+#[derive(Default)]
+pub struct HttpMetrics {
+    by_answer: Handles<(Method, u16), Arc<Handles<String, RequestMetrics>>>,
+}
+
+impl HttpMetrics {
+    /// The counter and histogram of `method route → status`.
+    fn of(&self, method: &Method, route: &str, status: u16) -> RequestMetrics {
+        let key = (method.clone(), status);
+        let by_route = self.by_answer.get(&key, || (key.clone(), Arc::default()));
+        by_route.get(route, || {
+            let labels = [
+                ("method", method.as_str().to_owned()),
+                ("route", route.to_owned()),
+                ("status", status.to_string()),
+            ];
+            (
+                route.to_owned(),
+                (
+                    metrics::counter!(names::HTTP_REQUESTS, &labels),
+                    metrics::histogram!(names::HTTP_REQUEST_DURATION, &labels),
+                ),
+            )
+        })
+    }
+}
+
+/// Middleware (for `Router::layer` with [`HttpMetrics`] as its state, so the route is
+/// matched when it runs): times the request inside a span named after its method and
+/// route template, and counts it by method, route and status.
+pub async fn observe(
+    State(metrics): State<Arc<HttpMetrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
-    let method = request.method().as_str().to_owned();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| UNMATCHED.to_owned(), |path| path.as_str().to_owned());
+    let method = request.method().clone();
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
     let span = tracing::info_span!(target: SPAN_TARGET, "http request",
         otel.name = %format_args!("{method} {route}"), otel.kind = "server",
         http.request.method = %method, http.route = %route,
@@ -43,13 +77,9 @@ pub async fn observe(request: Request, next: Next) -> Response {
     let response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();
     span.record("http.response.status_code", status);
-    let labels = [
-        ("method", method),
-        ("route", route),
-        ("status", status.to_string()),
-    ];
-    metrics::histogram!(names::HTTP_REQUEST_DURATION, &labels).record(started.elapsed());
-    metrics::counter!(names::HTTP_REQUESTS, &labels).increment(1);
+    let (requests, duration) = metrics.of(&method, route, status);
+    duration.record(started.elapsed());
+    requests.increment(1);
     response
 }
 

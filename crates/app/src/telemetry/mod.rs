@@ -20,6 +20,7 @@
 
 pub mod gauges;
 pub mod handler;
+mod handles;
 pub mod http;
 pub mod metrics;
 pub mod relay;

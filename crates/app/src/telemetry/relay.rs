@@ -2,24 +2,49 @@
 //! committed the message (the `traceparent` stored with it in the outbox), whose own
 //! context the published message carries on; and the publish latency.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use async_trait::async_trait;
 use messaging::{BusError, Envelope, MessageBus, MessageHandler, Subscription, SubscriptionHandle};
 use tracing::Instrument as _;
 
-use super::{SPAN_TARGET, metrics as names, traces};
+use metrics::Histogram;
+
+use super::{SPAN_TARGET, handles::Handles, metrics as names, traces};
 
 /// The bus as the outbox relay sees it (give it to `OutboxRelay::new`).
 pub struct RelayBus {
     inner: Arc<dyn MessageBus>,
+    /// The publish-duration and lag histograms, by topic.
+    by_topic: Handles<String, (Histogram, Histogram)>,
 }
 
 impl RelayBus {
     /// Decorates `inner`.
     #[must_use]
     pub fn new(inner: Arc<dyn MessageBus>) -> Self {
-        Self { inner }
+        Self {
+            inner,
+            by_topic: Handles::default(),
+        }
+    }
+
+    /// Records one published message of `topic`.
+    fn record(&self, topic: &str, duration: Duration, lag: Duration) {
+        let (durations, lags) = self.by_topic.get(topic, || {
+            (
+                topic.to_owned(),
+                (
+                    metrics::histogram!(names::RELAY_PUBLISH_DURATION, "topic" => topic.to_owned()),
+                    metrics::histogram!(names::RELAY_PUBLISH_LAG, "topic" => topic.to_owned()),
+                ),
+            )
+        });
+        durations.record(duration);
+        lags.record(lag);
     }
 }
 
@@ -41,9 +66,7 @@ impl MessageBus for RelayBus {
         }
         let published = self.inner.publish(envelope).instrument(span).await;
         if published.is_ok() {
-            metrics::histogram!(names::RELAY_PUBLISH_DURATION, "topic" => topic.clone())
-                .record(started.elapsed());
-            metrics::histogram!(names::RELAY_PUBLISH_LAG, "topic" => topic).record(lag);
+            self.record(&topic, started.elapsed(), lag);
         }
         published
     }
@@ -72,9 +95,7 @@ impl MessageBus for RelayBus {
         let (accepted, error) = self.inner.publish_all(envelopes).await;
         let elapsed = started.elapsed();
         for (topic, lag, _span) in topics.into_iter().take(accepted) {
-            metrics::histogram!(names::RELAY_PUBLISH_DURATION, "topic" => topic.clone())
-                .record(elapsed);
-            metrics::histogram!(names::RELAY_PUBLISH_LAG, "topic" => topic).record(lag);
+            self.record(&topic, elapsed, lag);
         }
         (accepted, error)
     }

@@ -9,18 +9,25 @@ use messaging::MessageId;
 use orders_app::{Commit, HandlingOutcome, MessageRecord, OrderStore, PruneReport, StoreError};
 use orders_domain::{Order, OrderId, OrderStatus, Timestamp};
 
-use super::metrics as names;
+use metrics::{Counter, Histogram};
+
+use super::{handles::Handles, metrics as names};
 
 /// An [`OrderStore`] that records the orders its commits finish.
 pub struct ObservedStore {
     inner: Arc<dyn OrderStore>,
+    /// The finished-orders counter and flow-duration histogram, by final state.
+    by_status: Handles<&'static str, (Counter, Histogram)>,
 }
 
 impl ObservedStore {
     /// Decorates `inner`.
     #[must_use]
     pub fn new(inner: Arc<dyn OrderStore>) -> Self {
-        Self { inner }
+        Self {
+            inner,
+            by_status: Handles::default(),
+        }
     }
 }
 
@@ -71,8 +78,17 @@ impl OrderStore for ObservedStore {
         let finished = finished(&commit);
         let version = self.inner.commit(commit).await?;
         if let Some((status, seconds)) = finished {
-            metrics::counter!(names::ORDERS_FINISHED, "status" => status).increment(1);
-            metrics::histogram!(names::ORDER_FLOW_DURATION, "status" => status).record(seconds);
+            let (finished, durations) = self.by_status.get(&status, || {
+                (
+                    status,
+                    (
+                        metrics::counter!(names::ORDERS_FINISHED, "status" => status),
+                        metrics::histogram!(names::ORDER_FLOW_DURATION, "status" => status),
+                    ),
+                )
+            });
+            finished.increment(1);
+            durations.record(seconds);
         }
         Ok(version)
     }
