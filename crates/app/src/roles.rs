@@ -330,10 +330,7 @@ fn with_metrics(router: Router, bus: &ConnectedBus, instruments: Instruments) ->
                 crate::telemetry::http::metrics(Some(handle.clone()))
             }),
         )
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::new(crate::telemetry::http::HttpMetrics::default()),
-            crate::telemetry::http::observe,
-        ))
+        .layer(crate::telemetry::http::ObserveLayer::default())
 }
 
 /// `GET /healthz`: the process answers.

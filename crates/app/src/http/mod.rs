@@ -223,10 +223,7 @@ pub fn router(state: AppState) -> Router {
         }));
     if metrics.is_some() {
         // Outside authentication, limits and the timeout: every answer is counted.
-        router = router.layer(middleware::from_fn_with_state(
-            Arc::new(crate::telemetry::http::HttpMetrics::default()),
-            crate::telemetry::http::observe,
-        ));
+        router = router.layer(crate::telemetry::http::ObserveLayer::default());
     }
     router
         .layer(
