@@ -158,7 +158,10 @@ async fn one_order_shows_the_flows_counters_histograms_and_gauges() {
         )
         .is_some()
             && value(&samples, "orders_finished_total", &[]).is_some()
-            && value(&samples, "bus_backlog_messages", &[("group", "orders")]).is_some();
+            && value(&samples, "bus_backlog_messages", &[("group", "orders")]).is_some()
+            // The gauges come from a sampler task of their own: wait for its first pass.
+            && value(&samples, "outbox_unsent_messages", &[]).is_some()
+            && value(&samples, "outbox_oldest_unsent_age_seconds", &[]).is_some();
         if done {
             break (samples, text);
         }
