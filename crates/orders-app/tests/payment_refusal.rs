@@ -6,26 +6,15 @@
 //! again.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // tests: failing loudly is the point
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::{Arc, Mutex},
-};
+mod support;
 
-use async_trait::async_trait;
-use chrono::{TimeZone, Utc};
 use contracts::{OrderPaymentRefused, topics};
-use messaging::{Envelope, ErrorKind, MessageId};
-use orders_app::{
-    AddressInput, CancelOrder, Commit, HandlingOutcome, ItemInput, ManualClock, MessageRecord,
-    OrderStore, OrdersConfig, OrdersMessageHandler, OrdersService, PlaceOrder, PruneReport,
-    StoreError,
-};
-use orders_domain::{Order, OrderId, OrderStatus, PaymentId, Timestamp};
+use messaging::{Envelope, ErrorKind};
+use orders_app::HandlingOutcome;
+use orders_domain::{OrderId, OrderStatus, PaymentId};
 use rust_decimal::Decimal;
+use support::*;
 use uuid::Uuid;
-
-/// The order total of [`placed`]: 2 × 10.50 EUR.
-const TOTAL: Decimal = Decimal::from_parts(2100, 0, 0, false, 2);
 
 // ---------------------------------------------------------------------------------------
 // Refused payments are answered with order.payment_refused
@@ -77,7 +66,9 @@ async fn a_second_different_payment_for_a_paid_or_stock_reserved_order_is_refuse
         w.handler.dispatch(&second).await,
         Ok(HandlingOutcome::Rejected(_))
     ));
-    let refused = w.store.refusals();
+    let refused = w
+        .store
+        .sent_on::<OrderPaymentRefused>(topics::ORDER_PAYMENT_REFUSED);
     assert_eq!(refused.len(), 1, "{refused:?}");
     assert_eq!(
         refused[0].payment_id, "pay-2",
@@ -94,7 +85,9 @@ async fn a_second_different_payment_for_a_paid_or_stock_reserved_order_is_refuse
         w.handler.dispatch(&third).await,
         Ok(HandlingOutcome::Rejected(_))
     ));
-    let refused = w.store.refusals();
+    let refused = w
+        .store
+        .sent_on::<OrderPaymentRefused>(topics::ORDER_PAYMENT_REFUSED);
     assert_eq!(refused.len(), 2);
     assert_eq!(refused[1].payment_id, "pay-3");
     let order = w.service.order(id).await.unwrap();
@@ -116,7 +109,9 @@ async fn an_approval_of_another_amount_is_refused_and_the_order_still_awaits_pay
         Ok(HandlingOutcome::Rejected(ref why)) if why.contains("does not match")
     ));
 
-    let refused = w.store.refusals();
+    let refused = w
+        .store
+        .sent_on::<OrderPaymentRefused>(topics::ORDER_PAYMENT_REFUSED);
     assert_eq!(refused.len(), 1);
     assert_eq!(
         refused[0].amount,
@@ -152,7 +147,14 @@ async fn a_repeated_payment_id_is_a_duplicate_and_never_refused_even_once_cancel
         Ok(HandlingOutcome::Duplicate)
     );
 
-    assert!(w.store.refusals().is_empty(), "{:?}", w.store.refusals());
+    assert!(
+        w.store
+            .sent_on::<OrderPaymentRefused>(topics::ORDER_PAYMENT_REFUSED)
+            .is_empty(),
+        "{:?}",
+        w.store
+            .sent_on::<OrderPaymentRefused>(topics::ORDER_PAYMENT_REFUSED)
+    );
 }
 
 #[tokio::test]
@@ -171,7 +173,12 @@ async fn a_redelivered_refused_approval_refuses_nothing_again() {
         Ok(HandlingOutcome::Duplicate)
     );
 
-    assert_eq!(w.store.refusals().len(), 1);
+    assert_eq!(
+        w.store
+            .sent_on::<OrderPaymentRefused>(topics::ORDER_PAYMENT_REFUSED)
+            .len(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -205,13 +212,23 @@ async fn a_store_that_fails_the_refusal_writes_nothing_and_the_redelivery_refuse
 
     let error = w.handler.dispatch(&approval).await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Retryable);
-    assert!(w.store.refusals().is_empty(), "all or nothing");
+    assert!(
+        w.store
+            .sent_on::<OrderPaymentRefused>(topics::ORDER_PAYMENT_REFUSED)
+            .is_empty(),
+        "all or nothing"
+    );
 
     assert!(matches!(
         w.handler.dispatch(&approval).await,
         Ok(HandlingOutcome::Rejected(_))
     ));
-    assert_eq!(w.store.refusals().len(), 1);
+    assert_eq!(
+        w.store
+            .sent_on::<OrderPaymentRefused>(topics::ORDER_PAYMENT_REFUSED)
+            .len(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -237,7 +254,9 @@ async fn a_payment_that_loses_the_race_to_another_is_refused_on_the_reload() {
         Some(&PaymentId::new("pay-1").unwrap()),
         "the winner paid"
     );
-    let refused = w.store.refusals();
+    let refused = w
+        .store
+        .sent_on::<OrderPaymentRefused>(topics::ORDER_PAYMENT_REFUSED);
     assert_eq!(refused.len(), 1, "{refused:?}");
     assert_eq!(refused[0].payment_id, "pay-2");
 }
@@ -253,206 +272,9 @@ async fn an_approval_for_an_unknown_order_is_rejected_without_a_refusal() {
             .await,
         Ok(HandlingOutcome::Rejected("unknown order".into()))
     );
-    assert!(w.store.refusals().is_empty());
-}
-
-// ---------------------------------------------------------------------------------------
-// Helpers
-
-/// Orders, inbox and every commit, in maps; a commit is all or nothing. Can be told to
-/// fail the next commit, or to let a concurrent handler commit first (a race).
-#[derive(Default)]
-struct RecordingStore {
-    orders: Mutex<HashMap<OrderId, Order>>,
-    inbox: Mutex<HashSet<MessageId>>,
-    commits: Mutex<Vec<Commit>>,
-    fail_next_commit: Mutex<bool>,
-    /// Handled by `concurrent_handler` just before the next commit that writes an order.
-    before_next_order_commit: Mutex<Option<Envelope>>,
-    concurrent_handler: Mutex<Option<OrdersMessageHandler>>,
-}
-
-impl RecordingStore {
-    fn last_commit(&self) -> Commit {
-        self.commits
-            .lock()
-            .unwrap()
-            .last()
-            .cloned()
-            .expect("a commit")
-    }
-
-    /// Every `order.payment_refused` committed, in order.
-    fn refusals(&self) -> Vec<OrderPaymentRefused> {
-        self.commits
-            .lock()
-            .unwrap()
-            .iter()
-            .flat_map(|c| c.outbox.iter())
-            .filter(|e| e.topic == topics::ORDER_PAYMENT_REFUSED)
-            .map(|e| e.decode().unwrap())
-            .collect()
-    }
-}
-
-#[async_trait]
-impl OrderStore for RecordingStore {
-    async fn load(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
-        Ok(self.orders.lock().unwrap().get(&id).cloned())
-    }
-    async fn is_handled(&self, _: &str, message_id: MessageId) -> Result<bool, StoreError> {
-        Ok(self.inbox.lock().unwrap().contains(&message_id))
-    }
-    async fn find_by_idempotency_key(&self, _: &str) -> Result<Option<OrderId>, StoreError> {
-        Ok(None)
-    }
-    async fn due_for_payment(&self, _: Timestamp, _: usize) -> Result<Vec<OrderId>, StoreError> {
-        // These tests run no payment deadline worker.
-        Ok(Vec::new())
-    }
-    async fn commit(&self, commit: Commit) -> Result<u64, StoreError> {
-        if commit.order.is_some() {
-            let first = self.before_next_order_commit.lock().unwrap().take();
-            if let Some(first) = first {
-                let handler = self.concurrent_handler.lock().unwrap().take().unwrap();
-                handler.dispatch(&first).await.unwrap();
-            }
-        }
-        if std::mem::take(&mut *self.fail_next_commit.lock().unwrap()) {
-            return Err(StoreError::unavailable("down for the test"));
-        }
-        if let Some(order) = &commit.order {
-            let stored = self
-                .orders
-                .lock()
-                .unwrap()
-                .get(&order.id())
-                .map(Order::version);
-            let fresh = match order.version() {
-                0 => stored.is_none(),
-                v => stored == Some(v),
-            };
-            if !fresh {
-                return Err(StoreError::Conflict {
-                    order_id: order.id(),
-                    expected: order.version(),
-                });
-            }
-        }
-        if let Some(record) = &commit.inbox
-            && !self.inbox.lock().unwrap().insert(record.message_id)
-        {
-            return Err(StoreError::DuplicateMessage {
-                subscriber: record.subscriber.clone(),
-                message_id: record.message_id,
-            });
-        }
-        let mut version = 0;
-        if let Some(mut order) = commit.order.clone() {
-            version = order.version() + 1;
-            order.mark_saved(version);
-            self.orders.lock().unwrap().insert(order.id(), order);
-        }
-        self.commits.lock().unwrap().push(commit);
-        Ok(version)
-    }
-    async fn messages(&self, _: OrderId) -> Result<Vec<MessageRecord>, StoreError> {
-        Ok(vec![])
-    }
-    async fn prune(&self, _: Timestamp) -> Result<PruneReport, StoreError> {
-        Ok(PruneReport::default())
-    }
-}
-
-struct World {
-    store: Arc<RecordingStore>,
-    service: OrdersService,
-    handler: OrdersMessageHandler,
-}
-
-impl World {
-    async fn status(&self, id: OrderId) -> OrderStatus {
-        self.service.order(id).await.unwrap().status()
-    }
-}
-
-fn world() -> World {
-    let store = Arc::new(RecordingStore::default());
-    let clock = Arc::new(ManualClock::new(
-        Utc.with_ymd_and_hms(2026, 1, 5, 10, 0, 0).unwrap(),
-    ));
-    let service = OrdersService::new(store.clone(), clock, OrdersConfig::default());
-    World {
-        store,
-        handler: OrdersMessageHandler::new(service.clone()),
-        service,
-    }
-}
-
-async fn placed(w: &World) -> OrderId {
-    let command = PlaceOrder {
-        customer_id: "c-1".into(),
-        currency: "EUR".into(),
-        items: vec![ItemInput {
-            product_id: "book".into(),
-            quantity: 2,
-            price: Decimal::new(1050, 2),
-        }],
-        shipping_address: AddressInput {
-            street: "Main St 1".into(),
-            city: "Berlin".into(),
-            postal_code: "10115".into(),
-            country: "DE".into(),
-        },
-    };
-    w.service.place_order(command, None).await.unwrap().order_id
-}
-
-async fn cancel(w: &World, id: OrderId) {
-    let command = CancelOrder {
-        order_id: id,
-        reason: "customer changed their mind".into(),
-    };
-    w.service.cancel_order(command).await.unwrap();
-}
-
-fn approved(order: OrderId, payment: &str, amount: Decimal, currency: &str) -> Envelope {
-    let payload = contracts::PaymentApproved {
-        order_id: order.as_uuid(),
-        payment_id: payment.into(),
-        approved_amount: amount,
-        currency: currency.into(),
-        timestamp: Utc::now(),
-    };
-    envelope_about(topics::PAYMENT_APPROVED, order, &payload)
-}
-
-fn reserved(order: OrderId, reservation: &str) -> Envelope {
-    let payload = contracts::StockReserved {
-        order_id: order.as_uuid(),
-        reservation_id: reservation.into(),
-        items: vec![contracts::ItemQuantity {
-            product_id: "book".into(),
-            quantity: 2,
-        }],
-        timestamp: Utc::now(),
-    };
-    envelope_about(topics::STOCK_RESERVED, order, &payload)
-}
-
-/// A new message (fresh id) about `order`.
-fn envelope_about(
-    topic: &'static str,
-    order: OrderId,
-    payload: &impl serde::Serialize,
-) -> Envelope {
-    Envelope::new(
-        Uuid::new_v4(),
-        topic,
-        Utc::now(),
-        order.to_string(),
-        None,
-        payload,
-    )
-    .unwrap()
+    assert!(
+        w.store
+            .sent_on::<OrderPaymentRefused>(topics::ORDER_PAYMENT_REFUSED)
+            .is_empty()
+    );
 }
