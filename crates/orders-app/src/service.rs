@@ -490,4 +490,5 @@ fn retryable(e: StoreError) -> HandlerError {
 }
 
 mod approval;
+mod refusable;
 mod reservation;

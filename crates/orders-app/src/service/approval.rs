@@ -15,11 +15,11 @@
 
 use contracts::{OrderPaymentRefused, PaymentApproved, topics};
 use messaging::{Envelope, HandlerError, MessageId};
-use orders_domain::{Money, Order, OrderError, OrderId, PaymentId, Timestamp, Transition};
+use orders_domain::{Money, OrderError, OrderId, PaymentId, Timestamp};
 use uuid::Uuid;
 
-use super::OrdersService;
-use crate::{Commit, HandlingOutcome, InboxRecord, StoreError};
+use super::{OrdersService, refusable::Decision};
+use crate::HandlingOutcome;
 
 /// The namespace of refusal message ids (v5 of the refused approval's message id).
 const REFUSAL_NAMESPACE: Uuid = Uuid::from_u128(0x0c6b_5f7e_2a94_4d1c_8e35_b1f2_7a60_d9c4);
@@ -28,22 +28,6 @@ const REFUSAL_NAMESPACE: Uuid = Uuid::from_u128(0x0c6b_5f7e_2a94_4d1c_8e35_b1f2_
 #[must_use]
 pub(crate) fn refusal_message_id(approval: MessageId) -> MessageId {
     Uuid::new_v5(&REFUSAL_NAMESPACE, approval.as_bytes())
-}
-
-/// What one attempt decided, before its commit.
-enum Decision {
-    /// No such order: rejected, nothing to refuse (the payment is not Orders' to judge).
-    UnknownOrder,
-    /// AwaitingPayment → Paid, with the order and its outbox.
-    Paid(Box<Order>, Vec<Envelope>),
-    /// The payment was applied before: nothing changes.
-    Duplicate,
-    /// Refused: the rejection is recorded and `order.payment_refused` published.
-    Refused {
-        status: orders_domain::OrderStatus,
-        error: OrderError,
-        refusal: Box<Envelope>,
-    },
 }
 
 impl OrdersService {
@@ -64,78 +48,15 @@ impl OrdersService {
         amount: Money,
     ) -> Result<HandlingOutcome, HandlerError> {
         let order_id = OrderId::from_uuid(approval.order_id);
-        let mut conflicts = 0;
-        loop {
-            let now = self.clock.now();
-            let decision = match self.store.load(order_id).await.map_err(retryable)? {
-                None => Decision::UnknownOrder,
-                Some(mut order) => {
-                    order.prune_processed_ids(now, self.config.idempotency_window);
-                    let status = order.status();
-                    match order.confirm_payment(payment_id.clone(), amount, now) {
-                        Ok(Transition::Applied) => {
-                            let outbox = self
-                                .outbox(&mut order, Some(envelope.message_id))
-                                .map_err(|e| HandlerError::permanent(e.to_string()))?;
-                            Decision::Paid(Box::new(order), outbox)
-                        }
-                        Ok(Transition::AlreadyApplied) => Decision::Duplicate,
-                        Err(error) => {
-                            let refusal = refusal(envelope, approval, &error, now)?;
-                            Decision::Refused {
-                                status,
-                                error,
-                                refusal: Box::new(refusal),
-                            }
-                        }
-                    }
-                }
-            };
-            let outcome = match &decision {
-                Decision::UnknownOrder => HandlingOutcome::Rejected("unknown order".to_owned()),
-                Decision::Paid(..) => HandlingOutcome::Applied,
-                Decision::Duplicate => HandlingOutcome::Duplicate,
-                Decision::Refused { error, .. } => HandlingOutcome::Rejected(error.to_string()),
-            };
-            let inbox = InboxRecord {
-                subscriber: subscriber.to_owned(),
-                message_id: envelope.message_id,
-                topic: envelope.topic.to_string(),
-                order_id,
-                outcome: outcome.clone(),
-                handled_at: now,
-            };
-            let commit = match &decision {
-                Decision::Paid(order, outbox) => Commit {
-                    order: Some(order.as_ref().clone()),
-                    outbox: outbox.clone(),
-                    inbox: Some(inbox),
-                    idempotency_key: None,
-                },
-                Decision::Refused { refusal, .. } => Commit {
-                    order: None,
-                    outbox: vec![refusal.as_ref().clone()],
-                    inbox: Some(inbox),
-                    idempotency_key: None,
-                },
-                Decision::UnknownOrder | Decision::Duplicate => Commit::inbox_only(inbox),
-            };
-            match self.store.commit(commit).await {
-                Ok(_) => {
-                    log(&decision, order_id, envelope, approval);
-                    return Ok(outcome);
-                }
-                Err(StoreError::DuplicateMessage { .. }) => {
-                    tracing::info!(%order_id, "message already handled: redelivery ignored");
-                    return Ok(HandlingOutcome::Duplicate);
-                }
-                Err(StoreError::Conflict { .. }) if conflicts < self.config.conflict_retries => {
-                    conflicts += 1;
-                    tracing::debug!(%order_id, conflicts, "conflict: reloading");
-                }
-                Err(e) => return Err(retryable(e)),
-            }
-        }
+        self.apply_or_refuse(
+            subscriber,
+            envelope,
+            order_id,
+            |order, now| order.confirm_payment(payment_id.clone(), amount, now),
+            |error, now| refusal(envelope, approval, error, now),
+            |decision| log(decision, order_id, envelope, approval),
+        )
+        .await
     }
 }
 
@@ -171,7 +92,7 @@ fn log(decision: &Decision, order_id: OrderId, envelope: &Envelope, approval: &P
     match decision {
         Decision::UnknownOrder => tracing::error!(%order_id, message_id = %envelope.message_id,
             topic = %envelope.topic, "rejected: unknown order"),
-        Decision::Paid(..) => {
+        Decision::Applied(..) => {
             tracing::info!(%order_id, from = "AwaitingPayment", to = "Paid", "applied");
         }
         Decision::Duplicate => {
@@ -186,8 +107,4 @@ fn log(decision: &Decision, order_id: OrderId, envelope: &Envelope, approval: &P
             refusal_id = %refusal.message_id,
             "rejected: order unchanged; order.payment_refused asks Payments to refund"),
     }
-}
-
-fn retryable(e: StoreError) -> HandlerError {
-    HandlerError::retryable(e.to_string())
 }

@@ -16,13 +16,11 @@
 
 use contracts::{OrderReservationRefused, StockReserved, topics};
 use messaging::{Envelope, HandlerError, MessageId};
-use orders_domain::{
-    Order, OrderError, OrderId, OrderStatus, ReservationId, Timestamp, Transition,
-};
+use orders_domain::{OrderError, OrderId, ReservationId, Timestamp};
 use uuid::Uuid;
 
-use super::OrdersService;
-use crate::{Commit, HandlingOutcome, InboxRecord, StoreError};
+use super::{OrdersService, refusable::Decision};
+use crate::HandlingOutcome;
 
 /// The namespace of reservation refusal message ids (v5 of the refused `stock.reserved`'s
 /// message id).
@@ -33,22 +31,6 @@ const REFUSAL_NAMESPACE: Uuid = Uuid::from_u128(0x5d21_b8c3_7e4f_4a06_9b1d_c2e8_
 #[must_use]
 pub(crate) fn refusal_message_id(reserved: MessageId) -> MessageId {
     Uuid::new_v5(&REFUSAL_NAMESPACE, reserved.as_bytes())
-}
-
-/// What one attempt decided, before its commit.
-enum Decision {
-    /// No such order: rejected, nothing to refuse (the reservation is not Orders' to judge).
-    UnknownOrder,
-    /// Paid → StockReserved, with the order and its outbox.
-    Reserved(Box<Order>, Vec<Envelope>),
-    /// The reservation was applied before: nothing changes.
-    Duplicate,
-    /// Refused: the rejection is recorded and `order.reservation_refused` published.
-    Refused {
-        status: OrderStatus,
-        error: OrderError,
-        refusal: Box<Envelope>,
-    },
 }
 
 impl OrdersService {
@@ -68,78 +50,15 @@ impl OrdersService {
         reservation_id: &ReservationId,
     ) -> Result<HandlingOutcome, HandlerError> {
         let order_id = OrderId::from_uuid(reserved.order_id);
-        let mut conflicts = 0;
-        loop {
-            let now = self.clock.now();
-            let decision = match self.store.load(order_id).await.map_err(retryable)? {
-                None => Decision::UnknownOrder,
-                Some(mut order) => {
-                    order.prune_processed_ids(now, self.config.idempotency_window);
-                    let status = order.status();
-                    match order.confirm_stock_reservation(reservation_id.clone(), now) {
-                        Ok(Transition::Applied) => {
-                            let outbox = self
-                                .outbox(&mut order, Some(envelope.message_id))
-                                .map_err(|e| HandlerError::permanent(e.to_string()))?;
-                            Decision::Reserved(Box::new(order), outbox)
-                        }
-                        Ok(Transition::AlreadyApplied) => Decision::Duplicate,
-                        Err(error) => {
-                            let refusal = refusal(envelope, reserved, &error, now)?;
-                            Decision::Refused {
-                                status,
-                                error,
-                                refusal: Box::new(refusal),
-                            }
-                        }
-                    }
-                }
-            };
-            let outcome = match &decision {
-                Decision::UnknownOrder => HandlingOutcome::Rejected("unknown order".to_owned()),
-                Decision::Reserved(..) => HandlingOutcome::Applied,
-                Decision::Duplicate => HandlingOutcome::Duplicate,
-                Decision::Refused { error, .. } => HandlingOutcome::Rejected(error.to_string()),
-            };
-            let inbox = InboxRecord {
-                subscriber: subscriber.to_owned(),
-                message_id: envelope.message_id,
-                topic: envelope.topic.to_string(),
-                order_id,
-                outcome: outcome.clone(),
-                handled_at: now,
-            };
-            let commit = match &decision {
-                Decision::Reserved(order, outbox) => Commit {
-                    order: Some(order.as_ref().clone()),
-                    outbox: outbox.clone(),
-                    inbox: Some(inbox),
-                    idempotency_key: None,
-                },
-                Decision::Refused { refusal, .. } => Commit {
-                    order: None,
-                    outbox: vec![refusal.as_ref().clone()],
-                    inbox: Some(inbox),
-                    idempotency_key: None,
-                },
-                Decision::UnknownOrder | Decision::Duplicate => Commit::inbox_only(inbox),
-            };
-            match self.store.commit(commit).await {
-                Ok(_) => {
-                    log(&decision, order_id, envelope, reserved);
-                    return Ok(outcome);
-                }
-                Err(StoreError::DuplicateMessage { .. }) => {
-                    tracing::info!(%order_id, "message already handled: redelivery ignored");
-                    return Ok(HandlingOutcome::Duplicate);
-                }
-                Err(StoreError::Conflict { .. }) if conflicts < self.config.conflict_retries => {
-                    conflicts += 1;
-                    tracing::debug!(%order_id, conflicts, "conflict: reloading");
-                }
-                Err(e) => return Err(retryable(e)),
-            }
-        }
+        self.apply_or_refuse(
+            subscriber,
+            envelope,
+            order_id,
+            |order, now| order.confirm_stock_reservation(reservation_id.clone(), now),
+            |error, now| refusal(envelope, reserved, error, now),
+            |decision| log(decision, order_id, envelope, reserved),
+        )
+        .await
     }
 }
 
@@ -173,7 +92,7 @@ fn log(decision: &Decision, order_id: OrderId, envelope: &Envelope, reserved: &S
     match decision {
         Decision::UnknownOrder => tracing::error!(%order_id, message_id = %envelope.message_id,
             topic = %envelope.topic, "rejected: unknown order"),
-        Decision::Reserved(..) => {
+        Decision::Applied(..) => {
             tracing::info!(%order_id, from = "Paid", to = "StockReserved", "applied");
         }
         Decision::Duplicate => {
@@ -188,8 +107,4 @@ fn log(decision: &Decision, order_id: OrderId, envelope: &Envelope, reserved: &S
             refusal_id = %refusal.message_id,
             "rejected: order unchanged; order.reservation_refused asks Stock to release"),
     }
-}
-
-fn retryable(e: StoreError) -> HandlerError {
-    HandlerError::retryable(e.to_string())
 }
