@@ -298,9 +298,15 @@ async fn three_processes_and_the_broker_survive_repeated_sigkill_without_losing_
         let deadline = Instant::now() + Duration::from_secs(10);
         while !cancel(&orders, &id).await {
             assert!(Instant::now() < deadline, "cancel of order {id}");
-            // tidy: allow(sleep) — a client backing off before it retries the cancel
-            // (not a wait for the flow).
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            // The cancel met a concurrent change of the order (409): wait for its next
+            // change (a blocking read, at most half a second), then try again.
+            let version = orders
+                .order(&id, None, Duration::ZERO)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|order| order["version"].as_u64());
+            let _ = orders.order(&id, version, Duration::from_millis(500)).await;
         }
         let mut ledger = ledger.lock().unwrap();
         ledger.to_cancel.remove(&key);

@@ -3,6 +3,10 @@
 //! Each command method either returns a typed [`OrderError`] and leaves the order
 //! untouched, or returns a [`Transition`]: `Applied` (state changed, one event recorded)
 //! or `AlreadyApplied` (an idempotent repeat; nothing changed, nothing recorded).
+//!
+//! One noun, kept in one file on purpose (about 600 lines): every transition and the
+//! guards it shares with the others read together as the state machine of
+//! docs/design.md; its tests live in `order/tests.rs`.
 
 use std::{collections::HashMap, fmt, str::FromStr};
 

@@ -26,12 +26,14 @@
 //! | file | job |
 //! |---|---|
 //! | [`config`] | flags and environment variables, the store spec and its secret URL |
+//! | [`sims`] | the simulators' flags: in this process or not, and how they behave |
 //! | [`store`] | opening the store adapter the spec names |
 //! | `wiring` | bus, store, relay, handlers, simulators, retention, payment deadlines and HTTP, started together |
 //! | `shutdown` | stop reasons, signals, and the order things stop in |
 
 pub mod config;
 mod shutdown;
+pub mod sims;
 pub mod store;
 mod wiring;
 
