@@ -52,18 +52,7 @@ impl RelayBus {
 impl MessageBus for RelayBus {
     async fn publish(&self, mut envelope: Envelope) -> Result<(), BusError> {
         let started = Instant::now();
-        let topic = envelope.topic.to_string();
-        let lag = (chrono::Utc::now() - envelope.timestamp)
-            .to_std()
-            .unwrap_or_default();
-        let span = tracing::info_span!(target: SPAN_TARGET, parent: None, "relay publish",
-            otel.name = %format_args!("relay publish {topic}"), otel.kind = "producer",
-            messaging.destination.name = %topic,
-            messaging.message.id = %envelope.message_id);
-        traces::continue_trace(&span, envelope.traceparent.as_deref());
-        if let Some(traceparent) = traces::traceparent_of(&span) {
-            envelope.traceparent = Some(traceparent);
-        }
+        let (topic, lag, span) = producer_span(&mut envelope, chrono::Utc::now());
         let published = self.inner.publish(envelope).instrument(span).await;
         if published.is_ok() {
             self.record(&topic, started.elapsed(), lag);
@@ -79,18 +68,8 @@ impl MessageBus for RelayBus {
         let now = chrono::Utc::now();
         let mut topics = Vec::with_capacity(envelopes.len());
         for envelope in &mut envelopes {
-            let topic = envelope.topic.to_string();
-            let lag = (now - envelope.timestamp).to_std().unwrap_or_default();
-            let span = tracing::info_span!(target: SPAN_TARGET, parent: None, "relay publish",
-                otel.name = %format_args!("relay publish {topic}"), otel.kind = "producer",
-                messaging.destination.name = %topic,
-                messaging.message.id = %envelope.message_id);
-            traces::continue_trace(&span, envelope.traceparent.as_deref());
-            if let Some(traceparent) = traces::traceparent_of(&span) {
-                envelope.traceparent = Some(traceparent);
-            }
             // Kept open until the batch is confirmed: each span lasts as its publish.
-            topics.push((topic, lag, span));
+            topics.push(producer_span(envelope, now));
         }
         let (accepted, error) = self.inner.publish_all(envelopes).await;
         let elapsed = started.elapsed();
@@ -111,4 +90,24 @@ impl MessageBus for RelayBus {
     async fn backlogs(&self) -> Result<Vec<(String, u64)>, BusError> {
         self.inner.backlogs().await
     }
+}
+
+/// The producer span of publishing `envelope` (a child of the span that committed it),
+/// whose context the envelope then carries on; with its topic and its lag since the
+/// commit, at `now`.
+fn producer_span(
+    envelope: &mut Envelope,
+    now: chrono::DateTime<chrono::Utc>,
+) -> (String, Duration, tracing::Span) {
+    let topic = envelope.topic.to_string();
+    let lag = (now - envelope.timestamp).to_std().unwrap_or_default();
+    let span = tracing::info_span!(target: SPAN_TARGET, parent: None, "relay publish",
+        otel.name = %format_args!("relay publish {topic}"), otel.kind = "producer",
+        messaging.destination.name = %topic,
+        messaging.message.id = %envelope.message_id);
+    traces::continue_trace(&span, envelope.traceparent.as_deref());
+    if let Some(traceparent) = traces::traceparent_of(&span) {
+        envelope.traceparent = Some(traceparent);
+    }
+    (topic, lag, span)
 }
