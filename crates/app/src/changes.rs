@@ -38,8 +38,12 @@ use crate::http::flow::FlowWindow;
 /// How many changes the feed holds for its slowest receiver before that one lags.
 pub const FEED_CAPACITY: usize = 1024;
 
+/// Called for every commit of this process that moves an order into a final state,
+/// with that state and the time since the order was placed (the metrics of finished
+/// orders, when telemetry is on).
+pub type FinishedHook = Arc<dyn Fn(OrderStatus, Duration) + Send + Sync>;
+
 /// Who waits for which order; the feed of changed orders; the flow window.
-#[derive(Debug)]
 pub struct OrderChanges {
     waiters: Mutex<HashMap<OrderId, Arc<Notify>>>,
     /// Every changed order id, for `GET /events`.
@@ -48,6 +52,17 @@ pub struct OrderChanges {
     closing: watch::Sender<bool>,
     /// Orders reaching a final state, over the last minute.
     flow: FlowWindow,
+    /// Told of every order reaching a final state.
+    on_finished: Option<FinishedHook>,
+}
+
+impl std::fmt::Debug for OrderChanges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrderChanges")
+            .field("flow", &self.flow)
+            .field("on_finished", &self.on_finished.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for OrderChanges {
@@ -57,11 +72,20 @@ impl Default for OrderChanges {
             feed: broadcast::Sender::new(FEED_CAPACITY),
             closing: watch::Sender::new(false),
             flow: FlowWindow::default(),
+            on_finished: None,
         }
     }
 }
 
 impl OrderChanges {
+    /// Calls `hook` for every commit of this process that moves an order into a final
+    /// state (each time: an order cancelled after its stock was reserved counts twice).
+    #[must_use]
+    pub fn on_finished(mut self, hook: Option<FinishedHook>) -> Self {
+        self.on_finished = hook;
+        self
+    }
+
     /// Wakes every waiter of `id` and tells the feed (a commit that left the order
     /// unchanged, or another replica's commit).
     pub fn notify(&self, id: OrderId) {
@@ -86,7 +110,11 @@ impl OrderChanges {
         updated_at: Timestamp,
     ) {
         if matches!(status, OrderStatus::StockReserved | OrderStatus::Cancelled) {
-            self.flow.finished(id, status, placed_at, updated_at);
+            let flow = (updated_at - placed_at).to_std().unwrap_or_default();
+            if let Some(hook) = &self.on_finished {
+                hook(status, flow);
+            }
+            self.flow.finished(id, status, flow);
         }
         self.notify(id);
     }

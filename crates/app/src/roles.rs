@@ -280,10 +280,12 @@ fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state((bus.clone(), name));
+    let mut paths = vec!["/healthz".to_owned(), "/readyz".to_owned()];
     if let Some(dead_letters) = dead_letters {
         router = router.merge(dead_letters);
+        paths.extend(dead_letters::role_paths());
     }
-    let router = with_metrics(router, &bus, instruments);
+    let router = with_metrics(router, paths, &bus, instruments);
     let (stop_accepting, stop_rx) = oneshot::channel::<()>();
     let http = tokio::spawn(async move {
         axum::serve(listener, router)
@@ -305,9 +307,15 @@ fn serve(
     })
 }
 
-/// `GET /metrics` on a role's router, requests timed and traced, and the bus backlog
-/// sampled, when telemetry is on; the router as it is when off.
-fn with_metrics(router: Router, bus: &ConnectedBus, instruments: Instruments) -> Router {
+/// `GET /metrics` on a role's router, requests timed and traced (labelled by `paths`,
+/// the templates of its routes), and the bus backlog sampled, when telemetry is on; the
+/// router as it is when off.
+fn with_metrics(
+    router: Router,
+    mut paths: Vec<String>,
+    bus: &ConnectedBus,
+    instruments: Instruments,
+) -> Router {
     let Some(handle) = instruments.metrics() else {
         return router;
     };
@@ -321,16 +329,16 @@ fn with_metrics(router: Router, bus: &ConnectedBus, instruments: Instruments) ->
             let _ = stopped.await;
         },
     ));
-    router
-        .route(
-            "/metrics",
-            get(move || {
-                // The sampler lives as long as the route (the server) does.
-                let _keep = stop.clone();
-                crate::telemetry::http::metrics(Some(handle.clone()))
-            }),
-        )
-        .layer(crate::telemetry::http::ObserveLayer::default())
+    let router = router.route(
+        "/metrics",
+        get(move || {
+            // The sampler lives as long as the route (the server) does.
+            let _keep = stop.clone();
+            crate::telemetry::http::metrics(Some(handle.clone()))
+        }),
+    );
+    paths.push("/metrics".to_owned());
+    crate::telemetry::http::ObserveLayer::new(paths).around(router)
 }
 
 /// `GET /healthz`: the process answers.

@@ -151,12 +151,12 @@ impl InProcessSystem {
             }
             None => None,
         };
-        let changes = Arc::new(OrderChanges::default());
-        let watched = Arc::new(WatchedStore::new(stores.store.clone(), changes.clone()));
         // Spans and metrics cost next to nothing until the process installs a tracing
         // layer or a metrics recorder (the telemetry tests do).
         let instruments = Instruments::new(Telemetry::On);
-        let orders = OrdersService::new(instruments.store(watched), clock, config.orders.clone());
+        let changes = Arc::new(OrderChanges::default().on_finished(instruments.finished_orders()));
+        let watched = Arc::new(WatchedStore::new(stores.store.clone(), changes.clone()));
+        let orders = OrdersService::new(watched, clock, config.orders.clone());
         let orders_subscription = shared
             .subscribe(
                 OrdersMessageHandler::subscription().concurrency(stores.handler_concurrency),

@@ -88,6 +88,11 @@ impl ServerProcess {
     pub(crate) fn peak_rss(&self) -> u64 {
         crate::rss::peak_rss_of(self.child.id())
     }
+
+    /// CPU seconds the server has used so far (all its threads).
+    pub(crate) fn cpu_seconds(&self) -> f64 {
+        crate::rss::cpu_seconds_of(self.child.id())
+    }
 }
 
 fn order_body(i: usize) -> serde_json::Value {
@@ -298,15 +303,28 @@ pub async fn latency(app: &Path, orders: usize) -> anyhow::Result<Row> {
     })
 }
 
-/// Rounds of the telemetry-cost rows: each runs the workload with telemetry off, then on.
-const TELEMETRY_ROUNDS: usize = 3;
+/// The middle of sorted `values` (the mean of the two middle ones for an even count).
+fn median(sorted: &[f64]) -> f64 {
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// Rounds of the telemetry-cost rows: each runs the workload with telemetry off and on,
+/// in the order off, on in even rounds and on, off in odd ones (ABBA), so that neither
+/// mode always runs second (after the other's scratch file and server went away).
+const TELEMETRY_ROUNDS: usize = 10;
 
 /// The cost of telemetry: the HTTP throughput workload (256 clients, no delay, `orders`
 /// flows) and the HTTP latency workload (64 clients, 10 ms simulators, `latency_orders`
 /// flows) against `app serve --telemetry off` and `--telemetry on` (metrics recorded,
 /// spans made, no exporter), alternated [`TELEMETRY_ROUNDS`] times so that both see the
-/// same moods of the machine. Rows: throughput off / on (on as a ratio of off), p99 off /
-/// on (the same).
+/// same moods of the machine. Rows: throughput off / on, on as the median of the rounds'
+/// on/off ratios (each round's two runs follow each other, so a ratio compares runs in
+/// one mood; the median ignores the rounds the machine's mood changed in the middle of),
+/// with the server's CPU time per flow of each; p99 off / on.
 ///
 /// # Errors
 /// When a server does not start or a flow fails.
@@ -319,16 +337,22 @@ pub async fn telemetry_cost(
         "bench: telemetry cost ({TELEMETRY_ROUNDS} rounds of off/on: {orders} orders at 256 clients, {latency_orders} at 64 clients with 10 ms simulators)…"
     );
     let mut throughput = [Vec::new(), Vec::new()];
+    let mut cpu_per_flow = [Vec::new(), Vec::new()];
     let mut latency: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
     let mut latency_elapsed = [Duration::ZERO; 2];
-    for _ in 0..TELEMETRY_ROUNDS {
-        for (index, mode) in ["off", "on"].into_iter().enumerate() {
+    for round in 0..TELEMETRY_ROUNDS {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for index in order {
+            let mode = ["off", "on"][index];
             let scratch = Scratch::sqlite();
             let server = ServerProcess::start(app, &scratch.url, &["--telemetry", mode]).await?;
+            let cpu_before = server.cpu_seconds();
             let (elapsed, _) = http_load(&server.base, 256, orders).await?;
+            let cpu = server.cpu_seconds() - cpu_before;
             drop(server);
             scratch.remove().await;
             throughput[index].push(orders as f64 / elapsed.as_secs_f64());
+            cpu_per_flow[index].push(cpu / orders as f64);
 
             let scratch = Scratch::sqlite();
             let server = ServerProcess::start(
@@ -360,6 +384,19 @@ pub async fn telemetry_cost(
     };
     let [off_runs, on_runs] = &throughput;
     let (off, on) = (mean(off_runs), mean(on_runs));
+    let mut ratios: Vec<f64> = on_runs
+        .iter()
+        .zip(off_runs)
+        .map(|(on, off)| on / off)
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let median_ratio = median(&ratios);
+    let (lowest, highest) = (
+        ratios.first().copied().unwrap_or(f64::NAN),
+        ratios.last().copied().unwrap_or(f64::NAN),
+    );
+    let [off_cpu, on_cpu] = [mean(&cpu_per_flow[0]), mean(&cpu_per_flow[1])];
+    let micros = |seconds: f64| seconds * 1e6;
     let [off_lat, on_lat] = [Percentiles::of(&latency[0]), Percentiles::of(&latency[1])];
     let p99_ratio = match (off_lat, on_lat) {
         (Some(off), Some(on)) => Some(format!(
@@ -378,8 +415,9 @@ pub async fn telemetry_cost(
             throughput: Some((off, "flows/s")),
             ratio: None,
             note: format!(
-                "mean of {TELEMETRY_ROUNDS} runs: {} flows/s",
-                runs(off_runs)
+                "mean of {TELEMETRY_ROUNDS} runs: {} flows/s; server CPU {:.0} µs per flow",
+                runs(off_runs),
+                micros(off_cpu)
             ),
         },
         Row {
@@ -387,10 +425,13 @@ pub async fn telemetry_cost(
             count: total,
             latency: None,
             throughput: Some((on, "flows/s")),
-            ratio: Some(format!("{:.3} × off", on / off)),
+            ratio: Some(format!("{median_ratio:.3} × off")),
             note: format!(
-                "mean of {TELEMETRY_ROUNDS} runs, alternated with the off runs: {} flows/s",
-                runs(on_runs)
+                "mean of {TELEMETRY_ROUNDS} runs, alternated with the off runs (ABBA): {} flows/s; ratio: median of the rounds' on/off ({lowest:.2}–{highest:.2}; of the means {:.3}); server CPU {:.0} µs per flow ({:.3} × off)",
+                runs(on_runs),
+                on / off,
+                micros(on_cpu),
+                on_cpu / off_cpu
             ),
         },
         Row {
@@ -417,4 +458,16 @@ pub async fn telemetry_cost(
             note: String::new(),
         },
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn the_median_is_the_middle_value_or_the_mean_of_the_two_middle_ones() {
+        assert!((median(&[1.0, 2.0, 9.0]) - 2.0).abs() < f64::EPSILON);
+        assert!((median(&[1.0, 2.0, 4.0, 9.0]) - 3.0).abs() < f64::EPSILON);
+        assert!(median(&[]).is_nan());
+    }
 }

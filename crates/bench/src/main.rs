@@ -94,10 +94,10 @@ struct BenchConfig {
     #[arg(long, default_value_t = 10_000)]
     http_latency_orders: usize,
     /// Orders per run of the telemetry-cost throughput rows (256 clients).
-    #[arg(long, default_value_t = 3_000)]
+    #[arg(long, default_value_t = 2_000)]
     telemetry_orders: usize,
     /// Orders per run of the telemetry-cost latency rows (64 clients, 10 ms simulators).
-    #[arg(long, default_value_t = 2_000)]
+    #[arg(long, default_value_t = 1_000)]
     telemetry_latency_orders: usize,
     /// Orders in the NATS throughput row and flows of its raw baseline.
     #[arg(long, default_value_t = 5_000)]

@@ -217,10 +217,7 @@ pub(super) async fn replay(
 /// service's API: a token is needed, a customer-scoped one gets 403): what the
 /// `payments` and `stock` processes serve next to their probes.
 pub fn role_router(port: Arc<dyn DeadLetters>, tokens: Option<Tokens>) -> Router {
-    let (router, _) = OpenApiRouter::new()
-        .routes(routes!(list))
-        .routes(routes!(replay))
-        .split_for_parts();
+    let (router, _) = role_routes().split_for_parts();
     let mut router = router.with_state(DeadLetterConsole(Some(port)));
     if let Some(tokens) = tokens {
         router = router.layer(middleware::from_fn_with_state(
@@ -229,6 +226,24 @@ pub fn role_router(port: Arc<dyn DeadLetters>, tokens: Option<Tokens>) -> Router
         ));
     }
     router
+}
+
+/// The two routes with their descriptions.
+fn role_routes() -> OpenApiRouter<DeadLetterConsole> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(replay))
+}
+
+/// The path templates of [`role_router`] (for the request metrics' route label).
+#[must_use]
+pub fn role_paths() -> Vec<String> {
+    role_routes()
+        .into_openapi()
+        .paths
+        .paths
+        .into_keys()
+        .collect()
 }
 
 /// The dead letters of some groups only (a process's own), over the whole port.

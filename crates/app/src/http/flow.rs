@@ -19,7 +19,7 @@ use std::{
 };
 
 use axum::{Json, extract::State};
-use orders_domain::{OrderId, OrderStatus, Timestamp};
+use orders_domain::{OrderId, OrderStatus};
 use parking_lot::Mutex;
 use serde::Serialize;
 
@@ -93,16 +93,9 @@ struct Sample {
 }
 
 impl FlowWindow {
-    /// Counts order `id` reaching `status` (a final one), placed at `placed_at` and
-    /// changed at `updated_at`, unless it was counted before.
-    pub fn finished(
-        &self,
-        id: OrderId,
-        status: OrderStatus,
-        placed_at: Timestamp,
-        updated_at: Timestamp,
-    ) {
-        let latency = (updated_at - placed_at).to_std().unwrap_or_default();
+    /// Counts order `id` reaching `status` (a final one) `latency` after it was placed,
+    /// unless it was counted before.
+    pub fn finished(&self, id: OrderId, status: OrderStatus, latency: Duration) {
         self.finished_at(Instant::now(), id, status, latency);
     }
 

@@ -193,13 +193,37 @@ impl AppState {
 /// the request timeout
 /// (tower-http's [`TimeoutLayer`], answered as a 503 problem), request tracing
 /// (tower-http's [`TraceLayer`]: a span per request, its status and latency at debug
-/// level), and problem documents for unknown routes and methods.
+/// level), and problem documents for unknown routes and methods; with metrics on, every
+/// request observed ([`crate::telemetry::http`]). As a [`Router`] (for tests and for
+/// nesting); the server itself runs [`service`], the same without the outer router the
+/// observation needs here.
 pub fn router(state: AppState) -> Router {
+    match parts(state) {
+        (router, Some(observe)) => observe.around(router),
+        (router, None) => router,
+    }
+}
+
+/// What `app serve` runs: [`router`]'s API, with the request metrics' layer (when on)
+/// put directly around the router rather than inside another one.
+pub type ApiService = tower::util::Either<crate::telemetry::http::Observe<Router>, Router>;
+
+/// [`router`] as the server runs it ([`ApiService`]).
+pub fn service(state: AppState) -> ApiService {
+    match parts(state) {
+        (router, Some(observe)) => tower::util::Either::Left(tower::Layer::layer(&observe, router)),
+        (router, None) => tower::util::Either::Right(router),
+    }
+}
+
+/// The API's router, and the layer that observes its requests when metrics are on
+/// (labelled by the documented routes' templates).
+fn parts(state: AppState) -> (Router, Option<crate::telemetry::http::ObserveLayer>) {
     let timeout = state.request_timeout;
     let tokens = state.tokens.clone();
     let rate_limiter = state.rate_limiter.clone();
     let metrics = state.metrics.clone();
-    let (router, _) = documented_routes().split_for_parts();
+    let (router, documented) = documented_routes().split_for_parts();
     let mut router = router
         .fallback(routes::no_route)
         .method_not_allowed_fallback(routes::method_not_allowed)
@@ -211,7 +235,7 @@ pub fn router(state: AppState) -> Router {
     if let Some(limiter) = rate_limiter {
         router = router.layer(middleware::from_fn_with_state(limiter, limits::rate_limit));
     }
-    let mut router = router
+    let router = router
         // The handler's future is dropped at the deadline: a store transaction in
         // flight is rolled back, never half-done.
         .layer(TimeoutLayer::with_status_code(
@@ -220,18 +244,18 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(middleware::map_response(move |response: Response| {
             timed_out_as_problem(response, timeout)
-        }));
-    if metrics.is_some() {
-        // Outside authentication, limits and the timeout: every answer is counted.
-        router = router.layer(crate::telemetry::http::ObserveLayer::default());
-    }
-    router
+        }))
         .layer(
             TraceLayer::new_for_http()
                 // Causes of 5xx answers are logged where they arise; this is the summary.
                 .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
         )
-        .with_state(state)
+        .with_state(state);
+    // Around everything: every answer is counted, labelled by the documented route its
+    // path matches.
+    let observe = metrics
+        .map(|_| crate::telemetry::http::ObserveLayer::new(documented.paths.paths.into_keys()));
+    (router, observe)
 }
 
 /// Every route, each registered with its OpenAPI description ([`openapi`]): a handler

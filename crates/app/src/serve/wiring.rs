@@ -73,7 +73,10 @@ pub async fn spawn(config: ServeConfig) -> anyhow::Result<RunningServer> {
     let bus = ConnectedBus::connect(&config.bus).await?;
     let shared = bus.shared();
     // Committed changes wake blocking reads (`GET /orders/{id}?afterVersion=&waitMs=`).
-    let changes = Arc::new(crate::changes::OrderChanges::default());
+    let instruments = crate::telemetry::Instruments::new(config.telemetry);
+    let changes = Arc::new(
+        crate::changes::OrderChanges::default().on_finished(instruments.finished_orders()),
+    );
     // On PostgreSQL, other replicas' commits wake this one's blocking reads too.
     opened
         .follow_commits(changes.clone())
@@ -83,12 +86,7 @@ pub async fn spawn(config: ServeConfig) -> anyhow::Result<RunningServer> {
         stores.store.clone(),
         changes.clone(),
     ));
-    let instruments = crate::telemetry::Instruments::new(config.telemetry);
-    let orders = OrdersService::new(
-        instruments.store(watched),
-        Arc::new(SystemClock),
-        config.orders(),
-    );
+    let orders = OrdersService::new(watched, Arc::new(SystemClock), config.orders());
     // Dropped handles stop their workers, so an early return below leaves nothing running.
     let subscription = shared
         .subscribe(
@@ -190,7 +188,9 @@ pub async fn spawn(config: ServeConfig) -> anyhow::Result<RunningServer> {
         // The peer address keys the per-client rate limit.
         axum::serve(
             listener,
-            http::router(state).into_make_service_with_connect_info::<SocketAddr>(),
+            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
+                SocketAddr,
+            >(http::service(state)),
         )
         .with_graceful_shutdown(async move {
             let _ = stop_accepting_rx.await;

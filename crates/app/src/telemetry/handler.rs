@@ -42,10 +42,9 @@ struct MessageMetrics {
 }
 
 /// One topic's handling-time histogram and its outcome counters.
-#[derive(Clone)]
 struct TopicMetrics {
     duration: metrics::Histogram,
-    outcomes: Arc<Handles<&'static str, metrics::Counter>>,
+    outcomes: Handles<&'static str, metrics::Counter>,
 }
 
 impl MessageMetrics {
@@ -59,26 +58,29 @@ impl MessageMetrics {
     /// Records one handled message.
     fn record(&self, envelope: &Envelope, outcome: &'static str, started: Instant) {
         let topic = envelope.topic.as_ref();
-        let metrics = self.by_topic.get(topic, || {
+        let elapsed = started.elapsed();
+        let make = || {
             let duration = metrics::histogram!(names::MESSAGE_HANDLING_DURATION,
                 "topic" => topic.to_owned(), "group" => self.group.clone());
             (
                 topic.to_owned(),
                 TopicMetrics {
                     duration,
-                    outcomes: Arc::default(),
+                    outcomes: Handles::default(),
                 },
             )
-        });
-        metrics.duration.record(started.elapsed());
-        metrics
-            .outcomes
-            .get(&outcome, || {
+        };
+        self.by_topic.with(topic, make, |metrics| {
+            metrics.duration.record(elapsed);
+            let make = || {
                 let counter = metrics::counter!(names::MESSAGES_HANDLED,
                     "topic" => topic.to_owned(), "group" => self.group.clone(), "outcome" => outcome);
                 (outcome, counter)
-            })
-            .increment(1);
+            };
+            metrics
+                .outcomes
+                .with(&outcome, make, |handled| handled.increment(1));
+        });
     }
 }
 
@@ -115,7 +117,12 @@ impl MessageHandler for ObservedHandler {
     async fn handle(&self, envelope: &Envelope) -> Result<(), HandlerError> {
         let started = Instant::now();
         let span = span(&self.group, envelope);
-        let result = self.inner.handle(envelope).instrument(span.clone()).await;
+        // Without a tracing layer the span is disabled: no need to wrap the future.
+        let result = if span.is_disabled() {
+            self.inner.handle(envelope).await
+        } else {
+            self.inner.handle(envelope).instrument(span.clone()).await
+        };
         let outcome = result.as_ref().map_or_else(failure, |()| "applied");
         span.record("outcome", outcome);
         self.metrics.record(envelope, outcome, started);
@@ -146,7 +153,11 @@ impl MessageHandler for ObservedOrdersHandler {
         let started = Instant::now();
         let group = orders_app::ORDERS_SUBSCRIBER;
         let span = span(group, envelope);
-        let result = self.inner.dispatch(envelope).instrument(span.clone()).await;
+        let result = if span.is_disabled() {
+            self.inner.dispatch(envelope).await
+        } else {
+            self.inner.dispatch(envelope).instrument(span.clone()).await
+        };
         let outcome = match &result {
             Ok(HandlingOutcome::Applied) => "applied",
             Ok(HandlingOutcome::Duplicate) => "duplicate",

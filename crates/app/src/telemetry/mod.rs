@@ -15,23 +15,23 @@
 //! | [`http`] | per request: a server span and the request metrics, by route template |
 //! | [`handler`] | per message handled: a span continuing the producer's trace, outcome metrics |
 //! | [`relay`] | per message the outbox relay publishes: a span and the publish latency |
-//! | [`store`] | per commit: orders reaching a final state and their flow duration |
+//! | [`finished`] | orders reaching a final state and their flow duration, from the commits' change feed |
 //! | [`gauges`] | a periodic sample of the outbox and of the bus backlog per group |
 
+pub mod finished;
 pub mod gauges;
 pub mod handler;
 mod handles;
 pub mod http;
 pub mod metrics;
 pub mod relay;
-pub mod store;
 pub mod traces;
 
 use std::sync::Arc;
 
 use messaging::{MessageBus, MessageHandler};
 use metrics_exporter_prometheus::PrometheusHandle;
-use orders_app::{OrderStore, OrdersMessageHandler};
+use orders_app::OrdersMessageHandler;
 use tracing_subscriber::{
     EnvFilter, Layer as _, filter::filter_fn, fmt, layer::SubscriberExt as _,
     util::SubscriberInitExt as _,
@@ -136,14 +136,12 @@ impl Instruments {
         }
     }
 
-    /// The Orders store, counting finished orders ([`store::ObservedStore`]).
+    /// The hook that counts finished orders ([`finished::FinishedOrders`]), for
+    /// [`crate::changes::OrderChanges::on_finished`]; `None` when off.
     #[must_use]
-    pub fn store(self, store: Arc<dyn OrderStore>) -> Arc<dyn OrderStore> {
-        if self.is_on() {
-            Arc::new(store::ObservedStore::new(store))
-        } else {
-            store
-        }
+    pub fn finished_orders(self) -> Option<crate::changes::FinishedHook> {
+        self.is_on()
+            .then(|| finished::FinishedOrders::default().hook())
     }
 
     /// The Orders handler ([`handler::ObservedOrdersHandler`]).

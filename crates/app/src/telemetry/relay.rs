@@ -34,17 +34,22 @@ impl RelayBus {
 
     /// Records one published message of `topic`.
     fn record(&self, topic: &str, duration: Duration, lag: Duration) {
-        let (durations, lags) = self.by_topic.get(topic, || {
-            (
-                topic.to_owned(),
+        self.by_topic.with(
+            topic,
+            || {
                 (
-                    metrics::histogram!(names::RELAY_PUBLISH_DURATION, "topic" => topic.to_owned()),
-                    metrics::histogram!(names::RELAY_PUBLISH_LAG, "topic" => topic.to_owned()),
-                ),
-            )
-        });
-        durations.record(duration);
-        lags.record(lag);
+                    topic.to_owned(),
+                    (
+                        metrics::histogram!(names::RELAY_PUBLISH_DURATION, "topic" => topic.to_owned()),
+                        metrics::histogram!(names::RELAY_PUBLISH_LAG, "topic" => topic.to_owned()),
+                    ),
+                )
+            },
+            |(durations, lags)| {
+                durations.record(duration);
+                lags.record(lag);
+            },
+        );
     }
 }
 
