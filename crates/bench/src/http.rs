@@ -41,10 +41,29 @@ impl ServerProcess {
     /// Starts `app ROLE --listen 127.0.0.1:PORT ARGS…` on a free port and waits until its
     /// `/readyz` answers 200.
     pub(crate) async fn start_role(app: &Path, role: &str, args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_under(None, app, role, args).await
+    }
+
+    /// [`ServerProcess::start_role`], run by `wrapper` (a program and its arguments, then
+    /// the app's command line) when given: valgrind, for the instruction counts.
+    pub(crate) async fn start_under(
+        wrapper: Option<(&str, &[String])>,
+        app: &Path,
+        role: &str,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let child = Command::new(app)
+        let mut command = match wrapper {
+            Some((program, wrapper_args)) => {
+                let mut command = Command::new(program);
+                command.args(wrapper_args).arg(app);
+                command
+            }
+            None => Command::new(app),
+        };
+        let child = command
             .args([role, "--listen", &format!("127.0.0.1:{port}")])
             .args(args)
             .env("RUST_LOG", "error")
@@ -57,8 +76,9 @@ impl ServerProcess {
             child,
             base: format!("http://127.0.0.1:{port}"),
         };
-        // The server is another process: poll its readiness until a deadline.
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // The server is another process: poll its readiness until a deadline (long
+        // enough for one started under valgrind).
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if server.ready().await {
                 return Ok(server);
@@ -68,7 +88,7 @@ impl ServerProcess {
             }
             anyhow::ensure!(
                 Instant::now() < deadline,
-                "app {role} did not become ready within 30 s"
+                "app {role} did not become ready within 60 s"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -87,6 +107,29 @@ impl ServerProcess {
 
     pub(crate) fn peak_rss(&self) -> u64 {
         crate::rss::peak_rss_of(self.child.id())
+    }
+
+    /// Asks the server to stop (SIGTERM) and waits up to `within` for it to exit.
+    ///
+    /// # Errors
+    /// When the signal cannot be sent or the server is still running at the deadline.
+    pub(crate) fn terminate(mut self, within: Duration) -> anyhow::Result<()> {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .context("run kill")?;
+        anyhow::ensure!(sent.success(), "kill -TERM {pid} failed");
+        let deadline = Instant::now() + within;
+        while self.child.try_wait()?.is_none() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "server {pid} still running {within:?} after SIGTERM"
+            );
+            // Another process: its exit cannot be awaited, only polled.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
     }
 
     /// CPU seconds the server has used so far (all its threads).
@@ -315,7 +358,7 @@ fn median(sorted: &[f64]) -> f64 {
 /// Rounds of the telemetry-cost rows: each runs the workload with telemetry off and on,
 /// in the order off, on in even rounds and on, off in odd ones (ABBA), so that neither
 /// mode always runs second (after the other's scratch file and server went away).
-const TELEMETRY_ROUNDS: usize = 10;
+const TELEMETRY_ROUNDS: usize = 20;
 
 /// The cost of telemetry: the HTTP throughput workload (256 clients, no delay, `orders`
 /// flows) and the HTTP latency workload (64 clients, 10 ms simulators, `latency_orders`

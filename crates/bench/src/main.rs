@@ -22,12 +22,16 @@
 //! * `telemetry` ([`http`]): the HTTP rows against `app serve --telemetry off` and `on`,
 //!   alternated, with the cost of metrics and spans as a ratio;
 //! * `nats` ([`nats`]): Orders, Payments and Stock as three `app` processes on NATS
-//!   JetStream, next to the same messages through raw async-nats.
+//!   JetStream, next to the same messages through raw async-nats;
+//! * `telemetry-instructions` ([`instructions`], not in the default set: it needs
+//!   valgrind and takes a few minutes): the instructions `app serve` executes per flow
+//!   with telemetry off and on, counted by callgrind.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 mod flows;
 mod http;
+mod instructions;
 mod memory;
 mod nats;
 mod report;
@@ -70,7 +74,8 @@ struct BenchConfig {
     seconds: u64,
     /// Which groups of rows to run: memory, sqlite, postgres, http (both HTTP rows),
     /// telemetry (HTTP rows with telemetry off and on), nats, or
-    /// one HTTP row alone: http-throughput, http-latency.
+    /// one HTTP row alone: http-throughput, http-latency; and, only when named (it needs
+    /// valgrind), telemetry-instructions.
     #[arg(
         long,
         value_delimiter = ',',
@@ -96,6 +101,10 @@ struct BenchConfig {
     /// Orders per run of the telemetry-cost throughput rows (256 clients).
     #[arg(long, default_value_t = 2_000)]
     telemetry_orders: usize,
+    /// Orders of the larger run of each mode in the telemetry-instructions rows (the
+    /// smaller has 200).
+    #[arg(long, default_value_t = 2_200)]
+    instructions_orders: usize,
     /// Orders per run of the telemetry-cost latency rows (64 clients, 10 ms simulators).
     #[arg(long, default_value_t = 1_000)]
     telemetry_latency_orders: usize,
@@ -243,6 +252,11 @@ async fn run(config: &BenchConfig) -> anyhow::Result<Vec<Row>> {
         if http_latency {
             rows.push(http::latency(&app, config.http_latency_orders).await?);
         }
+    }
+    if wants("telemetry-instructions") {
+        rows.extend(
+            instructions::telemetry_instructions(&app()?, 200, config.instructions_orders).await?,
+        );
     }
     if wants("telemetry") {
         rows.extend(
