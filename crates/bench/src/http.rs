@@ -113,7 +113,7 @@ impl ServerProcess {
     ///
     /// # Errors
     /// When the signal cannot be sent or the server is still running at the deadline.
-    pub(crate) fn terminate(mut self, within: Duration) -> anyhow::Result<()> {
+    pub(crate) async fn terminate(mut self, within: Duration) -> anyhow::Result<()> {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill")
             .args(["-TERM", &pid])
@@ -127,7 +127,7 @@ impl ServerProcess {
                 "server {pid} still running {within:?} after SIGTERM"
             );
             // Another process: its exit cannot be awaited, only polled.
-            std::thread::sleep(Duration::from_millis(50));
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(())
     }

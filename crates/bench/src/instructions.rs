@@ -104,7 +104,7 @@ async fn count(app: &Path, folder: &Path, mode: &str, orders: usize) -> anyhow::
         .await?;
         http_load(&server.base, 256, orders).await?;
         // SIGTERM: the server stops gracefully and callgrind writes its counts.
-        server.terminate(Duration::from_secs(120))?;
+        server.terminate(Duration::from_secs(120)).await?;
         let text = std::fs::read_to_string(&out)
             .with_context(|| format!("read callgrind's output {}", out.display()))?;
         summary(&text).with_context(|| format!("no summary line in {}", out.display()))
