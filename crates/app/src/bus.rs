@@ -85,6 +85,17 @@ pub struct BusFlags {
     /// test runs) share one server without seeing each other. Ignored by `memory`.
     #[arg(long, env = "ORDERS_BUS_PREFIX", value_name = "PREFIX")]
     pub bus_prefix: Option<String>,
+    /// How long NATS waits for a message's ack before it delivers the message again
+    /// (default 30): after a process dies, what it held comes back this long after it
+    /// was last kept alive. Messages held by a live process are kept alive with progress
+    /// acks, so a slow handler is not affected. Ignored by `memory`.
+    #[arg(
+        long,
+        env = "ORDERS_BUS_ACK_WAIT_SECS",
+        value_name = "SECONDS",
+        value_parser = clap::value_parser!(u64).range(1..=86_400)
+    )]
+    pub bus_ack_wait_secs: Option<u64>,
 }
 
 impl BusFlags {
@@ -100,6 +111,7 @@ impl BusFlags {
         Self {
             bus: BusSpec::Nats(url.into()),
             bus_prefix: prefix,
+            bus_ack_wait_secs: None,
         }
     }
 }
@@ -127,6 +139,9 @@ impl ConnectedBus {
                 let mut config = NatsBusConfig::new(url.as_str());
                 if let Some(prefix) = &flags.bus_prefix {
                     config = config.subject_prefix(prefix.as_str());
+                }
+                if let Some(seconds) = flags.bus_ack_wait_secs {
+                    config = config.ack_wait(std::time::Duration::from_secs(seconds));
                 }
                 let bus = NatsBus::connect(config)
                     .await

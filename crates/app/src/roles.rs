@@ -435,6 +435,16 @@ mod tests {
     }
 
     #[test]
+    fn an_ack_wait_of_zero_or_past_a_day_is_refused() {
+        for bad in ["0", "86401", "soon"] {
+            let error = Cli::try_parse_from(["app", "stock", "--bus-ack-wait-secs", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("--bus-ack-wait-secs"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
     fn each_role_takes_the_bus_and_its_simulator_flags() {
         let Cli::Payments(payments) = Cli::try_parse_from([
             "app",
@@ -443,6 +453,8 @@ mod tests {
             "nats://127.0.0.1:4222",
             "--bus-prefix",
             "p1",
+            "--bus-ack-wait-secs",
+            "7",
             "--decline-all",
             "--duplicate-replies",
         ])
@@ -454,6 +466,7 @@ mod tests {
             BusSpec::Nats("nats://127.0.0.1:4222".to_owned())
         );
         assert_eq!(payments.bus.bus_prefix.as_deref(), Some("p1"));
+        assert_eq!(payments.bus.bus_ack_wait_secs, Some(7));
         let config = payments.payments.config(payments.duplicate_replies);
         assert_eq!(config.decision, payments_sim::PaymentDecision::DeclineAll);
         assert!(config.duplicate_replies);
@@ -472,6 +485,7 @@ mod tests {
         .unwrap() else {
             panic!("not stock");
         };
+        assert_eq!(stock.bus.bus_ack_wait_secs, None, "the adapter's default");
         let config = stock.stock.config(stock.duplicate_replies);
         assert!(config.out_of_stock.contains("sku-9"));
         assert_eq!(config.delay, Duration::from_millis(7));

@@ -18,6 +18,7 @@ use std::{
 };
 
 use contracts::topics;
+use futures_util::StreamExt as _;
 use messaging::{Envelope, HandlerError, MessageBus as _, MessageHandler, Subscription};
 use messaging_nats::{NatsBus, NatsBusConfig, testing};
 use serde_json::{Value, json};
@@ -275,6 +276,31 @@ async fn await_published(
     }
 }
 
+/// The ack wait of `group`'s consumer on the stream of `topic` (under `prefix`), as the
+/// server has it.
+async fn ack_wait_of(url: &str, prefix: &str, topic: &str, group: &str) -> Duration {
+    let client = async_nats::connect(url).await.expect("connect to NATS");
+    let js = async_nats::jetstream::new(client);
+    let subject = format!("{prefix}.{topic}");
+    let mut names = js.stream_names();
+    while let Some(name) = names.next().await {
+        let name = name.expect("list streams");
+        if !name.starts_with(prefix) {
+            continue;
+        }
+        let mut stream = js.get_stream(&name).await.expect("read a stream");
+        let info = stream.info().await.expect("read a stream's info");
+        if info.config.subjects.contains(&subject) {
+            let consumer = stream
+                .consumer_info(group)
+                .await
+                .unwrap_or_else(|e| panic!("no consumer {group} on {name}: {e}"));
+            return consumer.config.ack_wait;
+        }
+    }
+    panic!("no stream of {subject}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_payments_and_stock_as_three_processes_over_nats() {
     let Some(url) = testing::test_url("orders_payments_and_stock_as_three_processes_over_nats")
@@ -300,7 +326,11 @@ async fn orders_payments_and_stock_as_three_processes_over_nats() {
         ]
         .concat(),
     );
-    let mut payments = Role::start("payments", &[&["payments"][..], &bus, &listen].concat());
+    // Payments with its own ack wait, which its consumers on the server must carry.
+    let mut payments = Role::start(
+        "payments",
+        &[&["payments", "--bus-ack-wait-secs", "7"][..], &bus, &listen].concat(),
+    );
     let mut stock = Role::start("stock", &[&["stock"][..], &bus, &listen].concat());
     // The test's own group sees what Payments and Stock publish about cancellations.
     let watcher =
@@ -321,6 +351,11 @@ async fn orders_payments_and_stock_as_three_processes_over_nats() {
     let base = orders.ready(&client).await;
     let payments_base = payments.ready(&client).await;
     let stock_base = stock.ready(&client).await;
+    assert_eq!(
+        ack_wait_of(&url, &prefix, "order.placed", "payments").await,
+        Duration::from_secs(7),
+        "--bus-ack-wait-secs reaches the Payments consumer"
+    );
 
     // One order through all three processes: the ids are the simulators', derived
     // from the order id.
