@@ -264,6 +264,11 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr}"))
 }
 
+/// A role's own routes, served and named as metric labels from these.
+const HEALTHZ: &str = "/healthz";
+const READYZ: &str = "/readyz";
+const METRICS: &str = "/metrics";
+
 /// Starts the health endpoints on `listener` and logs that the role listens.
 fn serve(
     name: &'static str,
@@ -277,10 +282,10 @@ fn serve(
         .local_addr()
         .context("cannot read the bound address")?;
     let mut router = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route(HEALTHZ, get(healthz))
+        .route(READYZ, get(readyz))
         .with_state((bus.clone(), name));
-    let mut paths = vec!["/healthz".to_owned(), "/readyz".to_owned()];
+    let mut paths = vec![HEALTHZ.to_owned(), READYZ.to_owned()];
     if let Some(dead_letters) = dead_letters {
         router = router.merge(dead_letters);
         paths.extend(dead_letters::role_paths());
@@ -330,14 +335,14 @@ fn with_metrics(
         },
     ));
     let router = router.route(
-        "/metrics",
+        METRICS,
         get(move || {
             // The sampler lives as long as the route (the server) does.
             let _keep = stop.clone();
             crate::telemetry::http::metrics(Some(handle.clone()))
         }),
     );
-    paths.push("/metrics".to_owned());
+    paths.push(METRICS.to_owned());
     crate::telemetry::http::ObserveLayer::new(paths).around(router)
 }
 

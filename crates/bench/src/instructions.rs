@@ -31,7 +31,10 @@ pub async fn telemetry_instructions(
     small: usize,
     large: usize,
 ) -> anyhow::Result<Vec<Row>> {
-    anyhow::ensure!(large > small, "--instructions-orders must be more than 200");
+    anyhow::ensure!(
+        large > small,
+        "--instructions-orders must be more than {small}"
+    );
     let version = Command::new("valgrind")
         .arg("--version")
         .output()
@@ -40,16 +43,18 @@ pub async fn telemetry_instructions(
     eprintln!(
         "bench: telemetry cost in instructions (app serve under callgrind, {small} and {large} orders per mode)…"
     );
-    let folder = tempfile_folder()?;
+    let folder = tempfile::Builder::new()
+        .prefix("bench-callgrind-")
+        .tempdir()
+        .context("create a folder for callgrind's output")?;
     let mut per_flow = [0.0; 2];
     for (index, mode) in ["off", "on"].into_iter().enumerate() {
         let mut counts = [0u64; 2];
         for (slot, orders) in [small, large].into_iter().enumerate() {
-            counts[slot] = count(app, &folder, mode, orders).await?;
+            counts[slot] = count(app, folder.path(), mode, orders).await?;
         }
         per_flow[index] = counts[1].saturating_sub(counts[0]) as f64 / (large - small) as f64;
     }
-    let _ = std::fs::remove_dir_all(&folder);
     let [off, on] = per_flow;
     let note =
         format!("callgrind, app serve on SQLite, 256 clients; ({large} − {small} orders) per mode");
@@ -73,16 +78,6 @@ pub async fn telemetry_instructions(
             note,
         },
     ])
-}
-
-/// A fresh folder for callgrind's output files.
-fn tempfile_folder() -> anyhow::Result<std::path::PathBuf> {
-    let folder = std::env::temp_dir().join(format!(
-        "bench-callgrind-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    ));
-    std::fs::create_dir_all(&folder).with_context(|| format!("create {}", folder.display()))?;
-    Ok(folder)
 }
 
 /// Runs `app serve --telemetry MODE` under callgrind through `orders` flows and returns
